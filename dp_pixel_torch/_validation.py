@@ -1,0 +1,96 @@
+"""Argument and input checks shared by every mechanism (SPEC §7).
+
+Every check raises ``TypeError`` for a wrong type and ``ValueError`` for a wrong value, and the message names the
+parameter and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+#: Image dtypes the mechanisms accept. uint8 has range 255; floats have range ``value_range`` (default [0, 1]).
+SUPPORTED_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_epsilon(epsilon: object, name: str = "epsilon") -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"{name} must be a real number > 0, got {type(epsilon).__name__}")
+    value = float(epsilon)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {epsilon!r}")
+    return value
+
+
+def check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 1, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_grid(grid: object) -> tuple[int, int]:
+    if not isinstance(grid, Sequence) or isinstance(grid, str) or len(grid) != 2:
+        raise TypeError(f"grid must be a pair (rows, cols) of integers >= 1, got {grid!r}")
+    return check_positive_int(grid[0], "grid[0] (rows)"), check_positive_int(grid[1], "grid[1] (cols)")
+
+
+def check_value_range(value_range: object, dtype: torch.dtype) -> tuple[float, float]:
+    """The intensity range [lo, hi] of the data; R = hi - lo enters the sensitivity."""
+    if dtype == torch.uint8:
+        if value_range not in (None, (0, 255), [0, 255]):
+            raise ValueError(f"value_range must be None or (0, 255) for uint8 images, got {value_range!r}")
+        return 0.0, 255.0
+    if value_range is None:
+        return 0.0, 1.0
+    if not isinstance(value_range, Sequence) or isinstance(value_range, str) or len(value_range) != 2:
+        raise TypeError(f"value_range must be a pair (lo, hi) of finite numbers with lo < hi, got {value_range!r}")
+    lo, hi = (float(v) for v in value_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"value_range must be a pair (lo, hi) of finite numbers with lo < hi, got {value_range!r}")
+    return lo, hi
+
+
+def check_image(x: object, name: str = "x") -> torch.Tensor:
+    """Type, dtype and rank of an image batch ``[..., C, H, W]``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [..., C, H, W], got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {x.dtype}")
+    if x.ndim < 3:
+        raise ValueError(f"{name} must have shape [..., C, H, W] (rank >= 3), got shape {tuple(x.shape)}")
+    return x
+
+
+def check_pixel_values(x: torch.Tensor, value_range: tuple[float, float], name: str = "x") -> None:
+    """Float pixels must be finite and inside ``value_range`` (uint8 always is)."""
+    if x.dtype == torch.uint8 or x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x)
+    lo, hi = lo.item(), hi.item()
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} contains NaN pixels")
+    if lo < value_range[0] or hi > value_range[1]:
+        raise ValueError(
+            f"{name} has values in [{lo:g}, {hi:g}], outside value_range [{value_range[0]:g}, {value_range[1]:g}]; "
+            "pass value_range=(lo, hi) that covers the data"
+        )
+
+
+def check_input(x: object, value_range: object, name: str = "x") -> tuple[torch.Tensor, tuple[float, float]]:
+    """All checks on an image batch; returns it detached, with its ``(lo, hi)`` range."""
+    x = check_image(x, name)
+    bounds = check_value_range(value_range, x.dtype)
+    check_pixel_values(x, bounds, name)
+    return x.detach(), bounds

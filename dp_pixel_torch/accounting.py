@@ -1,0 +1,83 @@
+"""Explicit privacy guarantees (SPEC §6): what one release promises, as an immutable object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._validation import check_choice, check_epsilon, check_grid, check_positive_int
+
+NOISE_KINDS = ("discrete", "laplace")
+BORDERS = ("area", "zero_pad")
+CHANNEL_RULES = ("joint", "per_channel")
+
+
+@dataclass(frozen=True)
+class PrivacyGuarantee:
+    """The guarantee of one release of one image (or one video frame) by a DP pixelization mechanism.
+
+    Neighbouring images have the same shape and differ in at most ``m`` pixels, each by up to the full value range.
+
+    Attributes:
+        epsilon: the configured budget. With ``channel_rule="joint"`` it covers the whole image, all channels together;
+            with ``"per_channel"`` (Fan's reading) it is per channel and the image costs ``C·epsilon``.
+        m: pixels that may differ between neighbours (objects up to m pixels are hidden).
+        b: cell side in pixels, or None when the cells are given as ``grid``.
+        grid: ``(rows, cols)`` of the output grid, or None when the cells are ``b×b``.
+        channel_rule: ``"joint"`` or ``"per_channel"``.
+        noise: ``"discrete"`` (integer discrete Laplace) or ``"laplace"`` (float64 continuous Laplace).
+        border: ``"area"`` (divide by the true cell area) or ``"zero_pad"`` (divide by b², the paper's choice).
+        secure: whether each call draws a fresh seed from OS entropy.
+    """
+
+    epsilon: float
+    m: int
+    b: int | None
+    grid: tuple[int, int] | None
+    channel_rule: str
+    noise: str
+    border: str
+    secure: bool
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the validated fields once, here
+        set_(self, "epsilon", check_epsilon(self.epsilon))
+        set_(self, "m", check_positive_int(self.m, "m"))
+        if (self.b is None) == (self.grid is None):
+            raise ValueError("give exactly one of b (cell size in pixels) and grid=(rows, cols)")
+        if self.b is not None:
+            set_(self, "b", check_positive_int(self.b, "b"))
+        else:
+            set_(self, "grid", check_grid(self.grid))
+        check_choice(self.channel_rule, "channel_rule", CHANNEL_RULES)
+        check_choice(self.noise, "noise", NOISE_KINDS)
+        check_choice(self.border, "border", BORDERS)
+        if self.border == "zero_pad" and self.b is None:
+            raise ValueError('border="zero_pad" divides by b² and needs b; use border="area" with grid=')
+        if not isinstance(self.secure, bool):
+            raise TypeError(f"secure must be a bool, got {type(self.secure).__name__}")
+        if self.secure and self.noise != "discrete":
+            raise ValueError(
+                'secure=True requires noise="discrete": continuous floating-point Laplace is open to Mironov\'s attack'
+            )
+
+    def total_epsilon(self, channels: int) -> float:
+        """ε for a whole image with ``channels`` channels (differs from ``epsilon`` only under ``per_channel``)."""
+        return self.epsilon * channels if self.channel_rule == "per_channel" else self.epsilon
+
+    def noise_scale(self, channels: int, value_range: float) -> float:
+        """Laplace scale on every cell sum: sensitivity ``C·R·m`` over ε (``C`` is 1 under ``per_channel``)."""
+        c = 1 if self.channel_rule == "per_channel" else channels
+        return c * value_range * self.m / self.epsilon
+
+    def __str__(self) -> str:
+        if self.channel_rule == "per_channel":
+            budget = f"ε = {self.epsilon:g} per channel (C·{self.epsilon:g} per image: {3 * self.epsilon:g} for RGB)"
+        else:
+            budget = f"ε = {self.epsilon:g} per image (all channels jointly)"
+        cells = f"b = {self.b}" if self.b is not None else f"grid = {self.grid[0]}×{self.grid[1]} cells"
+        noise = {"discrete": "discrete Laplace on integer sums", "laplace": "continuous Laplace (float64)"}[self.noise]
+        seed = ", fresh OS-entropy seed per call" if self.secure else ""
+        return (
+            f"{budget}, δ = 0; neighbours differ in up to m = {self.m} pixel{'s' if self.m != 1 else ''}; "
+            f"{cells}, border = {self.border}; noise: {noise}{seed}"
+        )
