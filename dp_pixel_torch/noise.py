@@ -97,6 +97,19 @@ class NoiseSource:
         self._per_device: dict[str, torch.Generator] = {}
         self._worker_seed: int | None = None
 
+    def __getstate__(self) -> dict:
+        # Generators travel as plain bytes: torch's own pickling of a generator's state tensor goes through shared
+        # memory under multiprocessing and fails in spawned DataLoader workers.
+        state = self.__dict__.copy()
+        state["_generator"] = None if self._generator is None else _freeze(self._generator)
+        state["_per_device"] = {key: _freeze(g) for key, g in self._per_device.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["_generator"] = None if state["_generator"] is None else _thaw(state["_generator"])
+        state["_per_device"] = {key: _thaw(frozen) for key, frozen in state["_per_device"].items()}
+        self.__dict__.update(state)
+
     def generator_for(self, device: torch.device) -> torch.Generator | None:
         """The generator to draw this call's noise from, on ``device`` (None: torch's global RNG)."""
         if self.secure:
@@ -130,3 +143,14 @@ class NoiseSource:
         if self._generator is not None:
             state = int(torch.randint(2**62, (1,), generator=self._generator, device=self._generator.device).item())
             self._generator.manual_seed(self._mixed(state))
+
+
+def _freeze(generator: torch.Generator) -> tuple[str, bytes]:
+    return str(generator.device), generator.get_state().numpy().tobytes()
+
+
+def _thaw(frozen: tuple[str, bytes]) -> torch.Generator:
+    device, state = frozen
+    generator = torch.Generator(device=device)
+    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return generator

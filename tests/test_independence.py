@@ -1,0 +1,109 @@
+"""Independence: no two images, frames or DataLoader workers share noise.
+
+Each check releases constant images with b = 1, so ``released - 128`` is the noise of every pixel, and tests that the
+Pearson correlation between two noise fields is within 5/sqrt(n) of 0 (false-failure rate < 1e-6 per pair). Shared noise
+would give a correlation of 1.
+"""
+
+import math
+import pickle
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+
+from dp_pixel_torch import DPPixelize
+
+from conftest import generator
+
+SIDE = 128  # n = 16,384 noise values per image: 5/sqrt(n) = 0.039
+EPS = 255 / 20.0  # noise scale 20 grey levels: no clipping around 128
+
+
+def assert_uncorrelated(a: torch.Tensor, b: torch.Tensor) -> None:
+    a, b = a.double().flatten() - 128, b.double().flatten() - 128
+    assert a.std() > 10 and b.std() > 10
+    r = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    assert abs(r) < 5 / math.sqrt(a.numel()), f"noise correlation {r:.3f}"
+
+
+def grey(*shape: int) -> torch.Tensor:
+    return torch.full(shape, 128, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("noise", ["discrete", "laplace"])
+def test_images_in_a_batch_get_independent_noise(noise, device):
+    out = DPPixelize(EPS, 1, noise=noise, generator=generator(device, 0))(grey(4, 1, SIDE, SIDE).to(device))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert_uncorrelated(out[i], out[j])
+
+
+def test_channels_get_independent_noise():
+    out = DPPixelize(3 * EPS, 1, seed=0)(grey(3, SIDE, SIDE))
+    assert_uncorrelated(out[0], out[1])
+    assert_uncorrelated(out[1], out[2])
+
+
+def test_frames_of_a_video_get_independent_noise():
+    video = tv_tensors.Video(grey(6, 1, SIDE, SIDE))
+    out = DPPixelize(EPS, 1, seed=1)(video)
+    assert isinstance(out, tv_tensors.Video)
+    for t in range(5):
+        assert_uncorrelated(out[t], out[t + 1])
+
+
+def test_successive_calls_draw_fresh_noise():
+    layer = DPPixelize(EPS, 1, seed=2)
+    assert_uncorrelated(layer(grey(1, SIDE, SIDE)), layer(grey(1, SIDE, SIDE)))
+
+
+class GreyImages(Dataset):
+    """Every item is the same mid-grey image, released by the layer inside the worker."""
+
+    def __init__(self, layer: DPPixelize, n: int = 4):
+        self.layer, self.n = layer, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.layer(grey(1, SIDE, SIDE))
+
+
+def release_through_workers(layer: DPPixelize, context: str | None = None, epochs: int = 1) -> list[torch.Tensor]:
+    loader = DataLoader(GreyImages(layer), batch_size=None, num_workers=2, multiprocessing_context=context,
+                        generator=torch.Generator().manual_seed(0))
+    return [item for _ in range(epochs) for item in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5)), lambda: DPPixelize(EPS, 1, seed=5),
+             lambda: DPPixelize(EPS, 1), lambda: DPPixelize(EPS, 1, secure=True)],
+    ids=["generator", "seed", "global-rng", "secure"],
+)
+def test_dataloader_workers_draw_independent_streams(make):
+    """A generator is copied into each worker with the same state; the layer must split it per worker (and epoch)."""
+    items = release_through_workers(make(), epochs=2)
+    assert_uncorrelated(items[0], items[1])  # worker 0 vs worker 1, same position in their streams
+    assert_uncorrelated(items[2], items[3])
+    assert_uncorrelated(items[0], items[4])  # the same worker in the next epoch
+
+
+def test_workers_started_by_spawn_unpickle_the_layer_and_split_streams():
+    items = release_through_workers(DPPixelize(EPS, 1, generator=generator("cpu", 5)), context="spawn")
+    assert_uncorrelated(items[0], items[1])
+
+
+def test_seeded_dataloader_is_reproducible_across_runs():
+    first = release_through_workers(DPPixelize(EPS, 1, seed=3))
+    second = release_through_workers(DPPixelize(EPS, 1, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_pickle_round_trip_keeps_the_generator_state():
+    layer = DPPixelize(EPS, 4, generator=generator("cpu", 9))
+    clone = pickle.loads(pickle.dumps(layer))
+    x = grey(1, 16, 16)
+    assert torch.equal(layer(x), clone(x))
