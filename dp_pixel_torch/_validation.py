@@ -45,6 +45,11 @@ def check_grid(grid: object) -> tuple[int, int]:
     return check_positive_int(grid[0], "grid[0] (rows)"), check_positive_int(grid[1], "grid[1] (cols)")
 
 
+def check_generator(generator: object) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def check_value_range(value_range: object, dtype: torch.dtype) -> tuple[float, float]:
     """The intensity range [lo, hi] of the data; R = hi - lo enters the sensitivity."""
     if dtype == torch.uint8:

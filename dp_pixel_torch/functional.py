@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_input
+from ._validation import check_generator, check_input
 from .accounting import PrivacyGuarantee
 from .noise import discrete_laplace_noise, laplace_noise, os_entropy_generator
 from .partitions import GridPartition
@@ -103,6 +103,7 @@ def dp_pixelize(
     """
     guarantee = PrivacyGuarantee(epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure)
     x, bounds = check_input(x, value_range)
+    check_generator(generator)
     if secure:
         if generator is not None:
             raise ValueError("secure=True draws its seed from OS entropy and refuses a generator")

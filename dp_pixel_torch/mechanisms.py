@@ -74,6 +74,15 @@ class DPPixelize(Transform):
         """What one call promises for each image or frame it releases."""
         return self._guarantee
 
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        # torchvision passes unknown types through untouched; for a privacy layer that would release raw data.
+        if not any(self._needs_transform_list(flat_inputs)):
+            found = ", ".join(sorted({type(i).__name__ for i in flat_inputs}))
+            raise TypeError(
+                "DPPixelize found no image to release: expected a torch.Tensor [..., C, H, W], "
+                f"tv_tensors.Image/Video or a PIL image, got {found}"
+            )
+
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
             if inpt.mode not in _PIL_MODES:

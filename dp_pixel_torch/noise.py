@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ._validation import check_generator
+
 _TINY = 2.0**-54
 
 
@@ -87,8 +89,7 @@ class NoiseSource:
             raise ValueError("secure=True draws its seed from OS entropy and refuses a generator or seed")
         if generator is not None and seed is not None:
             raise ValueError("give at most one of generator and seed")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_generator(generator)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise TypeError(f"seed must be a non-negative int, got {seed!r}")
         self.secure = secure

@@ -1,0 +1,41 @@
+"""CUDA-only behaviour (device-generic tests elsewhere also run on CUDA through the ``device`` fixture)."""
+
+import pytest
+import torch
+
+from dp_pixel_torch import DPPixelize, dp_pixelize
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]
+
+
+def test_a_cpu_generator_is_refused_for_cuda_input():
+    x = torch.zeros(3, 8, 8, device="cuda")
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        dp_pixelize(x, 1.0, 4, generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        DPPixelize(1.0, 4, generator=torch.Generator())(x)
+
+
+def test_seed_follows_the_input_to_each_device():
+    layer = DPPixelize(1.0, 4, seed=0)
+    x = torch.full((2, 3, 16, 16), 128, dtype=torch.uint8)
+    assert layer(x).device.type == "cpu"
+    assert layer(x.cuda()).device.type == "cuda"
+    assert torch.equal(DPPixelize(1.0, 4, seed=0)(x.cuda()), DPPixelize(1.0, 4, seed=0)(x.cuda()))
+
+
+def test_secure_mode_on_cuda():
+    x = torch.full((4, 3, 64, 64), 128, dtype=torch.uint8, device="cuda")
+    a, b = DPPixelize(1.0, 4, secure=True)(x), DPPixelize(1.0, 4, secure=True)(x)
+    assert a.device.type == "cuda" and not torch.equal(a, b)
+
+
+def test_1080p_batch_on_cuda_matches_cpu_statistics():
+    """Same mechanism on both devices: the variance of released means agrees (not bit-equality)."""
+    eps, b = 3 * 255 / 40.0, 8  # scale 40 on each sum: released-mean std = 40·sqrt(2)/64
+    x = torch.full((8, 3, 1080, 1920), 128, dtype=torch.uint8)
+    cpu = DPPixelize(eps, b, noise="laplace", seed=0)(x)[..., ::b, ::b].double()
+    gpu = DPPixelize(eps, b, noise="laplace", seed=0)(x.cuda())[..., ::b, ::b].double().cpu()
+    want = 2 * 40.0**2 / 64**2 + 1 / 12
+    for out in (cpu, gpu):
+        assert abs(out.var().item() / want - 1) < 0.02  # n = 777,600: 5 standard errors is 1.3%
