@@ -50,6 +50,13 @@ def check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
+def check_cells(b: object, grid: object) -> tuple[int | None, tuple[int, int] | None]:
+    """Exactly one of the cell side ``b`` and the output grid ``grid=(rows, cols)``."""
+    if (b is None) == (grid is None):
+        raise ValueError("give exactly one of b (cell size in pixels) and grid=(rows, cols)")
+    return (check_positive_int(b, "b"), None) if b is not None else (None, check_grid(grid))
+
+
 def check_value_range(value_range: object, dtype: torch.dtype) -> tuple[float, float]:
     """The intensity range [lo, hi] of the data; R = hi - lo enters the sensitivity."""
     if dtype == torch.uint8:

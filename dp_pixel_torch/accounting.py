@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._validation import check_choice, check_epsilon, check_grid, check_positive_int
+from ._validation import check_cells, check_choice, check_epsilon, check_positive_int
 
 NOISE_KINDS = ("discrete", "laplace")
 BORDERS = ("area", "zero_pad")
@@ -42,12 +42,9 @@ class PrivacyGuarantee:
         set_ = object.__setattr__  # frozen: normalise the validated fields once, here
         set_(self, "epsilon", check_epsilon(self.epsilon))
         set_(self, "m", check_positive_int(self.m, "m"))
-        if (self.b is None) == (self.grid is None):
-            raise ValueError("give exactly one of b (cell size in pixels) and grid=(rows, cols)")
-        if self.b is not None:
-            set_(self, "b", check_positive_int(self.b, "b"))
-        else:
-            set_(self, "grid", check_grid(self.grid))
+        b, grid = check_cells(self.b, self.grid)
+        set_(self, "b", b)
+        set_(self, "grid", grid)
         check_choice(self.channel_rule, "channel_rule", CHANNEL_RULES)
         check_choice(self.noise, "noise", NOISE_KINDS)
         check_choice(self.border, "border", BORDERS)

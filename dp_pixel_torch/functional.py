@@ -10,20 +10,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_generator, check_input
+from ._validation import check_cells, check_generator, check_image, check_input
 from .accounting import PrivacyGuarantee
 from .noise import discrete_laplace_noise, laplace_noise, os_entropy_generator
 from .partitions import GridPartition
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
 LEVELS = 255
-
-
-def grid_partition(guarantee: PrivacyGuarantee, height: int, width: int) -> GridPartition:
-    """The cells a guarantee's ``b`` or ``grid`` lays over an ``height×width`` image."""
-    if guarantee.b is not None:
-        return GridPartition.blocks(height, width, guarantee.b)
-    return GridPartition.grid(height, width, *guarantee.grid)
 
 
 def noisy_cell_values(
@@ -119,8 +112,23 @@ def pixelize_validated(
         return x.clone()
     if generator is not None and torch.device(generator.device).type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
-    partition = grid_partition(guarantee, *x.shape[-2:])
+    partition = GridPartition.for_cells(*x.shape[-2:], guarantee.b, guarantee.grid)
     out = partition.fill(noisy_cell_values(x, guarantee, partition, value_range, generator))
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+@torch.no_grad()
+def pixelize(x: torch.Tensor, b: int | None = None, *, grid: Sequence[int] | None = None) -> torch.Tensor:
+    """Plain pixelization, **not private**: fill each cell with its exact mean (a baseline for comparisons).
+
+    Same shapes, dtypes, cells and border handling (``"area"``) as :func:`dp_pixelize`, with no noise.
+    """
+    x = check_image(x).detach()
+    b, grid = check_cells(b, grid)
+    if x.numel() == 0:
+        return x.clone()
+    partition = GridPartition.for_cells(*x.shape[-2:], b, grid)
+    means = partition.cell_sums(x.contiguous()).double() / partition.counts(x.device)
+    return partition.fill(means.round_() if x.dtype == torch.uint8 else means).to(x.dtype)

@@ -37,6 +37,11 @@ class GridPartition:
             raise ValueError(f"grid=({rows}, {cols}) must not exceed the image size ({height}, {width})")
         return cls(_even_sizes(height, rows), _even_sizes(width, cols))
 
+    @classmethod
+    def for_cells(cls, height: int, width: int, b: int | None, grid: tuple[int, int] | None) -> GridPartition:
+        """``b×b`` blocks when ``b`` is given, else the ``grid=(rows, cols)`` partition."""
+        return cls.blocks(height, width, b) if b is not None else cls.grid(height, width, *grid)
+
     @property
     def shape(self) -> tuple[int, int]:
         """Number of cell rows and columns."""

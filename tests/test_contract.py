@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from dp_pixel_torch import DPPixelize, PrivacyGuarantee, dp_pixelize
+from dp_pixel_torch.functional import pixelize
 
 from conftest import generator
 
@@ -152,3 +153,12 @@ def test_extreme_budgets_give_no_nan_and_stay_in_range():
     # A huge ε is (nearly) plain pixelization: the release is the cell mean.
     out = DPPixelize(1e9, 4, noise="laplace", seed=0)(x)
     torch.testing.assert_close(out[..., ::4, ::4], torch.nn.functional.avg_pool2d(x, 4), atol=1e-5, rtol=0)
+
+
+def test_plain_pixelize_is_the_noiseless_mean_and_not_private():
+    x = image(torch.float64, 2, 3, 10, 13)
+    out = pixelize(x, 4)
+    torch.testing.assert_close(out[..., :8:4, :12:4], torch.nn.functional.avg_pool2d(x[..., :8, :12], 4))
+    torch.testing.assert_close(out[..., 8, 12], x[..., 8:, 12:].mean((-1, -2)))  # 2×1 corner cell, true area
+    u8 = (x * 255).round().to(torch.uint8)
+    assert pixelize(u8, grid=(2, 3)).dtype == torch.uint8
