@@ -111,7 +111,10 @@ def pixelize_validated(
     if x.numel() == 0:
         return x.clone()
     if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+        raise ValueError(
+            f"generator is on {generator.device} but the input is on {x.device}; "
+            "pass a generator created on the input's device (or give the layer seed= instead)"
+        )
     partition = GridPartition.for_cells(*x.shape[-2:], guarantee.b, guarantee.grid)
     out = partition.fill(noisy_cell_values(x, guarantee, partition, value_range, generator))
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

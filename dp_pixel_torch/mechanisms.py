@@ -36,7 +36,8 @@ class DPPixelize(Transform):
         value_range: ``(lo, hi)`` of float inputs (default [0, 1]); uint8 is always [0, 255].
         secure: fresh OS-entropy seed on every call; refuses ``generator`` and ``seed``.
         generator: torch.Generator for reproducible noise, on the device of the inputs.
-        seed: alternative to ``generator``: one generator per device, seeded with it.
+        seed: alternative to ``generator``: one generator per device, seeded with it. A known seed reveals the noise:
+            use generators and seeds for experiments, ``secure=True`` in deployment.
 
     Accepts ``[..., C, H, W]`` tensors, ``tv_tensors.Image``/``Video`` and PIL images (modes L, RGB, RGBA) and returns
     the same type, shape, dtype and device. Bounding boxes, masks and labels in a sample pass through unchanged.

@@ -74,7 +74,8 @@ class NoiseSource:
 
     * ``secure=True``: a fresh OS-entropy generator for every call; no generator or seed is accepted.
     * ``generator``: the caller's generator (its device must match the input's).
-    * ``seed``: one generator per device, created on first use and seeded with ``seed``.
+    * ``seed``: one generator per device, created on first use and seeded with ``seed``. Anyone who knows the seed
+      can subtract the noise: seeds are for experiments, never for deployment.
     * neither: torch's global RNG, which DataLoader already seeds differently in every worker.
 
     A generator (or seed) is copied with the **same state** into every DataLoader worker. In a worker it is
@@ -117,11 +118,6 @@ class NoiseSource:
             return os_entropy_generator(device)
         self._split_for_worker()
         if self._generator is not None:
-            if torch.device(self._generator.device).type != device.type:
-                raise ValueError(
-                    f"generator is on {self._generator.device} but the input is on {device}; "
-                    "pass a generator created on the input's device, or seed= instead"
-                )
             return self._generator
         if self.seed is not None:
             key = str(device)
