@@ -50,11 +50,37 @@ def check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
-def check_cells(b: object, grid: object) -> tuple[int | None, tuple[int, int] | None]:
-    """Exactly one of the cell side ``b`` and the output grid ``grid=(rows, cols)``."""
-    if (b is None) == (grid is None):
-        raise ValueError("give exactly one of b (cell size in pixels) and grid=(rows, cols)")
-    return (check_positive_int(b, "b"), None) if b is not None else (None, check_grid(grid))
+def check_levels(levels: object) -> tuple[int, ...]:
+    """Aligned cell sizes ``b_0 < b_1 < … < b_L``, each a multiple of the one before."""
+    if not isinstance(levels, Sequence) or isinstance(levels, str) or len(levels) < 2:
+        raise TypeError(f"levels must be a sequence of at least two cell sizes, e.g. (8, 16, 32), got {levels!r}")
+    sizes = tuple(check_positive_int(b, "levels[i]") for b in levels)
+    for fine, coarse in zip(sizes[:-1], sizes[1:]):
+        if coarse <= fine or coarse % fine:
+            raise ValueError(f"levels must increase, each a multiple of the one before (aligned), got {tuple(levels)}")
+    return sizes
+
+
+def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
+    if generator is not None and torch.device(generator.device).type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but the input is on {device}; "
+            "pass a generator created on the input's device (or give the layer seed= instead)"
+        )
+
+
+def check_cells(
+    b: object, grid: object, levels: object = None
+) -> tuple[int | None, tuple[int, int] | None, tuple[int, ...] | None]:
+    """Exactly one of the cell side ``b``, the output grid ``grid=(rows, cols)`` and the adaptive ``levels``."""
+    if sum(v is not None for v in (b, grid, levels)) != 1:
+        names = "b (cell size in pixels) and grid=(rows, cols)" if levels is None else "b, grid and levels"
+        raise ValueError(f"give exactly one of {names}")
+    if b is not None:
+        return check_positive_int(b, "b"), None, None
+    if grid is not None:
+        return None, check_grid(grid), None
+    return None, None, check_levels(levels)
 
 
 def check_value_range(value_range: object, dtype: torch.dtype) -> tuple[float, float]:

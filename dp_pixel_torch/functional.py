@@ -10,13 +10,58 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_cells, check_generator, check_image, check_input
+from ._validation import check_cells, check_generator, check_generator_device, check_image, check_input
 from .accounting import PrivacyGuarantee
 from .noise import discrete_laplace_noise, laplace_noise, os_entropy_generator
-from .partitions import GridPartition
+from .partitions import GridPartition, MultiLevelGrid, neighbour_differences
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
 LEVELS = 255
+
+
+def cell_levels(x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float]):
+    """Pre-processing, pixel by pixel: the values the cell sums run over, and their range R.
+
+    uint8 stays as is (R = 255). Floats go to the 1/255 lattice for discrete noise (R = 255), or stay floats
+    (R = hi - lo). A per-pixel map keeps neighbours neighbours, so the sensitivity is unchanged.
+    """
+    lo, hi = value_range
+    if x.dtype == torch.uint8:
+        return x.contiguous(), float(LEVELS)
+    if guarantee.noise == "discrete":
+        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return (work - lo).mul_(LEVELS / (hi - lo)).round_().clamp_(0, LEVELS).to(torch.uint8), float(LEVELS)
+    return x.contiguous(), hi - lo
+
+
+def noisy_values(
+    sums: torch.Tensor,
+    partition: GridPartition,
+    cell_side: int | None,
+    guarantee: PrivacyGuarantee,
+    span: float,
+    dtype: torch.dtype,
+    value_range: tuple[float, float],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Noise the cell sums ``[..., C, rows, cols]`` of ``partition`` and return clipped means in ``dtype``'s range.
+
+    Each sum gets its own draw of scale ``guarantee.noise_scale(C, R)``. The mean divides by the true cell area
+    (``border="area"``) or by ``cell_side²`` (``"zero_pad"``). Everything after the noise is post-processing.
+    """
+    lo, hi = value_range
+    if sums.numel() == 0:
+        return torch.empty(sums.shape, dtype=dtype, device=sums.device)
+    counts = partition.counts(sums.device)
+    if sums.is_floating_point() and lo != 0.0:
+        sums = sums - lo * counts  # sums of x - lo, so that padding and clipping refer to [0, R]
+    scale = guarantee.noise_scale(sums.shape[-3], span)
+    sample = discrete_laplace_noise if guarantee.noise == "discrete" else laplace_noise
+    noisy = sample(sums.shape, scale, device=sums.device, generator=generator).add_(sums)
+    means = noisy.div_(counts if guarantee.border == "area" else cell_side**2).clamp_(0.0, span)
+    if dtype == torch.uint8:
+        return means.round_().to(torch.uint8)
+    return means.mul_((hi - lo) / span).add_(lo).to(dtype)
 
 
 def noisy_cell_values(
@@ -26,37 +71,33 @@ def noisy_cell_values(
     value_range: tuple[float, float],
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """The released statistics: clipped noisy cell means ``[..., C, rows, cols]`` in ``x``'s dtype and range.
+    """The released statistics of a uniform grid: clipped noisy cell means ``[..., C, rows, cols]`` in ``x``'s dtype.
 
-    ``x`` must already be validated. Each cell sum of each channel of each image gets its own noise draw with scale
-    ``guarantee.noise_scale(C, R)``; the mean divides the noisy sum by the true cell area (``border="area"``) or by
-    ``b²`` (``"zero_pad"``).
+    ``x`` must already be validated.
     """
-    lo, hi = value_range
-    channels = x.shape[-3]
-    if x.dtype == torch.uint8:
-        levels, span = x, float(LEVELS)
-    elif guarantee.noise == "discrete":
-        # Pre-processing, pixel by pixel: neighbours stay neighbours, so the sensitivity is unchanged.
-        work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        levels = (work - lo).mul_(LEVELS / (hi - lo)).round_().clamp_(0, LEVELS).to(torch.uint8)
-        span = float(LEVELS)
-    else:
-        levels, span = x, hi - lo
-    # View-based reductions need plain strides; a no-op for contiguous input.
-    sums = partition.cell_sums(levels.contiguous())
-    counts = partition.counts(x.device)
-    if levels.is_floating_point() and lo != 0.0:
-        sums = sums - lo * counts  # sums of x - lo, so that padding and clipping refer to [0, R]
-    scale = guarantee.noise_scale(channels, span)
-    if guarantee.noise == "discrete":
-        noisy = discrete_laplace_noise(sums.shape, scale, device=x.device, generator=generator).add_(sums)
-    else:
-        noisy = laplace_noise(sums.shape, scale, device=x.device, generator=generator).add_(sums)
-    means = noisy.div_(counts if guarantee.border == "area" else guarantee.b**2).clamp_(0.0, span)
-    if x.dtype == torch.uint8:
-        return means.round_().to(torch.uint8)
-    return means.mul_((hi - lo) / span).add_(lo).to(x.dtype)
+    levels, span = cell_levels(x, guarantee, value_range)
+    return noisy_values(partition.cell_sums(levels), partition, guarantee.b, guarantee, span, x.dtype, value_range,
+                        generator)
+
+
+def adaptive_cell_values(
+    x: torch.Tensor,
+    guarantee: PrivacyGuarantee,
+    grid: MultiLevelGrid,
+    value_range: tuple[float, float],
+    generator: torch.Generator | None,
+) -> list[torch.Tensor]:
+    """Noisy cell means at every level of ``grid``, ``[..., C, rows_l, cols_l]`` in ``x``'s dtype.
+
+    Every cell sum of every level gets the same noise scale (local noise scaling); only the cells the partition
+    releases are ever output, and every pixel lies in exactly one of them, so the release is ε-DP for any partition
+    that does not depend on the private image.
+    """
+    levels, span = cell_levels(x, guarantee, value_range)
+    return [
+        noisy_values(sums, grid.partition(level), grid.levels[level], guarantee, span, x.dtype, value_range, generator)
+        for level, sums in enumerate(grid.cell_sums(levels))
+    ]
 
 
 @torch.no_grad()
@@ -110,15 +151,15 @@ def pixelize_validated(
     """:func:`dp_pixelize` on input that has already passed the checks."""
     if x.numel() == 0:
         return x.clone()
-    if generator is not None and torch.device(generator.device).type != x.device.type:
-        raise ValueError(
-            f"generator is on {generator.device} but the input is on {x.device}; "
-            "pass a generator created on the input's device (or give the layer seed= instead)"
-        )
+    check_generator_device(generator, x.device)
     partition = GridPartition.for_cells(*x.shape[-2:], guarantee.b, guarantee.grid)
-    out = partition.fill(noisy_cell_values(x, guarantee, partition, value_range, generator))
+    return like_layout(partition.fill(noisy_cell_values(x, guarantee, partition, value_range, generator)), x)
+
+
+def like_layout(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` in channels-last memory format when ``x`` is a channels-last 4-D tensor."""
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
+        return out.contiguous(memory_format=torch.channels_last)
     return out
 
 
@@ -129,9 +170,40 @@ def pixelize(x: torch.Tensor, b: int | None = None, *, grid: Sequence[int] | Non
     Same shapes, dtypes, cells and border handling (``"area"``) as :func:`dp_pixelize`, with no noise.
     """
     x = check_image(x).detach()
-    b, grid = check_cells(b, grid)
+    b, grid, _ = check_cells(b, grid)
     if x.numel() == 0:
         return x.clone()
     partition = GridPartition.for_cells(*x.shape[-2:], b, grid)
     means = partition.cell_sums(x.contiguous()).double() / partition.counts(x.device)
     return partition.fill(means.round_() if x.dtype == torch.uint8 else means).to(x.dtype)
+
+
+def complexity_scores(
+    levels: torch.Tensor,
+    grid: MultiLevelGrid,
+    span: float,
+    *,
+    m: int = 1,
+    partition_epsilon: float | None = None,
+    noise: str = "discrete",
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Per-cell complexity at levels 1..L: mean absolute neighbour difference per pixel and channel, as a fraction
+    of the range R.
+
+    With ``partition_epsilon`` the sums are private statistics and each level's vector (L1 sensitivity
+    ``4·C·R·m``, see :func:`~dp_pixel_torch.partitions.neighbour_differences`) gets noise of scale
+    ``L·4·C·R·m/partition_epsilon``: the L levels together cost ``partition_epsilon``. Without it (a previous release,
+    which is public) no noise is added.
+    """
+    channels = levels.shape[-3]
+    sums = grid.cell_sums(neighbour_differences(levels))[1:]
+    scores = []
+    for level, s in enumerate(sums, start=1):
+        s = s.double()
+        if partition_epsilon is not None:
+            scale = grid.top * 4 * channels * span * m / partition_epsilon
+            sample = discrete_laplace_noise if noise == "discrete" else laplace_noise
+            s = s + sample(s.shape, scale, device=s.device, generator=generator)
+        scores.append(s / (grid.partition(level).counts(s.device) * channels * span))
+    return scores

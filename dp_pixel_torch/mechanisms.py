@@ -12,15 +12,69 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from ._validation import check_input, check_value_range
+from ._validation import check_choice, check_generator_device, check_input, check_value_range
 from .accounting import PrivacyGuarantee
-from .functional import pixelize_validated
+from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
 from .noise import NoiseSource
+from .partitions import GridPartition, MultiLevelGrid, region_mask, split_where
+from .storage import NoisyGrid
 
 _PIL_MODES = ("L", "RGB", "RGBA")
+REGION_SOURCES = ("mask", "complexity", "previous")
 
 
-class DPPixelize(Transform):
+class _DPLayer(Transform):
+    """Shared plumbing: input types, checks, randomness, and the guarantee. Subclasses implement ``release``."""
+
+    _transformed_types = (is_pure_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
+
+    def __init__(self, guarantee: PrivacyGuarantee, value_range, secure, generator, seed) -> None:
+        super().__init__()
+        self._guarantee = guarantee
+        self.value_range = None if value_range is None else tuple(value_range)
+        check_value_range(self.value_range, torch.float32)
+        self._noise_source = NoiseSource(generator=generator, seed=seed, secure=secure)
+
+    @property
+    def guarantee(self) -> PrivacyGuarantee:
+        """What one call promises for each image or frame it releases."""
+        return self._guarantee
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        # torchvision passes unknown types through untouched; for a privacy layer that would release raw data.
+        if not any(self._needs_transform_list(flat_inputs)):
+            found = ", ".join(sorted({type(i).__name__ for i in flat_inputs}))
+            raise TypeError(
+                f"{type(self).__name__} found no image to release: expected a torch.Tensor [..., C, H, W], "
+                f"tv_tensors.Image/Video or a PIL image, got {found}"
+            )
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            if inpt.mode not in _PIL_MODES:
+                raise TypeError(f"PIL images must have mode in {_PIL_MODES}, got {inpt.mode!r}")
+            return TF.to_pil_image(self._pixelize(TF.pil_to_tensor(inpt), params), mode=inpt.mode)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)):
+            return tv_tensors.wrap(self._pixelize(inpt.as_subclass(torch.Tensor), params), like=inpt)
+        return self._pixelize(inpt, params)
+
+    def _pixelize(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        if x.numel() == 0:  # an empty batch: nothing to release
+            return check_input(x, self.value_range, "input")[0].clone()
+        return like_layout(self.release(x, **params, storage="exact").restore(), x)
+
+    def _checked(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float], torch.Generator | None]:
+        if isinstance(x, tv_tensors.TVTensor):
+            x = x.as_subclass(torch.Tensor)
+        x, bounds = check_input(x, self.value_range, "input")
+        if 0 in x.shape[-2:]:
+            raise ValueError(f"input of shape {tuple(x.shape)} has no pixels to release")
+        generator = self._noise_source.generator_for(x.device)
+        check_generator_device(generator, x.device)
+        return x, bounds, generator
+
+
+class DPPixelize(_DPLayer):
     """Uniform differentially private pixelization (DP-Pix), as a layer and a torchvision v2 transform.
 
     Each ``b×b`` cell of each channel is averaged, its sum gets Laplace noise of scale ``C·R·m/ε``, and the cell is
@@ -42,10 +96,9 @@ class DPPixelize(Transform):
     Accepts ``[..., C, H, W]`` tensors, ``tv_tensors.Image``/``Video`` and PIL images (modes L, RGB, RGBA) and returns
     the same type, shape, dtype and device. Bounding boxes, masks and labels in a sample pass through unchanged.
     The layer has no parameters, tracks no gradients, and pickles into DataLoader workers, where every worker draws
-    its own noise stream. Apply random crops and flips *after* it.
+    its own noise stream. Apply random crops and flips *after* it. :meth:`release` returns the noisy statistics
+    alone, as a :class:`~dp_pixel_torch.storage.NoisyGrid`.
     """
-
-    _transformed_types = (is_pure_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
 
     def __init__(
         self,
@@ -62,43 +115,158 @@ class DPPixelize(Transform):
         generator: torch.Generator | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
-        self._guarantee = PrivacyGuarantee(
+        guarantee = PrivacyGuarantee(
             epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
         )
-        self.value_range = None if value_range is None else tuple(value_range)
-        check_value_range(self.value_range, torch.float32)
-        self._noise_source = NoiseSource(generator=generator, seed=seed, secure=secure)
-
-    @property
-    def guarantee(self) -> PrivacyGuarantee:
-        """What one call promises for each image or frame it releases."""
-        return self._guarantee
-
-    def check_inputs(self, flat_inputs: list[Any]) -> None:
-        # torchvision passes unknown types through untouched; for a privacy layer that would release raw data.
-        if not any(self._needs_transform_list(flat_inputs)):
-            found = ", ".join(sorted({type(i).__name__ for i in flat_inputs}))
-            raise TypeError(
-                "DPPixelize found no image to release: expected a torch.Tensor [..., C, H, W], "
-                f"tv_tensors.Image/Video or a PIL image, got {found}"
-            )
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, PIL.Image.Image):
-            if inpt.mode not in _PIL_MODES:
-                raise TypeError(f"PIL images must have mode in {_PIL_MODES}, got {inpt.mode!r}")
-            return TF.to_pil_image(self._pixelize(TF.pil_to_tensor(inpt)), mode=inpt.mode)
-        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)):
-            return tv_tensors.wrap(self._pixelize(inpt.as_subclass(torch.Tensor)), like=inpt)
-        return self._pixelize(inpt)
+        super().__init__(guarantee, value_range, secure, generator, seed)
 
     @torch.no_grad()
-    def _pixelize(self, x: torch.Tensor) -> torch.Tensor:
-        x, bounds = check_input(x, self.value_range, "input")
-        return pixelize_validated(x, self._guarantee, bounds, self._noise_source.generator_for(x.device))
+    def release(self, x: torch.Tensor, storage: str | None = None) -> NoisyGrid:
+        """Release ``x [..., C, H, W]`` and keep only the noisy cell values (see :class:`NoisyGrid` for ``storage``)."""
+        x, bounds, generator = self._checked(x)
+        g = self._guarantee
+        partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
+        values = [noisy_cell_values(x, g, partition, bounds, generator)]
+        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, [], storage)
 
     def extra_repr(self) -> str:
         g = self._guarantee
         cells = f"b={g.b}" if g.b is not None else f"grid={g.grid}"
         return f"epsilon={g.epsilon:g}, {cells}, m={g.m}, noise={g.noise!r}, border={g.border!r}, secure={g.secure}"
+
+
+class RegionAdaptiveDPPixelize(_DPLayer):
+    """Region-adaptive DP pixelization: fine cells where the image is complex, coarse cells elsewhere (SPEC §3).
+
+    The cells come from an aligned multi-level grid ``levels = (b_0 < … < b_L)``. Every released cell sum gets the
+    same noise scale ``C·R·m/ε`` (local noise scaling), so a fine cell's mean is noisier than a coarse one's, and the
+    release is ε-DP for any partition that does not depend on the private image. Where the partition comes from:
+
+    * ``region="mask"``: a public region map (annotation boxes, a matte from an independent source). Pass it as
+      ``mask=``/``boxes=`` to :meth:`release`, or as a ``tv_tensors.Mask``/``BoundingBoxes`` in a v2 sample. Cells
+      touching the region are split down to ``b_0``. Costs no budget, and the guarantee says the mask is public.
+    * ``region="complexity"``: private complexity scores (mean neighbour differences per cell), released with
+      Laplace noise paid from ``partition_epsilon``; a cell is split when its noisy score exceeds ``split_threshold``
+      (a fraction of the range R) or is in the top ``split_fraction`` of the image's cells at its level.
+      Total ε = ``partition_epsilon`` + ``epsilon``.
+    * ``region="previous"``: for video. The partition of frame t comes from the same scores computed on the
+      *released* frame t−1 (post-processing: no extra budget). The first frame, and the first after :meth:`reset`,
+      is released with coarse cells only. Plain tensors ``[..., C, H, W]`` are one frame of each of ``...`` streams
+      per call; a ``tv_tensors.Video`` ``[..., T, C, H, W]`` is processed in time order.
+
+    Other arguments, input types and contract are those of :class:`DPPixelize`.
+    """
+
+    def __init__(
+        self,
+        epsilon: float,
+        m: int = 1,
+        *,
+        levels: Sequence[int] = (8, 16, 32),
+        region: str = "mask",
+        partition_epsilon: float | None = None,
+        split_threshold: float | None = None,
+        split_fraction: float | None = None,
+        noise: str = "discrete",
+        border: str = "area",
+        channel_rule: str = "joint",
+        value_range: Sequence[float] | None = None,
+        secure: bool = False,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
+        check_choice(region, "region", REGION_SOURCES)
+        if region != "mask":
+            if split_threshold is not None and split_fraction is not None:
+                raise ValueError("give at most one of split_threshold and split_fraction")
+            if split_threshold is None and split_fraction is None:
+                split_fraction = 0.25
+            if split_fraction is not None and not 0.0 < float(split_fraction) < 1.0:
+                raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction!r}")
+            if split_threshold is not None and not float(split_threshold) >= 0.0:
+                raise ValueError(f"split_threshold must be >= 0 (a fraction of the value range), got {split_threshold!r}")
+        elif split_threshold is not None or split_fraction is not None:
+            raise ValueError("split_threshold/split_fraction apply to region='complexity' or 'previous', not 'mask'")
+        if region == "complexity" and partition_epsilon is None:
+            raise ValueError("region='complexity' reads the private image: give partition_epsilon > 0 for its scores")
+        guarantee = PrivacyGuarantee(
+            epsilon, m, None, None, channel_rule, noise, border, secure, levels=tuple(levels), partition=region,
+            partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
+        )
+        super().__init__(guarantee, value_range, secure, generator, seed)
+        self.region = region
+        self.split_threshold = split_threshold
+        self.split_fraction = split_fraction
+        self._previous: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the previous frame (``region="previous"``): the next frame starts a new stream."""
+        self._previous = None
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        masks = [i for i in flat_inputs if isinstance(i, tv_tensors.Mask)]
+        boxes = [i for i in flat_inputs if isinstance(i, tv_tensors.BoundingBoxes)]
+        params: dict[str, Any] = {}
+        if masks:
+            params["mask"] = torch.cat([m.as_subclass(torch.Tensor).reshape(-1, *m.shape[-2:]) for m in masks])
+        if boxes:
+            xyxy = [TF.convert_bounding_box_format(b, new_format=tv_tensors.BoundingBoxFormat.XYXY) for b in boxes]
+            params["boxes"] = torch.cat([b.as_subclass(torch.Tensor).reshape(-1, 4) for b in xyxy])
+        return params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if self.region == "previous" and isinstance(inpt, tv_tensors.Video):
+            frames = inpt.as_subclass(torch.Tensor).unbind(-4)  # time order: frame t's cells come from release t-1
+            return tv_tensors.wrap(torch.stack([self._pixelize(f, params) for f in frames], dim=-4), like=inpt)
+        return super().transform(inpt, params)
+
+    @torch.no_grad()
+    def release(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        storage: str | None = None,
+    ) -> NoisyGrid:
+        """Release ``x [..., C, H, W]`` and keep only the noisy statistics and the partition bits.
+
+        ``mask``/``boxes``: the public region for ``region="mask"`` (bool/float ``[..., H, W]``; XYXY pixel boxes).
+        """
+        x, bounds, generator = self._checked(x)
+        g = self._guarantee
+        if self.region != "mask" and (mask is not None or boxes is not None):
+            raise ValueError(f"mask/boxes are only used with region='mask', this layer has region={self.region!r}")
+        grid = MultiLevelGrid(*x.shape[-2:], g.levels)
+        lead = tuple(x.shape[:-3])
+        if self.region == "mask":
+            region = region_mask(mask, boxes, lead, *x.shape[-2:]).to(x.device).to(torch.uint8)
+            split = [s > 0 for s in grid.cell_sums(region)[1:]]
+        elif self.region == "complexity":
+            levels, span = cell_levels(x, g, bounds)
+            scores = complexity_scores(levels, grid, span, m=g.m, partition_epsilon=g.partition_epsilon,
+                                       noise=g.noise, generator=generator)
+            split = split_where(scores, self.split_threshold, self.split_fraction)
+        else:
+            split = self._split_from_previous(x, grid, bounds, lead)
+        split = [s.expand(*lead, *s.shape[-2:]) for s in split]
+        values = adaptive_cell_values(x, g, grid, bounds, generator)
+        released = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, split, storage)
+        if self.region == "previous":
+            self._previous = released.restore()
+        return released
+
+    def _split_from_previous(self, x, grid, bounds, lead) -> list[torch.Tensor]:
+        previous = self._previous
+        if previous is None:
+            return [torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
+                    for level in range(1, len(grid.levels))]
+        if previous.shape != x.shape or previous.device != x.device:
+            raise ValueError(f"frame of shape {tuple(x.shape)} on {x.device} does not continue the stream of "
+                             f"{tuple(previous.shape)} on {previous.device}; call reset() to start a new stream")
+        levels, span = cell_levels(previous, self._guarantee, bounds)
+        return split_where(complexity_scores(levels, grid, span), self.split_threshold, self.split_fraction)
+
+    def extra_repr(self) -> str:
+        g = self._guarantee
+        return (f"epsilon={g.epsilon:g}, levels={g.levels}, m={g.m}, region={self.region!r}, "
+                f"partition_epsilon={g.partition_epsilon:g}, noise={g.noise!r}, border={g.border!r}")

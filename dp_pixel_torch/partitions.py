@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_positive_int
+from ._validation import check_levels, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,15 @@ class GridPartition:
     def cell_sums(self, x: torch.Tensor) -> torch.Tensor:
         """Exact per-cell sums of ``x [..., H, W]`` -> ``[..., rows, cols]``.
 
-        uint8 input gives exact integer sums (int32, or int64 for huge cells); floating input gives float64 sums.
+        uint8 input gives exact integer sums (int32, or int64 for huge cells); wider integer input gives int64 sums;
+        floating input gives float64 sums.
         """
         if x.shape[-2:] != self.image_shape:
             raise ValueError(f"input has spatial size {tuple(x.shape[-2:])}, partition expects {self.image_shape}")
         if x.is_floating_point():
             first = second = torch.float64
+        elif x.dtype != torch.uint8:
+            first = second = torch.int64
         else:
             # The first reduction reads every pixel, so it uses the narrowest exact accumulator.
             first = _narrowest_int(max(self.row_sizes) * 255)
@@ -123,3 +126,138 @@ def _repeat_segments(values: torch.Tensor, sizes: tuple[int, ...], dim: int) -> 
         return values.repeat_interleave(sizes[0], dim=dim)
     repeats = torch.tensor(sizes, device=values.device)
     return values.repeat_interleave(repeats, dim=dim, output_size=sum(sizes))
+
+
+@dataclass(frozen=True)
+class MultiLevelGrid:
+    """Aligned multi-level cells over an ``H×W`` image: sides ``levels = (b_0 < b_1 < … < b_L)``, each a multiple of
+    the one before, all anchored at the top-left corner (SPEC §3).
+
+    Level L tiles the image. A partition keeps a level-l cell whole, or splits it into the level-(l-1) cells it
+    contains, down to level 0. It is described by ``split`` maps, one bool ``[..., rows_l, cols_l]`` per level
+    l = 1..L; the cells it releases are the ``released`` maps, one per level l = 0..L. Every pixel lies in exactly one
+    released cell, so the released sums keep the sensitivity ``C·R·m`` of a uniform grid.
+    """
+
+    height: int
+    width: int
+    levels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", check_levels(self.levels))
+
+    @property
+    def top(self) -> int:
+        """Index L of the coarsest level."""
+        return len(self.levels) - 1
+
+    def partition(self, level: int) -> GridPartition:
+        """The level's cells over the image."""
+        return GridPartition.blocks(self.height, self.width, self.levels[level])
+
+    def step(self, level: int) -> GridPartition:
+        """The level's cells as groups of level-(level-1) cells (over the level-(level-1) grid)."""
+        rows, cols = self.partition(level - 1).shape
+        return GridPartition.blocks(rows, cols, self.levels[level] // self.levels[level - 1])
+
+    def cell_sums(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Exact sums at every level, ``[..., rows_l, cols_l]`` for l = 0..L (one pass over the pixels)."""
+        sums = [self.partition(0).cell_sums(x)]
+        for level in range(1, len(self.levels)):
+            sums.append(self.step(level).cell_sums(sums[-1]))
+        return sums
+
+    def to_finest(self, values: torch.Tensor, level: int) -> torch.Tensor:
+        """Repeat a level's cell values onto the level-0 grid."""
+        for lower in range(level, 0, -1):
+            values = self.step(lower).fill(values)
+        return values
+
+    def released(self, split: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Which cells the partition releases at each level l = 0..L, from the split maps of levels 1..L."""
+        if len(split) != self.top:
+            raise ValueError(f"need one split map per level 1..{self.top}, got {len(split)}")
+        reached = torch.ones_like(split[-1], dtype=torch.bool)
+        released = []
+        for level in range(self.top, 0, -1):
+            keep = split[level - 1].to(torch.bool)
+            if keep.shape[-2:] != self.partition(level).shape:
+                raise ValueError(f"split map of level {level} has grid {tuple(keep.shape[-2:])}, "
+                                 f"expected {self.partition(level).shape}")
+            released.append(reached & ~keep)
+            reached = self.step(level).fill(reached & keep)
+        released.append(reached)
+        return released[::-1]
+
+    def fill(self, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """Paint every pixel with the value of the released cell it lies in.
+
+        ``released[l]``: bool ``[..., rows_l, cols_l]``; ``values[l]``: ``[..., C, rows_l, cols_l]``. Returns a new
+        ``[..., C, H, W]``. Only released cells are read.
+        """
+        level = self.level_map(released).unsqueeze(-3)
+        finest = values[0]
+        for lvl in range(1, len(self.levels)):
+            finest = torch.where(level == lvl, self.to_finest(values[lvl], lvl), finest)
+        return self.partition(0).fill(finest)
+
+    def level_map(self, released: list[torch.Tensor]) -> torch.Tensor:
+        """The level of the released cell that holds each level-0 cell: int64 ``[..., rows_0, cols_0]``."""
+        return sum(self.to_finest(r.long() * level, level) for level, r in enumerate(released))
+
+
+def region_mask(
+    mask: torch.Tensor | None, boxes: torch.Tensor | None, lead: tuple[int, ...], height: int, width: int
+) -> torch.Tensor:
+    """A public region map as bool ``[*lead or broadcastable, H, W]``, from a mask and/or XYXY pixel boxes.
+
+    ``mask``: bool or float (``> 0.5`` is inside) ``[..., H, W]``; leading dims beyond the images' (instance masks
+    of one image, say) are merged with ``any``. ``boxes``: ``[K, 4]`` as ``(x0, y0, x1, y1)``, shared by the batch.
+    """
+    if mask is None and boxes is None:
+        raise ValueError("region='mask' needs a public region: pass mask= or boxes= (or a tv_tensors.Mask / "
+                         "BoundingBoxes in the sample)")
+    region = torch.zeros((height, width), dtype=torch.bool)
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a tensor [..., {height}, {width}] matching the image, got {shape}")
+        inside = mask if mask.dtype == torch.bool else mask > 0.5
+        extra = inside.ndim - 2 - len(lead)
+        if extra > 0:
+            inside = inside.flatten(0, extra).any(0) if extra > 1 else inside.any(0)
+        region = region.to(inside.device) | inside
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float64, device=region.device).reshape(-1, 4)
+        ys = torch.arange(height, device=region.device, dtype=torch.float64)[:, None] + 0.5
+        xs = torch.arange(width, device=region.device, dtype=torch.float64)[None, :] + 0.5
+        for x0, y0, x1, y1 in boxes.tolist():  # boxes are few; a pixel is inside when its centre is
+            region = region | ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))
+    return region
+
+
+def neighbour_differences(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel complexity ``g(p) = Σ_c |x(p) − x(right p)| + |x(p) − x(below p)|``: ``[..., C, H, W] -> [..., H, W]``.
+
+    Sensitivity: a changed pixel q enters the pairs (q, right q), (q, below q), (left q, q), (above q, q), each
+    moving by at most R per channel, so the sum of g over any set of cells moves by at most 4·C·R per changed pixel:
+    the vector of cell sums of g has L1 sensitivity ``4·C·R·m`` (SPEC §3).
+    """
+    x = x.to(torch.int32) if not x.is_floating_point() else x.to(torch.float64)
+    g = torch.zeros(x.shape[:-3] + x.shape[-2:], dtype=x.dtype, device=x.device)
+    g[..., :, :-1] += (x[..., :, 1:] - x[..., :, :-1]).abs().sum(-3)
+    g[..., :-1, :] += (x[..., 1:, :] - x[..., :-1, :]).abs().sum(-3)
+    return g
+
+
+def split_where(scores: list[torch.Tensor], threshold: float | None, fraction: float | None) -> list[torch.Tensor]:
+    """Split maps for levels 1..L from per-cell scores: above ``threshold``, or the top ``fraction`` of each image's
+    cells at each level. Pure post-processing of the scores."""
+    if threshold is not None:
+        return [s > threshold for s in scores]
+    split = []
+    for s in scores:
+        flat = s.flatten(-2).double()
+        cut = torch.quantile(flat, 1.0 - fraction, dim=-1, keepdim=True)
+        split.append((flat > cut).reshape(s.shape))
+    return split
