@@ -3,8 +3,12 @@
 from . import functional, reference
 from .accounting import PrivacyGuarantee
 from .functional import dp_pixelize
-from .mechanisms import DPPixelize
-from .partitions import GridPartition
+from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
+from .partitions import GridPartition, MultiLevelGrid
+from .storage import NoisyGrid, NoisyGridFormatError, load_video, save_video
 
-__all__ = ["DPPixelize", "GridPartition", "PrivacyGuarantee", "dp_pixelize", "functional", "reference"]
+__all__ = [
+    "DPPixelize", "GridPartition", "MultiLevelGrid", "NoisyGrid", "NoisyGridFormatError", "PrivacyGuarantee",
+    "RegionAdaptiveDPPixelize", "dp_pixelize", "functional", "load_video", "reference", "save_video",
+]
 __version__ = "0.1.0"

@@ -198,12 +198,24 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         self.split_threshold = split_threshold
         self.split_fraction = split_fraction
         self._previous: torch.Tensor | None = None
+        self._sample_region: dict[str, Any] = {}
 
     def reset(self) -> None:
         """Forget the previous frame (``region="previous"``): the next frame starts a new stream."""
         self._previous = None
 
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        super().check_inputs(flat_inputs)
+        # torchvision hands make_params() only the inputs it transforms; masks and boxes pass through untouched, so
+        # the public region is read from the whole sample here and handed on.
+        self._sample_region = self._region_in(flat_inputs)
+
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        params, self._sample_region = self._sample_region, {}
+        return params
+
+    @staticmethod
+    def _region_in(flat_inputs: list[Any]) -> dict[str, Any]:
         masks = [i for i in flat_inputs if isinstance(i, tv_tensors.Mask)]
         boxes = [i for i in flat_inputs if isinstance(i, tv_tensors.BoundingBoxes)]
         params: dict[str, Any] = {}

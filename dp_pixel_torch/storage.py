@@ -38,7 +38,7 @@ _IMAGE_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": tor
 _STORAGE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32, "float64": np.float64}
 #: Limits on what a record may declare, so that a small hostile file cannot make restore() allocate without bound.
 MAX_SIDE = 1 << 16
-MAX_VALUES = 1 << 32
+MAX_VALUES = 1 << 30
 
 
 class NoisyGridFormatError(ValueError):

@@ -1,0 +1,267 @@
+"""Region-adaptive DP pixelization: multi-level cells, local noise scaling, and the three partition sources."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from dp_pixel_torch import DPPixelize, GridPartition, MultiLevelGrid, RegionAdaptiveDPPixelize
+from dp_pixel_torch.functional import cell_levels, complexity_scores
+from dp_pixel_torch.partitions import neighbour_differences, split_where
+
+from conftest import generator
+
+ALPHA = 1e-3  # false-failure rate of each statistical test
+
+
+def grey(n: int, c: int, h: int, w: int, value: int = 128) -> torch.Tensor:
+    return torch.full((n, c, h, w), value, dtype=torch.uint8)
+
+
+# --- geometry ----------------------------------------------------------------------------------------------------
+
+
+def test_quadtree_descent_and_level_map():
+    grid = MultiLevelGrid(70, 40, (8, 16, 32))
+    assert [grid.partition(level).shape for level in range(3)] == [(9, 5), (5, 3), (3, 2)]
+    split_top = torch.zeros(3, 2, dtype=torch.bool)
+    split_top[0, 0] = True
+    split_mid = torch.zeros(5, 3, dtype=torch.bool)
+    split_mid[0, 0] = True
+    split_mid[4, 2] = True  # under an unsplit top cell: never reached
+    released = grid.released([split_mid, split_top])
+    assert released[0].sum() == 4 and released[1].sum() == 3 and released[2].sum() == 5
+    level = grid.level_map(released)
+    assert level[:2, :2].eq(0).all() and level[2:4, :2].eq(1).all() and level[:4, 4].eq(2).all()
+    # Every level-0 cell lies in exactly one released cell.
+    cover = sum(grid.to_finest(r.long(), lvl) for lvl, r in enumerate(released))
+    assert cover.eq(1).all()
+
+
+@pytest.mark.parametrize("levels", [(8, 12), (8, 8), (16, 8), (4,)])
+def test_levels_must_be_aligned(levels):
+    with pytest.raises((ValueError, TypeError), match="levels"):
+        RegionAdaptiveDPPixelize(1.0, levels=levels)
+
+
+def test_sums_at_every_level_are_exact():
+    x = torch.randint(0, 256, (2, 3, 37, 50), dtype=torch.uint8, generator=generator("cpu", 0))
+    grid = MultiLevelGrid(37, 50, (4, 8, 16))
+    for level, sums in enumerate(grid.cell_sums(x)):
+        assert torch.equal(sums, grid.partition(level).cell_sums(x))
+
+
+# --- equivalence with the uniform layer --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("region", "level"), [("none", 2), ("all", 0)])
+def test_all_coarse_or_all_fine_mask_releases_the_uniform_distribution(region, level):
+    """KS two-sample test of released cell values against DPPixelize at the same b. α = 1e-3."""
+    levels = (4, 8, 16)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(40, 216, (1, 3, 48, 50), dtype=np.uint8)).expand(300, -1, -1, -1)
+    mask = torch.zeros(48, 50, dtype=torch.bool) if region == "none" else torch.ones(48, 50, dtype=torch.bool)
+    adaptive = RegionAdaptiveDPPixelize(4.0, levels=levels, noise="laplace", generator=generator("cpu", 2))
+    released = adaptive.release(x, mask=mask)
+    assert released.split[-1].any() == (region == "all")
+    b = levels[level]
+    partition = GridPartition.blocks(48, 50, b)
+    noiseless = partition.cell_sums(x[:1]).double() / partition.counts()
+    a = adaptive.release(x, mask=mask, storage="exact").restore()[..., ::b, ::b].double() - noiseless
+    u = DPPixelize(4.0, b, noise="laplace", generator=generator("cpu", 3))(x)[..., ::b, ::b].double() - noiseless
+    assert stats.ks_2samp(a.ravel().numpy(), u.ravel().numpy()).pvalue > ALPHA  # conservative on uint8 values
+
+
+def test_forward_is_exactly_the_restored_release():
+    x = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=generator("cpu", 0))
+    boxes = torch.tensor([[5, 4, 30, 22]])
+    for make in (lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=5),
+                 lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=1.0,
+                                                  seed=5)):
+        kwargs = {"boxes": boxes} if make().region == "mask" else {}
+        sample = (x, tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(40, 56))) if kwargs else x
+        out = make()(sample)
+        out = out[0] if kwargs else out
+        assert torch.equal(out, make().release(x, **kwargs).restore())
+
+
+# --- calibration: local noise scaling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise", ["laplace", "discrete"])
+def test_fine_and_coarse_cells_have_the_local_noise_scale(noise):
+    """Every released sum has scale t = C·R·m/ε, so a level-l cell mean has variance Var(t)/b_l² (n ≥ 25,000 per
+    level; tolerance 5 standard errors, false-failure rate < 1e-5 per level)."""
+    levels, t = (4, 8), 160.0
+    eps = 3 * 255 / t  # noise scale t grey levels on each sum: 10 on a fine mean, 2.5 on a coarse one
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[:, :32] = True  # left half fine (4×4), right half coarse (8×8)
+    layer = RegionAdaptiveDPPixelize(eps, levels=levels, noise=noise, generator=generator("cpu", 4))
+    out = layer(grey(300, 3, 64, 64), tv_tensors.Mask(mask))[0].double()
+    var_t = 2 * t**2 if noise == "laplace" else stats.dlaplace(1 / t).var()
+    for cells, b in ((out[..., :, :32][..., ::4, ::4], 4), (out[..., :, 32:][..., ::8, ::8], 8)):
+        want = var_t / b**4 + 1 / 12
+        assert cells.numel() >= 25_000
+        assert abs(cells.var().item() / want - 1) < 5 * math.sqrt(5 / cells.numel())
+        assert abs(cells.mean().item() - 128) < 5 * math.sqrt(want / cells.numel()) + 0.5
+
+
+# --- empirical privacy: m changed pixels straddling a fine and a coarse region ------------------------------------
+
+
+def epsilon_lower_bound(stat_a: np.ndarray, stat_b: np.ndarray, alpha: float) -> float:
+    """Largest log(P_a(T >= τ) / P_b(T >= τ)) over thresholds that the data support at confidence 1 - alpha:
+    Clopper–Pearson lower bound for the numerator, upper bound for the denominator, Bonferroni over thresholds."""
+    thresholds = np.quantile(stat_a, np.linspace(0.5, 0.999, 40))
+    k = len(thresholds)
+    best = 0.0
+    for tau in thresholds:
+        hits_a, hits_b = int((stat_a >= tau).sum()), int((stat_b >= tau).sum())
+        lo_a = stats.beta.ppf(alpha / (2 * k), hits_a, stat_a.size - hits_a + 1) if hits_a else 0.0
+        hi_b = stats.beta.ppf(1 - alpha / (2 * k), hits_b + 1, stat_b.size - hits_b) if hits_b < stat_b.size else 1.0
+        if lo_a > 0:
+            best = max(best, math.log(lo_a / hi_b))
+    return best
+
+
+def straddling_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A black 8×16 image and its neighbour with m = 2 white pixels: one in a fine 4×4 cell (left half is the
+    public region), one in the coarse 8×8 cell on the right."""
+    x = torch.zeros(1, 1, 8, 16, dtype=torch.uint8)
+    y = x.clone()
+    y[..., 0, 0] = 255
+    y[..., 0, 15] = 255
+    mask = torch.zeros(8, 16, dtype=torch.bool)
+    mask[:, :8] = True
+    return x, y, mask
+
+
+def affected_sums(layer: RegionAdaptiveDPPixelize, image: torch.Tensor, mask: torch.Tensor, n: int) -> np.ndarray:
+    out = layer.release(image.expand(n, -1, -1, -1), mask=mask, storage="exact").restore().double()
+    return (out[:, 0, 0, 0] * 16 + out[:, 0, 0, 15] * 64).numpy()  # released sums of the two affected cells
+
+
+@pytest.mark.parametrize("noise", ["laplace", "discrete"])
+def test_likelihood_ratio_test_stays_within_epsilon(noise):
+    """A threshold (likelihood-ratio) test on the affected cells, 200,000 releases per image: the ε it can certify
+    at 99.9% confidence stays below the claimed ε = 1. A layer with half the noise is caught above it."""
+    x, y, mask = straddling_pair()
+    n, eps = 200_000, 1.0
+    layer = RegionAdaptiveDPPixelize(eps, 2, levels=(4, 8), noise=noise, generator=generator("cpu", 8))
+    bound = epsilon_lower_bound(affected_sums(layer, y, mask, n), affected_sums(layer, x, mask, n), ALPHA)
+    assert bound <= eps
+    assert bound > 0.3 * eps  # the test has power: it sees a real part of the privacy loss
+    half_noise = RegionAdaptiveDPPixelize(2 * eps, 2, levels=(4, 8), noise=noise, generator=generator("cpu", 8))
+    caught = epsilon_lower_bound(affected_sums(half_noise, y, mask, n), affected_sums(half_noise, x, mask, n), ALPHA)
+    assert caught > eps
+
+
+# --- partition sources -------------------------------------------------------------------------------------------
+
+
+def test_mask_cells_touching_the_region_are_fine_and_the_rest_coarse():
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=0)
+    boxes = torch.tensor([[20.0, 8.0, 28.0, 12.0]])  # x0, y0, x1, y1: pixels x 20..27, y 8..11
+    released = layer.release(grey(1, 3, 32, 48), boxes=boxes)
+    grid = MultiLevelGrid(32, 48, (4, 8, 16))
+    level = grid.level_map(grid.released(list(released.split)))[0]
+    # The top cell holding the box is split; of its four 8-px cells, the two touching the box are split again.
+    assert level[2:4, 4:8].eq(0).all() and level[0:2, 4:8].eq(1).all()
+    assert level.eq(2).sum() == level.numel() - 16
+
+
+def test_mask_as_a_v2_sample_and_the_guarantee_says_public():
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), seed=0)
+    image = tv_tensors.Image(grey(1, 3, 16, 16)[0])
+    out_image, out_mask = v2.Compose([layer, v2.RandomHorizontalFlip(p=1.0)])(
+        image, tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.bool)))
+    assert isinstance(out_image, tv_tensors.Image) and isinstance(out_mask, tv_tensors.Mask)
+    assert "treated as PUBLIC (costs no budget)" in str(layer.guarantee)
+    assert layer.guarantee.total_epsilon(3) == 1.0
+    with pytest.raises(ValueError, match="needs a public region"):
+        layer(image)
+    with pytest.raises(ValueError, match="mask must be a tensor"):
+        layer.release(image, mask=torch.zeros(8, 8))
+
+
+def test_complexity_partition_is_a_function_of_the_noisy_scores_only():
+    """Same noise seed: (a) images with the same neighbour differences get the same partition, whatever their
+    pixels; (b) one changed pixel moves each level's noisy score vector by at most its sensitivity 4·C·R (and only
+    in the cells holding the changed pairs), so the partition can change only there."""
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 200, (1, 3, 48, 64), dtype=np.uint8))
+    grid = MultiLevelGrid(48, 64, (4, 8, 16))
+
+    def noisy_scores(image):
+        levels, span = cell_levels(image, RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16)).guarantee, (0, 255))
+        return complexity_scores(levels, grid, span, partition_epsilon=0.5, generator=generator("cpu", 7))
+
+    shifted = x + 50  # every pixel differs, every neighbour difference is the same
+    for a, b in zip(noisy_scores(x), noisy_scores(shifted)):
+        assert torch.equal(a, b)
+    y = x.clone()
+    y[..., 20, 30] = 255 - y[..., 20, 30]
+    for level, (a, b) in enumerate(zip(noisy_scores(x), noisy_scores(y)), start=1):
+        counts = grid.partition(level).counts() * 3 * 255
+        moved = ((a - b).abs() * counts).sum().item()  # back to sum units
+        assert 0 < moved <= 4 * 3 * 255 + 1e-6
+        changed_cells = torch.nonzero((a - b).abs() > 0)[:, -2:]
+        b_l = grid.levels[level]
+        assert all(abs(r * b_l - 20) <= b_l and abs(c * b_l - 30) <= b_l for r, c in changed_cells.tolist())
+    raw = neighbour_differences(x)
+    assert raw.shape == (1, 48, 64)
+
+
+def test_complexity_splits_textured_regions_and_reports_the_total():
+    x = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
+    x[..., :32, :32] = torch.randint(0, 256, (1, 3, 32, 32), generator=generator("cpu", 0), dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(8, 16, 32), region="complexity", partition_epsilon=1.0,
+                                     split_threshold=0.1, seed=0)
+    split_top = layer.release(x).split[-1][0]
+    assert split_top[0, 0] and not split_top[1, 1]  # the textured quadrant is split, the flat one is not
+    g = layer.guarantee
+    assert (g.partition, g.partition_epsilon, g.total_epsilon(3)) == ("complexity", 1.0, 2.0)
+    assert "total ε = 1 + 1 = 2" in str(g)
+
+
+def test_previous_frame_source_default_first_frame_and_reset():
+    layer = RegionAdaptiveDPPixelize(2.0, levels=(4, 8, 16), region="previous", seed=0)
+    textured = torch.randint(0, 256, (2, 3, 32, 48), generator=generator("cpu", 1), dtype=torch.uint8)
+    first = layer.release(textured)
+    assert not any(s.any() for s in first.split)  # documented default: coarse cells only
+    second = layer.release(torch.zeros_like(textured))
+    levels, span = cell_levels(first.restore(), layer.guarantee, (0, 255))
+    expected = split_where(complexity_scores(levels, MultiLevelGrid(32, 48, (4, 8, 16)), span), None, 0.25)
+    assert all(torch.equal(s, e) for s, e in zip(second.split, expected))  # from release t-1, not from frame t
+    assert any(s.any() for s in second.split)
+    layer.reset()
+    assert not any(s.any() for s in layer.release(textured).split)
+    with pytest.raises(ValueError, match="reset"):
+        layer.release(textured[:, :, :16])
+    video = tv_tensors.Video(textured[:1].expand(4, -1, -1, -1).clone())
+    layer.reset()
+    assert isinstance(layer(video), tv_tensors.Video)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(region="faces"), "region must be one of"), (dict(region="complexity"), "partition_epsilon > 0"),
+     (dict(region="complexity", partition_epsilon=0.0), "partition_epsilon"),
+     (dict(partition_epsilon=1.0), "only spent by partition='complexity'"),
+     (dict(region="previous", split_fraction=1.5), "split_fraction"),
+     (dict(region="previous", split_fraction=0.2, split_threshold=0.1), "at most one"),
+     (dict(split_threshold=0.1), "not 'mask'"), (dict(levels=(8, 12)), "aligned"), (dict(epsilon=0), "epsilon")],
+)
+def test_adaptive_bad_parameters(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        RegionAdaptiveDPPixelize(**{"epsilon": 1.0, **kwargs})
+
+
+def test_mask_given_to_a_non_mask_source_is_refused():
+    layer = RegionAdaptiveDPPixelize(1.0, region="previous")
+    with pytest.raises(ValueError, match="only used with region='mask'"):
+        layer.release(grey(1, 3, 32, 32), mask=torch.ones(32, 32))
