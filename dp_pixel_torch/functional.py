@@ -13,7 +13,7 @@ import torch
 from ._validation import check_cells, check_generator, check_generator_device, check_image, check_input
 from .accounting import PrivacyGuarantee
 from .noise import discrete_laplace_noise, laplace_noise, os_entropy_generator
-from .partitions import GridPartition, MultiLevelGrid, neighbour_differences
+from .partitions import GridPartition, MultiLevelGrid, cell_contrast
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
 LEVELS = 255
@@ -81,22 +81,24 @@ def noisy_cell_values(
 
 
 def adaptive_cell_values(
-    x: torch.Tensor,
-    guarantee: PrivacyGuarantee,
+    sums: list[torch.Tensor],
     grid: MultiLevelGrid,
+    guarantee: PrivacyGuarantee,
+    span: float,
+    dtype: torch.dtype,
     value_range: tuple[float, float],
     generator: torch.Generator | None,
 ) -> list[torch.Tensor]:
-    """Noisy cell means at every level of ``grid``, ``[..., C, rows_l, cols_l]`` in ``x``'s dtype.
+    """Noisy cell means at every level of ``grid`` from its exact sums (:meth:`MultiLevelGrid.cell_sums` of
+    :func:`cell_levels`), ``[..., C, rows_l, cols_l]`` in ``dtype``.
 
     Every cell sum of every level gets the same noise scale (local noise scaling); only the cells the partition
     releases are ever output, and every pixel lies in exactly one of them, so the release is ε-DP for any partition
     that does not depend on the private image.
     """
-    levels, span = cell_levels(x, guarantee, value_range)
     return [
-        noisy_values(sums, grid.partition(level), grid.levels[level], guarantee, span, x.dtype, value_range, generator)
-        for level, sums in enumerate(grid.cell_sums(levels))
+        noisy_values(s, grid.partition(level), grid.levels[level], guarantee, span, dtype, value_range, generator)
+        for level, s in enumerate(sums)
     ]
 
 
@@ -179,7 +181,7 @@ def pixelize(x: torch.Tensor, b: int | None = None, *, grid: Sequence[int] | Non
 
 
 def complexity_scores(
-    levels: torch.Tensor,
+    finest_sums: torch.Tensor,
     grid: MultiLevelGrid,
     span: float,
     *,
@@ -188,22 +190,25 @@ def complexity_scores(
     noise: str = "discrete",
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Per-cell complexity at levels 1..L: mean absolute neighbour difference per pixel and channel, as a fraction
-    of the range R.
+    """Per-cell complexity at levels 1..L: the mean absolute difference between neighbouring level-0 cell means
+    inside the cell, per channel, as a fraction of the range R.
 
-    With ``partition_epsilon`` the sums are private statistics and each level's vector (L1 sensitivity
-    ``4·C·R·m``, see :func:`~dp_pixel_torch.partitions.neighbour_differences`) gets noise of scale
-    ``L·4·C·R·m/partition_epsilon``: the L levels together cost ``partition_epsilon``. Without it (a previous release,
-    which is public) no noise is added.
+    It is computed from the exact level-0 sums ``[..., C, rows_0, cols_0]`` (see
+    :func:`~dp_pixel_torch.partitions.cell_contrast`). With ``partition_epsilon`` these are private statistics: each
+    level's integer score vector (L1 sensitivity ``4·C·R·b_0²·m``) gets noise of scale
+    ``L·4·C·R·b_0²·m/partition_epsilon``, so the L levels together cost ``partition_epsilon``. Without it (scores of
+    a previous release, which is public) no noise is added.
     """
-    channels = levels.shape[-3]
-    sums = grid.cell_sums(neighbour_differences(levels))[1:]
+    channels = finest_sums.shape[-3]
+    finest = grid.partition(0)
+    n_max = grid.levels[0] ** 2
     scores = []
-    for level, s in enumerate(sums, start=1):
+    for level, s in enumerate(grid.coarsen(cell_contrast(finest_sums, finest.counts()))[1:], start=1):
         s = s.double()
         if partition_epsilon is not None:
-            scale = grid.top * 4 * channels * span * m / partition_epsilon
+            scale = grid.top * 4 * channels * span * n_max * m / partition_epsilon
             sample = discrete_laplace_noise if noise == "discrete" else laplace_noise
-            s = s + sample(s.shape, scale, device=s.device, generator=generator)
-        scores.append(s / (grid.partition(level).counts(s.device) * channels * span))
+            s = sample(s.shape, scale, device=s.device, generator=generator).add_(s)
+        # A level-l cell holds about 2·n_c/b_0² pairs, each n_f·n_g ≈ b_0⁴ times a difference of means.
+        scores.append(s / (2 * grid.partition(level).counts(s.device) * n_max * channels * span))
     return scores

@@ -250,24 +250,25 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             raise ValueError(f"mask/boxes are only used with region='mask', this layer has region={self.region!r}")
         grid = MultiLevelGrid(*x.shape[-2:], g.levels)
         lead = tuple(x.shape[:-3])
+        levels, span = cell_levels(x, g, bounds)
+        sums = grid.cell_sums(levels)
         if self.region == "mask":
             region = region_mask(mask, boxes, lead, *x.shape[-2:]).to(x.device).to(torch.uint8)
             split = [s > 0 for s in grid.cell_sums(region)[1:]]
         elif self.region == "complexity":
-            levels, span = cell_levels(x, g, bounds)
-            scores = complexity_scores(levels, grid, span, m=g.m, partition_epsilon=g.partition_epsilon,
+            scores = complexity_scores(sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon,
                                        noise=g.noise, generator=generator)
             split = split_where(scores, self.split_threshold, self.split_fraction)
         else:
-            split = self._split_from_previous(x, grid, bounds, lead)
+            split = self._split_from_previous(x, grid, bounds)
         split = [s.expand(*lead, *s.shape[-2:]) for s in split]
-        values = adaptive_cell_values(x, g, grid, bounds, generator)
+        values = adaptive_cell_values(sums, grid, g, span, x.dtype, bounds, generator)
         released = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, split, storage)
         if self.region == "previous":
             self._previous = released.restore()
         return released
 
-    def _split_from_previous(self, x, grid, bounds, lead) -> list[torch.Tensor]:
+    def _split_from_previous(self, x, grid, bounds) -> list[torch.Tensor]:
         previous = self._previous
         if previous is None:
             return [torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
@@ -276,7 +277,8 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             raise ValueError(f"frame of shape {tuple(x.shape)} on {x.device} does not continue the stream of "
                              f"{tuple(previous.shape)} on {previous.device}; call reset() to start a new stream")
         levels, span = cell_levels(previous, self._guarantee, bounds)
-        return split_where(complexity_scores(levels, grid, span), self.split_threshold, self.split_fraction)
+        scores = complexity_scores(grid.partition(0).cell_sums(levels), grid, span)
+        return split_where(scores, self.split_threshold, self.split_fraction)
 
     def extra_repr(self) -> str:
         g = self._guarantee

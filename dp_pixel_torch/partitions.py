@@ -162,7 +162,11 @@ class MultiLevelGrid:
 
     def cell_sums(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Exact sums at every level, ``[..., rows_l, cols_l]`` for l = 0..L (one pass over the pixels)."""
-        sums = [self.partition(0).cell_sums(x)]
+        return self.coarsen(self.partition(0).cell_sums(x))
+
+    def coarsen(self, finest: torch.Tensor) -> list[torch.Tensor]:
+        """Sums of a level-0 map ``[..., rows_0, cols_0]`` over the cells of every level l = 0..L."""
+        sums = [finest]
         for level in range(1, len(self.levels)):
             sums.append(self.step(level).cell_sums(sums[-1]))
         return sums
@@ -236,17 +240,19 @@ def region_mask(
     return region
 
 
-def neighbour_differences(x: torch.Tensor) -> torch.Tensor:
-    """Per-pixel complexity ``g(p) = Σ_c |x(p) − x(right p)| + |x(p) − x(below p)|``: ``[..., C, H, W] -> [..., H, W]``.
+def cell_contrast(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Contrast of every cell with its right and lower neighbours: ``[..., C, rows, cols]`` integer sums and their
+    ``[rows, cols]`` pixel counts -> int64 ``[..., rows, cols]``, ``g(f) = Σ_c Σ_{g ∈ {right, below}} |S_f·n_g − S_g·n_f|``.
 
-    Sensitivity: a changed pixel q enters the pairs (q, right q), (q, below q), (left q, q), (above q, q), each
-    moving by at most R per channel, so the sum of g over any set of cells moves by at most 4·C·R per changed pixel:
-    the vector of cell sums of g has L1 sensitivity ``4·C·R·m`` (SPEC §3).
+    ``S_f·n_g − S_g·n_f`` is ``n_f·n_g`` times the difference of the two cell means, so a flat image has no contrast,
+    even at cut-short border cells, and the score is exact in integers. Sensitivity: a changed pixel moves ``S_f`` of
+    its one cell by at most R per channel, which moves the four terms holding f by at most ``R·n_max`` each, so the
+    sum of g over any cells moves by at most ``4·C·R·n_max`` per changed pixel (``n_max`` the largest cell).
     """
-    x = x.to(torch.int32) if not x.is_floating_point() else x.to(torch.float64)
-    g = torch.zeros(x.shape[:-3] + x.shape[-2:], dtype=x.dtype, device=x.device)
-    g[..., :, :-1] += (x[..., :, 1:] - x[..., :, :-1]).abs().sum(-3)
-    g[..., :-1, :] += (x[..., 1:, :] - x[..., :-1, :]).abs().sum(-3)
+    s, n = sums.to(torch.int64), counts.to(sums.device)
+    g = torch.zeros(s.shape[:-3] + s.shape[-2:], dtype=torch.int64, device=s.device)
+    g[..., :, :-1] = (s[..., :, :-1] * n[:, 1:] - s[..., :, 1:] * n[:, :-1]).abs_().sum(-3)
+    g[..., :-1, :] += (s[..., :-1, :] * n[1:, :] - s[..., 1:, :] * n[:-1, :]).abs_().sum(-3)
     return g
 
 

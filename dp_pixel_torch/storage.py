@@ -21,7 +21,7 @@ import math
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,7 @@ class NoisyGrid:
     guarantee: PrivacyGuarantee
     values: tuple[torch.Tensor, ...]
     split: tuple[torch.Tensor, ...] = ()
+    _released_cells: list[torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_release(
@@ -88,7 +89,7 @@ class NoisyGrid:
         if dtype == torch.uint8 and storage != "uint8":
             raise ValueError("uint8 images store their cell values as uint8 (storage='uint8')")
         grid = cls(tuple(shape), dtype, value_range, guarantee, (), tuple(s.to(torch.bool) for s in split))
-        released = grid._released(values[0].device)
+        released = grid._released()
         stored = []
         for level, v in enumerate(values):
             if storage == "uint8" and dtype != torch.uint8:
@@ -96,7 +97,9 @@ class NoisyGrid:
                 v = ((v.double() - lo) * (255 / (hi - lo))).round_().clamp_(0, 255)
             v = v.to(getattr(torch, storage))
             stored.append(v if released is None else torch.where(released[level].unsqueeze(-3), v, 0))
-        return cls(grid.shape, dtype, value_range, guarantee, tuple(stored), grid.split)
+        release = cls(grid.shape, dtype, value_range, guarantee, tuple(stored), grid.split)
+        object.__setattr__(release, "_released_cells", released)
+        return release
 
     @property
     def storage(self) -> str:
@@ -113,10 +116,13 @@ class NoisyGrid:
             return MultiLevelGrid(height, width, g.levels)
         return GridPartition.for_cells(height, width, g.b, g.grid)
 
-    def _released(self, device: torch.device) -> list[torch.Tensor] | None:
+    def _released(self) -> list[torch.Tensor] | None:
+        """The released cells of every level (adaptive releases), computed once from the split maps."""
         if not self.is_adaptive:
             return None
-        return self._layout().released([s.to(device) for s in self.split])
+        if self._released_cells is None:
+            object.__setattr__(self, "_released_cells", self._layout().released(list(self.split)))
+        return self._released_cells
 
     def restore(self) -> torch.Tensor:
         """The released images, ``self.shape`` in ``self.dtype``: exactly what the layer returned when the storage
@@ -125,7 +131,7 @@ class NoisyGrid:
         layout = self._layout()
         if isinstance(layout, GridPartition):
             return layout.fill(values[0])
-        return layout.fill(self._released(values[0].device), values)
+        return layout.fill(self._released(), values)
 
     def _decode(self, v: torch.Tensor) -> torch.Tensor:
         if v.dtype == torch.uint8 and self.dtype != torch.uint8:
@@ -144,11 +150,11 @@ class NoisyGrid:
             "guarantee": asdict(self.guarantee),
         }, sort_keys=True).encode()
         parts = [np.packbits(s.cpu().numpy().ravel()).tobytes() for s in self.split]
-        released = self._released(torch.device("cpu"))
+        released = self._released()
         for level, v in enumerate(self.values):
-            v = v.cpu()
             if released is not None:
                 v = v[released[level].unsqueeze(-3).expand_as(v)]
+            v = v.cpu()
             parts.append(v.contiguous().numpy().tobytes())
         payload = b"".join(parts)
         crc = zlib.crc32(payload, zlib.crc32(header))

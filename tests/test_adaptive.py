@@ -10,8 +10,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from dp_pixel_torch import DPPixelize, GridPartition, MultiLevelGrid, RegionAdaptiveDPPixelize
-from dp_pixel_torch.functional import cell_levels, complexity_scores
-from dp_pixel_torch.partitions import neighbour_differences, split_where
+from dp_pixel_torch.functional import complexity_scores
+from dp_pixel_torch.partitions import cell_contrast, split_where
 
 from conftest import generator
 
@@ -189,16 +189,16 @@ def test_mask_as_a_v2_sample_and_the_guarantee_says_public():
 
 
 def test_complexity_partition_is_a_function_of_the_noisy_scores_only():
-    """Same noise seed: (a) images with the same neighbour differences get the same partition, whatever their
-    pixels; (b) one changed pixel moves each level's noisy score vector by at most its sensitivity 4·C·R (and only
-    in the cells holding the changed pairs), so the partition can change only there."""
+    """Same noise seed: (a) images with the same cell contrasts get the same scores, whatever their pixels; (b) one
+    changed pixel moves each level's noisy score vector by at most its sensitivity 4·C·R·b_0² (and only in the cells
+    next to the changed pixel), so the partition can change only there."""
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 200, (1, 3, 48, 64), dtype=np.uint8))
     grid = MultiLevelGrid(48, 64, (4, 8, 16))
 
     def noisy_scores(image):
-        levels, span = cell_levels(image, RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16)).guarantee, (0, 255))
-        return complexity_scores(levels, grid, span, partition_epsilon=0.5, generator=generator("cpu", 7))
+        finest = grid.partition(0).cell_sums(image)
+        return complexity_scores(finest, grid, 255.0, partition_epsilon=0.5, generator=generator("cpu", 7))
 
     shifted = x + 50  # every pixel differs, every neighbour difference is the same
     for a, b in zip(noisy_scores(x), noisy_scores(shifted)):
@@ -206,19 +206,21 @@ def test_complexity_partition_is_a_function_of_the_noisy_scores_only():
     y = x.clone()
     y[..., 20, 30] = 255 - y[..., 20, 30]
     for level, (a, b) in enumerate(zip(noisy_scores(x), noisy_scores(y)), start=1):
-        counts = grid.partition(level).counts() * 3 * 255
-        moved = ((a - b).abs() * counts).sum().item()  # back to sum units
-        assert 0 < moved <= 4 * 3 * 255 + 1e-6
+        units = 2 * grid.partition(level).counts() * 16 * 3 * 255
+        moved = ((a - b).abs() * units).sum().item()  # back to integer score units
+        assert 0 < moved <= 4 * 3 * 255 * 16 + 1e-6
         changed_cells = torch.nonzero((a - b).abs() > 0)[:, -2:]
         b_l = grid.levels[level]
         assert all(abs(r * b_l - 20) <= b_l and abs(c * b_l - 30) <= b_l for r, c in changed_cells.tolist())
-    raw = neighbour_differences(x)
-    assert raw.shape == (1, 48, 64)
+    ragged = MultiLevelGrid(47, 63, (4, 8, 16)).partition(0)  # cut-short border cells
+    flat = ragged.cell_sums(torch.full((1, 3, 47, 63), 9, dtype=torch.uint8))
+    assert cell_contrast(flat, ragged.counts()).eq(0).all()  # flat image: no contrast anywhere
 
 
 def test_complexity_splits_textured_regions_and_reports_the_total():
     x = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
-    x[..., :32, :32] = torch.randint(0, 256, (1, 3, 32, 32), generator=generator("cpu", 0), dtype=torch.uint8)
+    blocks = torch.randint(0, 256, (1, 3, 4, 4), generator=generator("cpu", 0), dtype=torch.uint8)
+    x[..., :32, :32] = blocks.repeat_interleave(8, -1).repeat_interleave(8, -2)  # detail at the finest cell scale
     layer = RegionAdaptiveDPPixelize(1.0, levels=(8, 16, 32), region="complexity", partition_epsilon=1.0,
                                      split_threshold=0.1, seed=0)
     split_top = layer.release(x).split[-1][0]
@@ -234,8 +236,8 @@ def test_previous_frame_source_default_first_frame_and_reset():
     first = layer.release(textured)
     assert not any(s.any() for s in first.split)  # documented default: coarse cells only
     second = layer.release(torch.zeros_like(textured))
-    levels, span = cell_levels(first.restore(), layer.guarantee, (0, 255))
-    expected = split_where(complexity_scores(levels, MultiLevelGrid(32, 48, (4, 8, 16)), span), None, 0.25)
+    grid = MultiLevelGrid(32, 48, (4, 8, 16))
+    expected = split_where(complexity_scores(grid.partition(0).cell_sums(first.restore()), grid, 255.0), None, 0.25)
     assert all(torch.equal(s, e) for s, e in zip(second.split, expected))  # from release t-1, not from frame t
     assert any(s.any() for s in second.split)
     layer.reset()
