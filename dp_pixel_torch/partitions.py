@@ -8,6 +8,7 @@ divide) or replicate/reflect padding would let one private pixel feed several ce
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -27,8 +28,7 @@ class GridPartition:
     @classmethod
     def blocks(cls, height: int, width: int, b: int) -> GridPartition:
         """``b×b`` cells from the top-left corner; the last row/column of cells is cut short when b does not divide."""
-        b = check_positive_int(b, "b")
-        return cls(_block_sizes(height, b), _block_sizes(width, b))
+        return _blocks(height, width, check_positive_int(b, "b"))
 
     @classmethod
     def grid(cls, height: int, width: int, rows: int, cols: int) -> GridPartition:
@@ -52,10 +52,17 @@ class GridPartition:
         return sum(self.row_sizes), sum(self.col_sizes)
 
     def counts(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """Real pixels per cell, ``n_c``: int64 ``[rows, cols]``."""
-        rows = torch.tensor(self.row_sizes, dtype=torch.int64, device=device)
-        cols = torch.tensor(self.col_sizes, dtype=torch.int64, device=device)
-        return rows[:, None] * cols[None, :]
+        """Real pixels per cell, ``n_c``: int64 ``[rows, cols]`` (a shared tensor: do not modify it)."""
+        key = str(torch.device(device) if device is not None else torch.device("cpu"))
+        if key not in self._counts:
+            rows = torch.tensor(self.row_sizes, dtype=torch.int64, device=key)
+            cols = torch.tensor(self.col_sizes, dtype=torch.int64, device=key)
+            self._counts[key] = rows[:, None] * cols[None, :]
+        return self._counts[key]
+
+    @cached_property
+    def _counts(self) -> dict[str, torch.Tensor]:
+        return {}
 
     def cell_sums(self, x: torch.Tensor) -> torch.Tensor:
         """Exact per-cell sums of ``x [..., H, W]`` -> ``[..., rows, cols]``.
@@ -84,6 +91,11 @@ class GridPartition:
         return _repeat_segments(_repeat_segments(values, self.col_sizes, dim=-1), self.row_sizes, dim=-2)
 
 
+@lru_cache(maxsize=256)
+def _blocks(height: int, width: int, b: int) -> GridPartition:
+    return GridPartition(_block_sizes(height, b), _block_sizes(width, b))
+
+
 def _block_sizes(length: int, b: int) -> tuple[int, ...]:
     full, rest = divmod(length, b)
     return (b,) * full + ((rest,) if rest else ())
@@ -98,10 +110,17 @@ def _narrowest_int(largest: int) -> torch.dtype:
     return next(d for d in (torch.int16, torch.int32, torch.int64) if largest <= torch.iinfo(d).max)
 
 
+@lru_cache(maxsize=1024)
+def _blocks_of(sizes: tuple[int, ...]) -> int | None:
+    """b when the sizes are b, b, …, b and a last one <= b; else None."""
+    b = sizes[0]
+    return b if all(s == b for s in sizes[:-1]) and sizes[-1] <= b else None
+
+
 def _sum_segments(x: torch.Tensor, sizes: tuple[int, ...], dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Sum consecutive segments of the given sizes along ``dim`` (-1 or -2)."""
-    b = sizes[0]
-    if all(s == b for s in sizes[:-1]) and sizes[-1] <= b:
+    b = _blocks_of(sizes)
+    if b is not None:
         # Blocks of b plus an optional shorter tail. Adding the b offsets of each block as whole slices (a loop over
         # offsets inside a cell, vectorised over all cells and images) is several times faster than .sum() over a
         # short inner axis.
@@ -122,7 +141,7 @@ def _sum_segments(x: torch.Tensor, sizes: tuple[int, ...], dim: int, dtype: torc
 
 
 def _repeat_segments(values: torch.Tensor, sizes: tuple[int, ...], dim: int) -> torch.Tensor:
-    if all(s == sizes[0] for s in sizes):
+    if _blocks_of(sizes) == sizes[-1]:  # all equal
         return values.repeat_interleave(sizes[0], dim=dim)
     repeats = torch.tensor(sizes, device=values.device)
     return values.repeat_interleave(repeats, dim=dim, output_size=sum(sizes))

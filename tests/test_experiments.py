@@ -1,5 +1,6 @@
-"""The README's main job: the Hydra demo on the real photos bundled with scikit-image."""
+"""The Hydra jobs: the README's demo and the adaptive utility comparison, on photos bundled with scikit-image."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,13 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_demo(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "demo.py"), *overrides],
+def run_job(script: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *overrides],
                           capture_output=True, text=True, check=True, cwd=ROOT)
+
+
+def run_demo(*overrides: str) -> subprocess.CompletedProcess:
+    return run_job("demo.py", *overrides)
 
 
 def test_config_composes_with_overrides():
@@ -40,3 +45,16 @@ def test_unknown_photo_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "demo.py"), "images=[nosuch]",
                            f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode != 0 and "'nosuch' is not a bundled photo" in done.stderr
+
+
+def test_adaptive_utility_writes_tables_at_equal_total_epsilon(tmp_path):
+    run_job("adaptive_utility.py", "total_epsilons=[2.0]", "repeats=1", f"hydra.run.dir={tmp_path}")
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["condition"] for r in rows] == [
+        "uniform b=4", "uniform b=16", "adaptive, face mask (public)",
+        "adaptive, complexity (20% of ε on scores)", "adaptive, previous frame"]
+    assert all(float(r["total_epsilon"]) == 2.0 and 5 < float(r["psnr"]) < 60 for r in rows)
+    report = (tmp_path / "results.md").read_text()
+    assert "total ε = 1.6 + 0.4 = 2" in report and "treated as PUBLIC" in report
+    assert (tmp_path / "examples.png").stat().st_size > 10_000
