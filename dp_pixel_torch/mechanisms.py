@@ -264,8 +264,8 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         split = [s.expand(*lead, *s.shape[-2:]) for s in split]
         values = adaptive_cell_values(sums, grid, g, span, x.dtype, bounds, generator)
         released = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, split, storage)
-        if self.region == "previous":
-            self._previous = released.restore()
+        if self.region == "previous":  # what frame t+1 may see of frame t: its released level-0 cell values
+            self._previous = grid.finest_values(grid.released(split), values)
         return released
 
     def _split_from_previous(self, x, grid, bounds) -> list[torch.Tensor]:
@@ -273,11 +273,14 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         if previous is None:
             return [torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
                     for level in range(1, len(grid.levels))]
-        if previous.shape != x.shape or previous.device != x.device:
-            raise ValueError(f"frame of shape {tuple(x.shape)} on {x.device} does not continue the stream of "
-                             f"{tuple(previous.shape)} on {previous.device}; call reset() to start a new stream")
-        levels, span = cell_levels(previous, self._guarantee, bounds)
-        scores = complexity_scores(grid.partition(0).cell_sums(levels), grid, span)
+        expected = (*x.shape[:-2], *grid.partition(0).shape)
+        if tuple(previous.shape) != expected or previous.device != x.device:
+            raise ValueError(f"frame of shape {tuple(x.shape)} on {x.device} does not continue the previous stream "
+                             f"(released cells {tuple(previous.shape)} on {previous.device}); call reset() first")
+        levels, span = cell_levels(previous, self._guarantee, bounds)  # released level-0 means, as levels
+        counts = grid.partition(0).counts(x.device)
+        sums = levels * counts if levels.is_floating_point() else levels.long() * counts
+        scores = complexity_scores(sums, grid, span)
         return split_where(scores, self.split_threshold, self.split_fraction)
 
     def extra_repr(self) -> str:

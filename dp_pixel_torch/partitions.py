@@ -7,6 +7,7 @@ divide) or replicate/reflect padding would let one private pixel feed several ce
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -218,11 +219,15 @@ class MultiLevelGrid:
         ``released[l]``: bool ``[..., rows_l, cols_l]``; ``values[l]``: ``[..., C, rows_l, cols_l]``. Returns a new
         ``[..., C, H, W]``. Only released cells are read.
         """
+        return self.partition(0).fill(self.finest_values(released, values))
+
+    def finest_values(self, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """The value of every level-0 cell, taken from the released cell that holds it: ``[..., C, rows_0, cols_0]``."""
         level = self.level_map(released).unsqueeze(-3)
         finest = values[0]
         for lvl in range(1, len(self.levels)):
             finest = torch.where(level == lvl, self.to_finest(values[lvl], lvl), finest)
-        return self.partition(0).fill(finest)
+        return finest
 
     def level_map(self, released: list[torch.Tensor]) -> torch.Tensor:
         """The level of the released cell that holds each level-0 cell: int64 ``[..., rows_0, cols_0]``."""
@@ -252,24 +257,26 @@ def region_mask(
         region = region.to(inside.device) | inside
     if boxes is not None:
         boxes = torch.as_tensor(boxes, dtype=torch.float64, device=region.device).reshape(-1, 4)
-        ys = torch.arange(height, device=region.device, dtype=torch.float64)[:, None] + 0.5
-        xs = torch.arange(width, device=region.device, dtype=torch.float64)[None, :] + 0.5
+        region = region.clone()
         for x0, y0, x1, y1 in boxes.tolist():  # boxes are few; a pixel is inside when its centre is
-            region = region | ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))
+            rows = slice(max(0, math.ceil(y0 - 0.5)), max(0, math.ceil(y1 - 0.5)))
+            cols = slice(max(0, math.ceil(x0 - 0.5)), max(0, math.ceil(x1 - 0.5)))
+            region[..., rows, cols] = True
     return region
 
 
 def cell_contrast(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Contrast of every cell with its right and lower neighbours: ``[..., C, rows, cols]`` integer sums and their
-    ``[rows, cols]`` pixel counts -> int64 ``[..., rows, cols]``, ``g(f) = Σ_c Σ_{g ∈ {right, below}} |S_f·n_g − S_g·n_f|``.
+    ``[rows, cols]`` pixel counts -> int64 (float64 for float sums) ``[..., rows, cols]``, ``g(f) = Σ_c Σ_{g ∈ {right, below}} |S_f·n_g − S_g·n_f|``.
 
     ``S_f·n_g − S_g·n_f`` is ``n_f·n_g`` times the difference of the two cell means, so a flat image has no contrast,
     even at cut-short border cells, and the score is exact in integers. Sensitivity: a changed pixel moves ``S_f`` of
     its one cell by at most R per channel, which moves the four terms holding f by at most ``R·n_max`` each, so the
     sum of g over any cells moves by at most ``4·C·R·n_max`` per changed pixel (``n_max`` the largest cell).
     """
-    s, n = sums.to(torch.int64), counts.to(sums.device)
-    g = torch.zeros(s.shape[:-3] + s.shape[-2:], dtype=torch.int64, device=s.device)
+    s = sums.double() if sums.is_floating_point() else sums.to(torch.int64)
+    n = counts.to(sums.device)
+    g = torch.zeros(s.shape[:-3] + s.shape[-2:], dtype=s.dtype, device=s.device)
     g[..., :, :-1] = (s[..., :, :-1] * n[:, 1:] - s[..., :, 1:] * n[:, :-1]).abs_().sum(-3)
     g[..., :-1, :] += (s[..., :-1, :] * n[1:, :] - s[..., 1:, :] * n[:-1, :]).abs_().sum(-3)
     return g
