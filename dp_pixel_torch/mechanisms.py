@@ -16,7 +16,7 @@ from ._validation import check_choice, check_generator_device, check_input, chec
 from .accounting import PrivacyGuarantee
 from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
 from .noise import NoiseSource
-from .partitions import GridPartition, MultiLevelGrid, region_mask, split_where
+from .partitions import GridPartition, MultiLevelGrid, region_cells, split_where
 from .storage import NoisyGrid
 
 _PIL_MODES = ("L", "RGB", "RGBA")
@@ -253,8 +253,8 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         levels, span = cell_levels(x, g, bounds)
         sums = grid.cell_sums(levels)
         if self.region == "mask":
-            region = region_mask(mask, boxes, lead, *x.shape[-2:]).to(x.device).to(torch.uint8)
-            split = [s > 0 for s in grid.cell_sums(region)[1:]]
+            touched = region_cells(grid.partition(0), mask, boxes, lead).to(x.device)
+            split = [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
         elif self.region == "complexity":
             scores = complexity_scores(sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon,
                                        noise=g.noise, generator=generator)

@@ -7,6 +7,8 @@ divide) or replicate/reflect padding would let one private pixel feed several ce
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -234,18 +236,20 @@ class MultiLevelGrid:
         return sum(self.to_finest(r.long() * level, level) for level, r in enumerate(released))
 
 
-def region_mask(
-    mask: torch.Tensor | None, boxes: torch.Tensor | None, lead: tuple[int, ...], height: int, width: int
+def region_cells(
+    partition: GridPartition, mask: torch.Tensor | None, boxes: torch.Tensor | None, lead: tuple[int, ...]
 ) -> torch.Tensor:
-    """A public region map as bool ``[*lead or broadcastable, H, W]``, from a mask and/or XYXY pixel boxes.
+    """Which cells of ``partition`` touch a public region: bool ``[*lead or broadcastable, rows, cols]``.
 
     ``mask``: bool or float (``> 0.5`` is inside) ``[..., H, W]``; leading dims beyond the images' (instance masks
-    of one image, say) are merged with ``any``. ``boxes``: ``[K, 4]`` as ``(x0, y0, x1, y1)``, shared by the batch.
+    of one image, say) are merged with ``any``. ``boxes``: ``[K, 4]`` as ``(x0, y0, x1, y1)`` in pixels, shared by the
+    batch; a pixel is inside a box when its centre is.
     """
     if mask is None and boxes is None:
         raise ValueError("region='mask' needs a public region: pass mask= or boxes= (or a tv_tensors.Mask / "
                          "BoundingBoxes in the sample)")
-    region = torch.zeros((height, width), dtype=torch.bool)
+    height, width = partition.image_shape
+    touched = torch.zeros(partition.shape, dtype=torch.bool)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
@@ -253,16 +257,25 @@ def region_mask(
         inside = mask if mask.dtype == torch.bool else mask > 0.5
         extra = inside.ndim - 2 - len(lead)
         if extra > 0:
-            inside = inside.flatten(0, extra).any(0) if extra > 1 else inside.any(0)
-        region = region.to(inside.device) | inside
+            inside = inside.flatten(0, extra - 1).any(0)
+        touched = touched.to(inside.device) | (partition.cell_sums(inside.to(torch.uint8)) > 0)
     if boxes is not None:
-        boxes = torch.as_tensor(boxes, dtype=torch.float64, device=region.device).reshape(-1, 4)
-        region = region.clone()
-        for x0, y0, x1, y1 in boxes.tolist():  # boxes are few; a pixel is inside when its centre is
-            rows = slice(max(0, math.ceil(y0 - 0.5)), max(0, math.ceil(y1 - 0.5)))
-            cols = slice(max(0, math.ceil(x0 - 0.5)), max(0, math.ceil(x1 - 0.5)))
-            region[..., rows, cols] = True
-    return region
+        touched = touched.clone()
+        row_edges = [0, *itertools.accumulate(partition.row_sizes)]
+        col_edges = [0, *itertools.accumulate(partition.col_sizes)]
+        for x0, y0, x1, y1 in torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist():  # boxes are few
+            rows = _cells_between(row_edges, math.ceil(y0 - 0.5), math.ceil(y1 - 0.5))
+            cols = _cells_between(col_edges, math.ceil(x0 - 0.5), math.ceil(x1 - 0.5))
+            touched[..., rows, cols] = True
+    return touched
+
+
+def _cells_between(edges: list[int], first: int, stop: int) -> slice:
+    """The cells holding pixels ``first .. stop-1`` (clipped to the image), for cell boundaries ``edges``."""
+    first, stop = max(first, 0), min(stop, edges[-1])
+    if first >= stop:
+        return slice(0, 0)
+    return slice(bisect.bisect_right(edges, first) - 1, bisect.bisect_left(edges, stop))
 
 
 def cell_contrast(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -267,3 +267,16 @@ def test_mask_given_to_a_non_mask_source_is_refused():
     layer = RegionAdaptiveDPPixelize(1.0, region="previous")
     with pytest.raises(ValueError, match="only used with region='mask'"):
         layer.release(grey(1, 3, 32, 32), mask=torch.ones(32, 32))
+
+
+@pytest.mark.parametrize("box", [(20.0, 8.0, 28.0, 12.0), (19.6, 7.5, 27.5, 11.4), (0, 0, 1, 1), (40, 20, 48, 32)])
+def test_boxes_and_the_equivalent_mask_give_the_same_partition(box):
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=0)
+    x0, y0, x1, y1 = box
+    mask = torch.zeros(2, 32, 48, dtype=torch.bool)  # two instance masks of one image: their union is the region
+    ys, xs = torch.arange(32)[:, None] + 0.5, torch.arange(48)[None, :] + 0.5  # pixel centres
+    mask[0] = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    from_boxes = layer.release(grey(1, 3, 32, 48)[0], boxes=torch.tensor([box])).split
+    from_mask = layer.release(grey(1, 3, 32, 48)[0], mask=mask).split
+    assert all(torch.equal(a, b) for a, b in zip(from_boxes, from_mask))
+    assert any(s.any() for s in from_mask)
