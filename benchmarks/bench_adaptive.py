@@ -39,8 +39,9 @@ def layers(levels=(8, 16, 32)) -> dict[str, torch.nn.Module]:
     return {
         "uniform b=8 (finest)": DPPixelize(1.0, levels[0], seed=0),
         "adaptive, mask": RegionAdaptiveDPPixelize(1.0, levels=levels, seed=0),
-        "adaptive, complexity": RegionAdaptiveDPPixelize(0.8, levels=levels, region="complexity", partition_epsilon=0.2,
-                                                         seed=0),
+        "adaptive, complexity": RegionAdaptiveDPPixelize(
+            0.8, levels=levels, region="complexity", partition_epsilon=0.2, seed=0
+        ),
         "adaptive, previous": RegionAdaptiveDPPixelize(1.0, levels=levels, region="previous", seed=0),
     }
 
@@ -55,7 +56,9 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
     print(f"1080p RGB uint8, {args.threads} CPU threads; levels 8/16/32; ms per frame (median)\n")
-    print(f"| layer | device | 1 frame | batch of {args.batch}, per frame | vs uniform (1 frame) | vs uniform (batch) |")
+    print(
+        f"| layer | device | 1 frame | batch of {args.batch}, per frame | vs uniform (1 frame) | vs uniform (batch) |"
+    )
     print("|---|---|---|---|---|---|")
     for device in devices:
         one = frame[None].to(device)
@@ -71,7 +74,9 @@ def main() -> None:
                 layer.reset(), layer(many)
             tb = median_ms(stmt, args.threads, layer=layer, x=many, **mask) / args.batch
             base = base or (t1, tb)
-            print(f"| {name} | {device} | {t1:.2f} | {tb:.2f} | {t1 / base[0]:.2f}× | {tb / base[1]:.2f}× |", flush=True)
+            print(
+                f"| {name} | {device} | {t1:.2f} | {tb:.2f} | {t1 / base[0]:.2f}× | {tb / base[1]:.2f}× |", flush=True
+            )
 
     print("\nStorage per 1080p frame (bytes; PNG/JPEG encode the released image)\n")
     print("| release | cells × channels | raw frame | PNG | JPEG q95 | NoisyGrid uint8 | NoisyGrid float16 |")
@@ -84,8 +89,11 @@ def main() -> None:
         grid = layer.release(x, **kwargs)
         light = layer.release(x.float() / 255, **kwargs)  # float images store float16 by default
         released = grid.restore()[0]
-        cells = sum(int(v.numel()) for v in grid.values) if not grid.is_adaptive else int(
-            sum(r.sum() for r in grid._released())) * 3
+        cells = (
+            sum(int(v.numel()) for v in grid.values)
+            if not grid.is_adaptive
+            else int(sum(r.sum() for r in grid._released())) * 3
+        )
         png, jpeg = len(encode_png(released)), len(encode_jpeg(released, quality=95))
         print(f"| {name} | {cells:,} | {x.numel():,} | {png:,} | {jpeg:,} | {grid.nbytes:,} | {light.nbytes:,} |")
 

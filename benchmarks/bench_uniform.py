@@ -38,18 +38,25 @@ def main() -> None:
     image = frame.numpy()
     rng = np.random.default_rng(0)
     print(f"1080p RGB uint8, CPU, {args.threads} threads, discrete noise, border=area; batch = {args.batch} frames\n")
-    print("| b | sequential ms/frame | layer ms/frame | speed-up | clone ms/frame | "
-          f"layer ms/batch | clone ms/batch | layer / clone (batch) |")
+    print(
+        "| b | sequential ms/frame | layer ms/frame | speed-up | clone ms/frame | "
+        "layer ms/batch | clone ms/batch | layer / clone (batch) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for b in args.sizes:
         layer = DPPixelize(1.0, b, seed=0)
-        seq = median_ms("f(image, 1.0, b, 1, rng)", args.threads, 0.0, f=dp_pixelize_sequential, image=image, b=b, rng=rng)
+        seq = median_ms(
+            "f(image, 1.0, b, 1, rng)", args.threads, 0.0, f=dp_pixelize_sequential, image=image, b=b, rng=rng
+        )
         one = median_ms("layer(x)", args.threads, layer=layer, x=frame)
         clone_one = median_ms("x.clone()", args.threads, x=frame)
         many = median_ms("layer(x)", args.threads, layer=layer, x=batch)
         clone_many = median_ms("x.clone()", args.threads, x=batch)
-        print(f"| {b} | {seq:.0f} | {one:.2f} | {seq / one:.0f}× | {clone_one:.2f} | "
-              f"{many:.1f} | {clone_many:.1f} | {many / clone_many:.2f}× |", flush=True)
+        print(
+            f"| {b} | {seq:.0f} | {one:.2f} | {seq / one:.0f}× | {clone_one:.2f} | "
+            f"{many:.1f} | {clone_many:.1f} | {many / clone_many:.2f}× |",
+            flush=True,
+        )
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")

@@ -8,7 +8,17 @@ from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid, NoisyGridFormatError, load_video, save_video
 
 __all__ = [
-    "DPPixelize", "GridPartition", "MultiLevelGrid", "NoisyGrid", "NoisyGridFormatError", "PrivacyGuarantee",
-    "RegionAdaptiveDPPixelize", "dp_pixelize", "functional", "load_video", "reference", "save_video",
+    "DPPixelize",
+    "GridPartition",
+    "MultiLevelGrid",
+    "NoisyGrid",
+    "NoisyGridFormatError",
+    "PrivacyGuarantee",
+    "RegionAdaptiveDPPixelize",
+    "dp_pixelize",
+    "functional",
+    "load_video",
+    "reference",
+    "save_video",
 ]
 __version__ = "0.1.0"

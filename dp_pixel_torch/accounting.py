@@ -104,8 +104,10 @@ class PrivacyGuarantee:
             cells = "region-adaptive cells b ∈ {" + ", ".join(map(str, self.levels)) + "}"
         partition = _PARTITION_TEXT[self.partition]
         if self.partition == "complexity":
-            partition += (f" with partition ε = {self.partition_epsilon:g}; "
-                          f"total ε = {self.epsilon:g} + {self.partition_epsilon:g} = {self.total_epsilon(1):g}")
+            partition += (
+                f" with partition ε = {self.partition_epsilon:g}; "
+                f"total ε = {self.epsilon:g} + {self.partition_epsilon:g} = {self.total_epsilon(1):g}"
+            )
             if self.channel_rule == "per_channel":
                 partition += " per channel of the cells"
         noise = {"discrete": "discrete Laplace on integer sums", "laplace": "continuous Laplace (float64)"}[self.noise]

@@ -76,8 +76,9 @@ def noisy_cell_values(
     ``x`` must already be validated.
     """
     levels, span = cell_levels(x, guarantee, value_range)
-    return noisy_values(partition.cell_sums(levels), partition, guarantee.b, guarantee, span, x.dtype, value_range,
-                        generator)
+    return noisy_values(
+        partition.cell_sums(levels), partition, guarantee.b, guarantee, span, x.dtype, value_range, generator
+    )
 
 
 def adaptive_cell_values(
@@ -135,9 +136,11 @@ def dp_pixelize(
         secure: seed a fresh generator from OS entropy for this call; refuses ``generator``.
 
     Returns:
-        A new tensor with ``x``'s shape, dtype, device (and channels-last layout if ``x`` has it); it never requires grad.
+        A new tensor with ``x``'s shape, dtype, device (and channels-last layout if ``x`` has it); never requires grad.
     """
-    guarantee = PrivacyGuarantee(epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure)
+    guarantee = PrivacyGuarantee(
+        epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
+    )
     x, bounds = check_input(x, value_range)
     check_generator(generator)
     if secure:

@@ -145,9 +145,10 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     * ``region="mask"``: a public region map (annotation boxes, a matte from an independent source). Pass it as
       ``mask=``/``boxes=`` to :meth:`release`, or as a ``tv_tensors.Mask``/``BoundingBoxes`` in a v2 sample. Cells
       touching the region are split down to ``b_0``. Costs no budget, and the guarantee says the mask is public.
-    * ``region="complexity"``: private complexity scores (mean neighbour differences per cell), released with
-      Laplace noise paid from ``partition_epsilon``; a cell is split when its noisy score exceeds ``split_threshold``
-      (a fraction of the range R) or is in the top ``split_fraction`` of the image's cells at its level.
+    * ``region="complexity"``: private complexity scores (the mean difference between neighbouring ``b_0`` cells
+      inside each cell), released with Laplace noise paid from ``partition_epsilon``; a cell is split when its
+      noisy score exceeds ``split_threshold`` (a fraction of the range R) or is in the top ``split_fraction`` of
+      the image's cells at its level.
       Total ε = ``partition_epsilon`` + ``epsilon``.
     * ``region="previous"``: for video. The partition of frame t comes from the same scores computed on the
       *released* frame t−1 (post-processing: no extra budget). The first frame, and the first after :meth:`reset`,
@@ -184,13 +185,24 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             if split_fraction is not None and not 0.0 < float(split_fraction) < 1.0:
                 raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction!r}")
             if split_threshold is not None and not float(split_threshold) >= 0.0:
-                raise ValueError(f"split_threshold must be >= 0 (a fraction of the value range), got {split_threshold!r}")
+                raise ValueError(
+                    f"split_threshold must be >= 0 (a fraction of the value range), got {split_threshold!r}"
+                )
         elif split_threshold is not None or split_fraction is not None:
             raise ValueError("split_threshold/split_fraction apply to region='complexity' or 'previous', not 'mask'")
         if region == "complexity" and partition_epsilon is None:
             raise ValueError("region='complexity' reads the private image: give partition_epsilon > 0 for its scores")
         guarantee = PrivacyGuarantee(
-            epsilon, m, None, None, channel_rule, noise, border, secure, levels=tuple(levels), partition=region,
+            epsilon,
+            m,
+            None,
+            None,
+            channel_rule,
+            noise,
+            border,
+            secure,
+            levels=tuple(levels),
+            partition=region,
             partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
         )
         super().__init__(guarantee, value_range, secure, generator, seed)
@@ -256,8 +268,9 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             touched = region_cells(grid.partition(0), mask, boxes, lead).to(x.device)
             split = [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
         elif self.region == "complexity":
-            scores = complexity_scores(sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon,
-                                       noise=g.noise, generator=generator)
+            scores = complexity_scores(
+                sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon, noise=g.noise, generator=generator
+            )
             split = split_where(scores, self.split_threshold, self.split_fraction)
         else:
             split = self._split_from_previous(x, grid, bounds)
@@ -271,12 +284,16 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     def _split_from_previous(self, x, grid, bounds) -> list[torch.Tensor]:
         previous = self._previous
         if previous is None:
-            return [torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
-                    for level in range(1, len(grid.levels))]
+            return [
+                torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
+                for level in range(1, len(grid.levels))
+            ]
         expected = (*x.shape[:-2], *grid.partition(0).shape)
         if tuple(previous.shape) != expected or previous.device != x.device:
-            raise ValueError(f"frame of shape {tuple(x.shape)} on {x.device} does not continue the previous stream "
-                             f"(released cells {tuple(previous.shape)} on {previous.device}); call reset() first")
+            raise ValueError(
+                f"frame of shape {tuple(x.shape)} on {x.device} does not continue the previous stream "
+                f"(released cells {tuple(previous.shape)} on {previous.device}); call reset() first"
+            )
         levels, span = cell_levels(previous, self._guarantee, bounds)  # released level-0 means, as levels
         counts = grid.partition(0).counts(x.device)
         sums = levels * counts if levels.is_floating_point() else levels.long() * counts
@@ -285,5 +302,7 @@ class RegionAdaptiveDPPixelize(_DPLayer):
 
     def extra_repr(self) -> str:
         g = self._guarantee
-        return (f"epsilon={g.epsilon:g}, levels={g.levels}, m={g.m}, region={self.region!r}, "
-                f"partition_epsilon={g.partition_epsilon:g}, noise={g.noise!r}, border={g.border!r}")
+        return (
+            f"epsilon={g.epsilon:g}, levels={g.levels}, m={g.m}, region={self.region!r}, "
+            f"partition_epsilon={g.partition_epsilon:g}, noise={g.noise!r}, border={g.border!r}"
+        )

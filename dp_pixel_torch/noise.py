@@ -36,7 +36,11 @@ def _sign_and_tail(shape: tuple[int, ...], device: torch.device, generator: torc
 
 
 def laplace_noise(
-    shape: tuple[int, ...], scale: float, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    shape: tuple[int, ...],
+    scale: float,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Continuous Laplace(0, ``scale``) noise, float64 of the given shape: ``±scale·(-log q)``, q uniform on (0, 1]."""
     sign, half_tail = _sign_and_tail(tuple(shape), torch.device(device), generator)
@@ -44,7 +48,11 @@ def laplace_noise(
 
 
 def discrete_laplace_noise(
-    shape: tuple[int, ...], scale: float, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    shape: tuple[int, ...],
+    scale: float,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Discrete Laplace noise ``P(k) = (1-a)/(1+a)·a^|k|``, ``a = exp(-1/scale)``: exact integers held in float64.
 

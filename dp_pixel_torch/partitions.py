@@ -208,8 +208,10 @@ class MultiLevelGrid:
         for level in range(self.top, 0, -1):
             keep = split[level - 1].to(torch.bool)
             if keep.shape[-2:] != self.partition(level).shape:
-                raise ValueError(f"split map of level {level} has grid {tuple(keep.shape[-2:])}, "
-                                 f"expected {self.partition(level).shape}")
+                raise ValueError(
+                    f"split map of level {level} has grid {tuple(keep.shape[-2:])}, "
+                    f"expected {self.partition(level).shape}"
+                )
             released.append(reached & ~keep)
             reached = self.step(level).fill(reached & keep)
         released.append(reached)
@@ -246,8 +248,10 @@ def region_cells(
     batch; a pixel is inside a box when its centre is.
     """
     if mask is None and boxes is None:
-        raise ValueError("region='mask' needs a public region: pass mask= or boxes= (or a tv_tensors.Mask / "
-                         "BoundingBoxes in the sample)")
+        raise ValueError(
+            "region='mask' needs a public region: pass mask= or boxes= (or a tv_tensors.Mask / "
+            "BoundingBoxes in the sample)"
+        )
     height, width = partition.image_shape
     touched = torch.zeros(partition.shape, dtype=torch.bool)
     if mask is not None:
@@ -258,6 +262,10 @@ def region_cells(
         extra = inside.ndim - 2 - len(lead)
         if extra > 0:
             inside = inside.flatten(0, extra - 1).any(0)
+        try:
+            torch.broadcast_shapes(inside.shape[:-2], lead)
+        except RuntimeError:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match images with leading shape {lead}")
         touched = touched.to(inside.device) | (partition.cell_sums(inside.to(torch.uint8)) > 0)
     if boxes is not None:
         touched = touched.clone()
@@ -280,7 +288,8 @@ def _cells_between(edges: list[int], first: int, stop: int) -> slice:
 
 def cell_contrast(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Contrast of every cell with its right and lower neighbours: ``[..., C, rows, cols]`` integer sums and their
-    ``[rows, cols]`` pixel counts -> int64 (float64 for float sums) ``[..., rows, cols]``, ``g(f) = Σ_c Σ_{g ∈ {right, below}} |S_f·n_g − S_g·n_f|``.
+    ``[rows, cols]`` pixel counts -> int64 (float64 for float sums) ``[..., rows, cols]``,
+    ``g(f) = Σ_c Σ_{g ∈ {right, below}} |S_f·n_g − S_g·n_f|``.
 
     ``S_f·n_g − S_g·n_f`` is ``n_f·n_g`` times the difference of the two cell means, so a flat image has no contrast,
     even at cut-short border cells, and the score is exact in integers. Sensitivity: a changed pixel moves ``S_f`` of

@@ -33,8 +33,13 @@ from .partitions import GridPartition, MultiLevelGrid
 MAGIC = b"DPXG"
 VERSION = 1
 _PREFIX = struct.Struct("<4sHIQI")
-_IMAGE_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "float32": torch.float32, "float64": torch.float64}
+_IMAGE_DTYPES = {
+    "uint8": torch.uint8,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 _STORAGE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32, "float64": np.float64}
 #: Limits on what a record may declare, so that a small hostile file cannot make restore() allocate without bound.
 MAX_SIDE = 1 << 16
@@ -142,13 +147,16 @@ class NoisyGrid:
     # --- serialisation -------------------------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        header = json.dumps({
-            "shape": list(self.shape),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "storage": self.storage,
-            "value_range": list(self.value_range),
-            "guarantee": asdict(self.guarantee),
-        }, sort_keys=True).encode()
+        header = json.dumps(
+            {
+                "shape": list(self.shape),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "storage": self.storage,
+                "value_range": list(self.value_range),
+                "guarantee": asdict(self.guarantee),
+            },
+            sort_keys=True,
+        ).encode()
         parts = [np.packbits(s.cpu().numpy().ravel()).tobytes() for s in self.split]
         released = self._released()
         for level, v in enumerate(self.values):
@@ -169,7 +177,9 @@ class NoisyGrid:
     def from_bytes(cls, data: bytes) -> NoisyGrid:
         grid, end = _parse(memoryview(data), 0)
         if end != len(data):
-            raise NoisyGridFormatError(f"{len(data) - end} trailing bytes after the record (a video file? use load_video)")
+            raise NoisyGridFormatError(
+                f"{len(data) - end} trailing bytes after the record (a video file? use load_video)"
+            )
         return grid
 
     def save(self, path: str | Path) -> None:
@@ -234,7 +244,7 @@ def _from_header(meta: dict, payload: bytes) -> NoisyGrid:
     storage = _STORAGE_DTYPES[meta["storage"]]
     value_range = tuple(float(v) for v in meta["value_range"])
     guarantee = PrivacyGuarantee(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["guarantee"].items()})
-    lead, (channels, height, width) = shape[:-3], shape[-3:]
+    lead, channels = shape[:-3], shape[-3]
     empty = NoisyGrid(shape, dtype, value_range, guarantee, ())
     layout = empty._layout()
     reader = _Reader(payload)

@@ -38,13 +38,28 @@ def conditions(cfg: DictConfig, total: float, seed: int) -> dict[str, tuple]:
     return {
         f"uniform b={levels[0]}": (DPPixelize(total, levels[0], cfg.m, **common), {}, 0),
         f"uniform b={levels[-1]}": (DPPixelize(total, levels[-1], cfg.m, **common), {}, 0),
-        "adaptive, face mask (public)": (RegionAdaptiveDPPixelize(total, cfg.m, **adaptive),
-                                         {"boxes": torch.tensor([list(cfg.face_box)])}, 0),
+        "adaptive, face mask (public)": (
+            RegionAdaptiveDPPixelize(total, cfg.m, **adaptive),
+            {"boxes": torch.tensor([list(cfg.face_box)])},
+            0,
+        ),
         f"adaptive, complexity ({cfg.partition_share:.0%} of ε on scores)": (
-            RegionAdaptiveDPPixelize(total - share, cfg.m, region="complexity", partition_epsilon=share,
-                                     split_fraction=cfg.split_fraction, **adaptive), {}, 0),
-        "adaptive, previous frame": (RegionAdaptiveDPPixelize(total, cfg.m, region="previous",
-                                                              split_fraction=cfg.split_fraction, **adaptive), {}, 1),
+            RegionAdaptiveDPPixelize(
+                total - share,
+                cfg.m,
+                region="complexity",
+                partition_epsilon=share,
+                split_fraction=cfg.split_fraction,
+                **adaptive,
+            ),
+            {},
+            0,
+        ),
+        "adaptive, previous frame": (
+            RegionAdaptiveDPPixelize(total, cfg.m, region="previous", split_fraction=cfg.split_fraction, **adaptive),
+            {},
+            1,
+        ),
     }
 
 
@@ -73,7 +88,8 @@ def main(cfg: DictConfig) -> None:
                     layer.release(photo, **kwargs)
                 released = layer.release(photo, **kwargs).restore()
                 per_condition.setdefault(name, []).append(
-                    scores(array, released.permute(1, 2, 0).numpy(), list(cfg.face_box)))
+                    scores(array, released.permute(1, 2, 0).numpy(), list(cfg.face_box))
+                )
                 reports[(total, name)] = str(layer.guarantee)
                 if r == 0:
                     examples[(total, name)] = released
@@ -88,20 +104,30 @@ def main(cfg: DictConfig) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"# Utility on `{cfg.photo}` at equal total ε (m = {cfg.m}, levels {list(cfg.levels)}, "
-             f"{cfg.repeats} releases each)", "",
-             "| total ε | condition | PSNR (dB) | SSIM | face PSNR (dB) | face SSIM |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Utility on `{cfg.photo}` at equal total ε (m = {cfg.m}, levels {list(cfg.levels)}, "
+        f"{cfg.repeats} releases each)",
+        "",
+        "| total ε | condition | PSNR (dB) | SSIM | face PSNR (dB) | face SSIM |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['total_epsilon']:g} | {row['condition']} | {row['psnr']:.2f} ± {row['psnr_std']:.2f} | "
-                     f"{row['ssim']:.3f} | {row['face_psnr']:.2f} ± {row['face_psnr_std']:.2f} | "
-                     f"{row['face_ssim']:.3f} |")
+        lines.append(
+            f"| {row['total_epsilon']:g} | {row['condition']} | {row['psnr']:.2f} ± {row['psnr_std']:.2f} | "
+            f"{row['ssim']:.3f} | {row['face_psnr']:.2f} ± {row['face_psnr_std']:.2f} | "
+            f"{row['face_ssim']:.3f} |"
+        )
     lines += ["", "## Privacy report", ""] + [f"- ε = {t:g}, {n}: {g}" for (t, n), g in reports.items()]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     names = list(conditions(cfg, 1.0, 0))
-    fig, axes = plt.subplots(len(cfg.total_epsilons), len(names) + 1, squeeze=False,
-                             figsize=(2.6 * (len(names) + 1), 2.9 * len(cfg.total_epsilons)))
+    fig, axes = plt.subplots(
+        len(cfg.total_epsilons),
+        len(names) + 1,
+        squeeze=False,
+        figsize=(2.6 * (len(names) + 1), 2.9 * len(cfg.total_epsilons)),
+    )
     for i, total in enumerate(cfg.total_epsilons):
         axes[i, 0].imshow(array)
         axes[i, 0].set_title("original", fontsize=8)

@@ -79,9 +79,10 @@ def test_all_coarse_or_all_fine_mask_releases_the_uniform_distribution(region, l
 def test_forward_is_exactly_the_restored_release():
     x = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=generator("cpu", 0))
     boxes = torch.tensor([[5, 4, 30, 22]])
-    for make in (lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=5),
-                 lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=1.0,
-                                                  seed=5)):
+    for make in (
+        lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=5),
+        lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=1.0, seed=5),
+    ):
         kwargs = {"boxes": boxes} if make().region == "mask" else {}
         sample = (x, tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(40, 56))) if kwargs else x
         out = make()(sample)
@@ -178,7 +179,8 @@ def test_mask_as_a_v2_sample_and_the_guarantee_says_public():
     layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), seed=0)
     image = tv_tensors.Image(grey(1, 3, 16, 16)[0])
     out_image, out_mask = v2.Compose([layer, v2.RandomHorizontalFlip(p=1.0)])(
-        image, tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.bool)))
+        image, tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.bool))
+    )
     assert isinstance(out_image, tv_tensors.Image) and isinstance(out_mask, tv_tensors.Mask)
     assert "treated as PUBLIC (costs no budget)" in str(layer.guarantee)
     assert layer.guarantee.total_epsilon(3) == 1.0
@@ -221,8 +223,9 @@ def test_complexity_splits_textured_regions_and_reports_the_total():
     x = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
     blocks = torch.randint(0, 256, (1, 3, 4, 4), generator=generator("cpu", 0), dtype=torch.uint8)
     x[..., :32, :32] = blocks.repeat_interleave(8, -1).repeat_interleave(8, -2)  # detail at the finest cell scale
-    layer = RegionAdaptiveDPPixelize(1.0, levels=(8, 16, 32), region="complexity", partition_epsilon=1.0,
-                                     split_threshold=0.1, seed=0)
+    layer = RegionAdaptiveDPPixelize(
+        1.0, levels=(8, 16, 32), region="complexity", partition_epsilon=1.0, split_threshold=0.1, seed=0
+    )
     split_top = layer.release(x).split[-1][0]
     assert split_top[0, 0] and not split_top[1, 1]  # the textured quadrant is split, the flat one is not
     g = layer.guarantee
@@ -251,12 +254,17 @@ def test_previous_frame_source_default_first_frame_and_reset():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [(dict(region="faces"), "region must be one of"), (dict(region="complexity"), "partition_epsilon > 0"),
-     (dict(region="complexity", partition_epsilon=0.0), "partition_epsilon"),
-     (dict(partition_epsilon=1.0), "only spent by partition='complexity'"),
-     (dict(region="previous", split_fraction=1.5), "split_fraction"),
-     (dict(region="previous", split_fraction=0.2, split_threshold=0.1), "at most one"),
-     (dict(split_threshold=0.1), "not 'mask'"), (dict(levels=(8, 12)), "aligned"), (dict(epsilon=0), "epsilon")],
+    [
+        (dict(region="faces"), "region must be one of"),
+        (dict(region="complexity"), "partition_epsilon > 0"),
+        (dict(region="complexity", partition_epsilon=0.0), "partition_epsilon"),
+        (dict(partition_epsilon=1.0), "only spent by partition='complexity'"),
+        (dict(region="previous", split_fraction=1.5), "split_fraction"),
+        (dict(region="previous", split_fraction=0.2, split_threshold=0.1), "at most one"),
+        (dict(split_threshold=0.1), "not 'mask'"),
+        (dict(levels=(8, 12)), "aligned"),
+        (dict(epsilon=0), "epsilon"),
+    ],
 )
 def test_adaptive_bad_parameters(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -280,3 +288,14 @@ def test_boxes_and_the_equivalent_mask_give_the_same_partition(box):
     from_mask = layer.release(grey(1, 3, 32, 48)[0], mask=mask).split
     assert all(torch.equal(a, b) for a, b in zip(from_boxes, from_mask))
     assert any(s.any() for s in from_mask)
+
+
+def test_a_batch_of_masks_must_match_the_batch():
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), seed=0)
+    batch = grey(2, 3, 16, 16)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[1, :4, :4] = True  # one mask per image: only the second image gets fine cells
+    split = layer.release(batch, mask=masks).split[0]
+    assert not split[0].any() and split[1, 0, 0]
+    with pytest.raises(ValueError, match="does not match images"):
+        layer.release(batch, mask=torch.zeros(3, 16, 16, dtype=torch.bool))

@@ -39,7 +39,7 @@ BAD_PARAMETERS = [
     (dict(value_range=(0.0, math.inf)), ValueError, "value_range"),
     (dict(secure=True, seed=1), ValueError, "secure"),
     (dict(secure=True, generator=torch.Generator()), ValueError, "secure"),
-    (dict(secure=True, noise="laplace"), ValueError, "secure=True requires noise=\"discrete\""),
+    (dict(secure=True, noise="laplace"), ValueError, 'secure=True requires noise="discrete"'),
     (dict(secure="yes"), TypeError, "secure"),
     (dict(seed=-1), TypeError, "seed"),
     (dict(seed=1.5), TypeError, "seed"),
@@ -119,8 +119,12 @@ def test_bad_input_leaves_the_input_untouched():
 
 @pytest.mark.parametrize(
     ("image", "kwargs", "error", "message"),
-    [(np.zeros((8, 8)), {}, ValueError, r"\[C, H, W\]"), ([[0]], {}, TypeError, "numpy array"),
-     (np.zeros((1, 8, 8)), dict(epsilon=0), ValueError, "epsilon"), (np.full((1, 4, 4), 2.0), {}, ValueError, "outside")],
+    [
+        (np.zeros((8, 8)), {}, ValueError, r"\[C, H, W\]"),
+        ([[0]], {}, TypeError, "numpy array"),
+        (np.zeros((1, 8, 8)), dict(epsilon=0), ValueError, "epsilon"),
+        (np.full((1, 4, 4), 2.0), {}, ValueError, "outside"),
+    ],
 )
 def test_sequential_baseline_checks_like_the_layer(image, kwargs, error, message):
     with pytest.raises(error, match=message):

@@ -82,12 +82,14 @@ def test_pil_images_keep_mode_and_size(mode):
 
 def test_inside_v2_compose_with_labels_and_boxes():
     boxes = tv_tensors.BoundingBoxes([[1, 2, 10, 12]], format="XYXY", canvas_size=(32, 48))
-    pipeline = v2.Compose([
-        v2.ToImage(),
-        DPPixelize(2.0, 8, seed=0),
-        v2.RandomHorizontalFlip(p=1.0),  # augmentations come after the DP layer
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    pipeline = v2.Compose(
+        [
+            v2.ToImage(),
+            DPPixelize(2.0, 8, seed=0),
+            v2.RandomHorizontalFlip(p=1.0),  # augmentations come after the DP layer
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
     pil = PIL.Image.new("RGB", (48, 32), (120, 60, 200))
     out_img, out_boxes, label = pipeline(pil, boxes, 3)
     assert isinstance(out_img, tv_tensors.Image) and out_img.shape == (3, 32, 48) and out_img.dtype == torch.float32
@@ -125,7 +127,14 @@ def test_guarantee_is_explicit_immutable_and_readable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         g.epsilon = 2.0
     text = str(g)
-    for part in ("ε = 1 per image", "all channels jointly", "m = 4 pixels", "b = 8", "border = area", "discrete Laplace"):
+    for part in (
+        "ε = 1 per image",
+        "all channels jointly",
+        "m = 4 pixels",
+        "b = 8",
+        "border = area",
+        "discrete Laplace",
+    ):
         assert part in text
     assert g.noise_scale(3, 255) == 3 * 255 * 4 / 1.0
     per_channel = DPPixelize(0.5, 8, channel_rule="per_channel").guarantee

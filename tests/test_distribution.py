@@ -103,11 +103,17 @@ def test_parallel_layer_and_sequential_baseline_release_the_same_distribution(bo
         image = image / 255.0
     eps, b, n = 20.0, 4, 400
     sequential = np.stack([dp_pixelize_sequential(image, eps, b, 1, rng, border=border) for _ in range(n)])
-    parallel = dp_pixelize(torch.from_numpy(image).expand(n, -1, -1, -1), eps, b, noise="laplace", border=border,
-                           generator=generator("cpu", 1)).numpy()
+    parallel = dp_pixelize(
+        torch.from_numpy(image).expand(n, -1, -1, -1),
+        eps,
+        b,
+        noise="laplace",
+        border=border,
+        generator=generator("cpu", 1),
+    ).numpy()
     assert sequential.dtype == parallel.dtype == image.dtype
     partition = GridPartition.blocks(26, 26, b)
-    noiseless = (partition.cell_sums(torch.from_numpy(image)) / (partition.counts() if border == "area" else b * b))
+    noiseless = partition.cell_sums(torch.from_numpy(image)) / (partition.counts() if border == "area" else b * b)
     noiseless = partition.fill(noiseless).numpy()
     for cells in ((slice(0, 24, b), slice(0, 24, b)), (slice(24, 26, 2), slice(0, 24, b))):
         # Deviation of every released cell from its true (noiseless) mean, pooled over the cells of one class.

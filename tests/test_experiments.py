@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_job(script: str, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *overrides],
-                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / script), *overrides],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
 
 
 def run_demo(*overrides: str) -> subprocess.CompletedProcess:
@@ -26,8 +31,9 @@ def test_config_composes_with_overrides():
 
 
 def test_demo_writes_grids_and_the_privacy_report(tmp_path):
-    done = run_demo("images=[camera,astronaut]", "epsilons=[1.0,5.0]", "cell_sizes=[8]", "max_side=96",
-                    f"hydra.run.dir={tmp_path}")
+    done = run_demo(
+        "images=[camera,astronaut]", "epsilons=[1.0,5.0]", "cell_sizes=[8]", "max_side=96", f"hydra.run.dir={tmp_path}"
+    )
     assert (tmp_path / "grid_camera.png").stat().st_size > 1000
     assert (tmp_path / "grid_astronaut.png").stat().st_size > 1000
     report = (tmp_path / "privacy_report.txt").read_text()
@@ -36,14 +42,19 @@ def test_demo_writes_grids_and_the_privacy_report(tmp_path):
 
 
 def test_demo_sweeps_with_multirun(tmp_path):
-    run_demo("-m", "cell_sizes=[4],[16]", "images=[camera]", "epsilons=[1.0]", "max_side=64",
-             f"hydra.sweep.dir={tmp_path}")
+    run_demo(
+        "-m", "cell_sizes=[4],[16]", "images=[camera]", "epsilons=[1.0]", "max_side=64", f"hydra.sweep.dir={tmp_path}"
+    )
     assert sorted(p.name for p in tmp_path.glob("*/grid_camera.png")) == ["grid_camera.png"] * 2
 
 
 def test_unknown_photo_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "demo.py"), "images=[nosuch]",
-                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "demo.py"), "images=[nosuch]", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode != 0 and "'nosuch' is not a bundled photo" in done.stderr
 
 
@@ -52,8 +63,12 @@ def test_adaptive_utility_writes_tables_at_equal_total_epsilon(tmp_path):
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["condition"] for r in rows] == [
-        "uniform b=4", "uniform b=16", "adaptive, face mask (public)",
-        "adaptive, complexity (20% of ε on scores)", "adaptive, previous frame"]
+        "uniform b=4",
+        "uniform b=16",
+        "adaptive, face mask (public)",
+        "adaptive, complexity (20% of ε on scores)",
+        "adaptive, previous frame",
+    ]
     assert all(float(r["total_epsilon"]) == 2.0 and 5 < float(r["psnr"]) < 60 for r in rows)
     report = (tmp_path / "results.md").read_text()
     assert "total ε = 1.6 + 0.4 = 2" in report and "treated as PUBLIC" in report

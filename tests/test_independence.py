@@ -73,14 +73,24 @@ class GreyImages(Dataset):
 
 
 def release_through_workers(layer: DPPixelize, context: str | None = None, epochs: int = 1) -> list[torch.Tensor]:
-    loader = DataLoader(GreyImages(layer), batch_size=None, num_workers=2, multiprocessing_context=context,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        GreyImages(layer),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=context,
+        generator=torch.Generator().manual_seed(0),
+    )
     return [item for _ in range(epochs) for item in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5)), lambda: DPPixelize(EPS, 1, seed=5),
-             lambda: DPPixelize(EPS, 1), lambda: DPPixelize(EPS, 1, secure=True)],
+    "make",
+    [
+        lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5)),
+        lambda: DPPixelize(EPS, 1, seed=5),
+        lambda: DPPixelize(EPS, 1),
+        lambda: DPPixelize(EPS, 1, secure=True),
+    ],
     ids=["generator", "seed", "global-rng", "secure"],
 )
 def test_dataloader_workers_draw_independent_streams(make):

@@ -21,7 +21,12 @@ def brute_sums(x: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...]) -> n
 
 @pytest.mark.parametrize(
     ("height", "width", "b", "rows", "cols"),
-    [(8, 12, 4, (4, 4), (4, 4, 4)), (10, 13, 4, (4, 4, 2), (4, 4, 4, 1)), (3, 5, 8, (3,), (5,)), (7, 7, 1, (1,) * 7, (1,) * 7)],
+    [
+        (8, 12, 4, (4, 4), (4, 4, 4)),
+        (10, 13, 4, (4, 4, 2), (4, 4, 4, 1)),
+        (3, 5, 8, (3,), (5,)),
+        (7, 7, 1, (1,) * 7, (1,) * 7),
+    ],
 )
 def test_block_sizes(height, width, b, rows, cols):
     p = GridPartition.blocks(height, width, b)
@@ -44,8 +49,12 @@ def test_grid_larger_than_image_is_rejected():
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "partition",
-    [GridPartition.blocks(37, 50, 8), GridPartition.blocks(37, 50, 5), GridPartition.grid(37, 50, 6, 7),
-     GridPartition.blocks(300, 260, 200)],  # cells of 200 rows need an int32 first stage
+    [
+        GridPartition.blocks(37, 50, 8),
+        GridPartition.blocks(37, 50, 5),
+        GridPartition.grid(37, 50, 6, 7),
+        GridPartition.blocks(300, 260, 200),
+    ],  # cells of 200 rows need an int32 first stage
     ids=["blocks8", "blocks5", "grid6x7", "blocks200"],
 )
 def test_cell_sums_match_brute_force(partition, dtype):
@@ -61,8 +70,9 @@ def test_cell_sums_match_brute_force(partition, dtype):
         assert got.dtype == torch.float64
     else:
         assert not got.is_floating_point()
-    np.testing.assert_allclose(got.double().numpy(), brute_sums(x.double().numpy(), partition.row_sizes,
-                                                                 partition.col_sizes), rtol=1e-12)
+    np.testing.assert_allclose(
+        got.double().numpy(), brute_sums(x.double().numpy(), partition.row_sizes, partition.col_sizes), rtol=1e-12
+    )
 
 
 def test_fill_paints_each_cell_with_its_value():
@@ -70,8 +80,9 @@ def test_fill_paints_each_cell_with_its_value():
     values = torch.arange(6, dtype=torch.float32).reshape(1, 3, 2)
     img = p.fill(values)
     assert img.shape == (1, 11, 9) and img.is_contiguous()
-    np.testing.assert_array_equal(brute_sums(img.numpy(), p.row_sizes, p.col_sizes),
-                                  values.numpy() * p.counts().numpy())
+    np.testing.assert_array_equal(
+        brute_sums(img.numpy(), p.row_sizes, p.col_sizes), values.numpy() * p.counts().numpy()
+    )
 
 
 @pytest.mark.parametrize("partition", [GridPartition.blocks(23, 31, 4), GridPartition.grid(23, 31, 5, 6)])

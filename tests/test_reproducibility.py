@@ -30,7 +30,9 @@ def test_layers_with_the_same_seed_replay_the_same_sequence(device):
 
 def test_layer_generator_matches_functional_generator():
     x = torch.full((2, 3, 16, 16), 0.5)
-    assert torch.equal(DPPixelize(1.0, 4, generator=generator("cpu", 3))(x), dp_pixelize(x, 1.0, 4, generator=generator("cpu", 3)))
+    assert torch.equal(
+        DPPixelize(1.0, 4, generator=generator("cpu", 3))(x), dp_pixelize(x, 1.0, 4, generator=generator("cpu", 3))
+    )
 
 
 def test_global_rng_follows_torch_manual_seed():

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from dp_pixel_torch import (
-    DPPixelize, NoisyGrid, NoisyGridFormatError, RegionAdaptiveDPPixelize, load_video, save_video,
+    DPPixelize,
+    NoisyGrid,
+    NoisyGridFormatError,
+    RegionAdaptiveDPPixelize,
+    load_video,
+    save_video,
 )
 
 from conftest import generator
@@ -32,8 +37,9 @@ def releases():
         "uniform-float16": DPPixelize(1.0, 8, seed=0).release(image(torch.float32)),
         "uniform-float-as-uint8": DPPixelize(1.0, 8, seed=0).release(image(torch.float32), storage="uint8"),
         "adaptive-mask": RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), seed=0).release(x, mask=mask),
-        "adaptive-complexity": RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity",
-                                                        partition_epsilon=0.5, border="zero_pad", seed=0).release(x),
+        "adaptive-complexity": RegionAdaptiveDPPixelize(
+            1.0, levels=(4, 8), region="complexity", partition_epsilon=0.5, border="zero_pad", seed=0
+        ).release(x),
     }
 
 
@@ -136,9 +142,15 @@ def test_well_formed_but_hostile_headers_are_refused_before_allocating():
     short = dict(good, shape=[1, 3, 1024, 1024], guarantee=dict(good["guarantee"], b=64))
     with pytest.raises(NoisyGridFormatError, match="payload shorter"):
         NoisyGrid.from_bytes(record(short, b"\x00" * 3))
-    for bad in (dict(good, shape=[3, 8, 8 << 20]), dict(good, shape=[1 << 20, 3, 4096, 4096]),
-                dict(good, dtype="object"), dict(good, storage="pickle"), dict(good, guarantee={"epsilon": -1}),
-                [1, 2, 3], dict(good, shape="3x8x8")):
+    for bad in (
+        dict(good, shape=[3, 8, 8 << 20]),
+        dict(good, shape=[1 << 20, 3, 4096, 4096]),
+        dict(good, dtype="object"),
+        dict(good, storage="pickle"),
+        dict(good, guarantee={"epsilon": -1}),
+        [1, 2, 3],
+        dict(good, shape="3x8x8"),
+    ):
         with pytest.raises(NoisyGridFormatError):
             NoisyGrid.from_bytes(record(bad))
 
