@@ -299,3 +299,43 @@ def test_a_batch_of_masks_must_match_the_batch():
     assert not split[0].any() and split[1, 0, 0]
     with pytest.raises(ValueError, match="does not match images"):
         layer.release(batch, mask=torch.zeros(3, 16, 16, dtype=torch.bool))
+
+
+# --- the layer contract, shared with DPPixelize --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("region", ["complexity", "previous"])
+def test_adaptive_contract_dtypes_layouts_and_no_aliasing(dtype, region, device):
+    x = torch.randint(0, 256, (2, 3, 37, 41), dtype=torch.uint8, generator=generator("cpu", 0)).to(device)
+    x = x if dtype == torch.uint8 else (x.double() / 255).to(dtype)
+    x.requires_grad_(x.is_floating_point())
+    before = x.detach().clone()
+
+    def make():
+        return RegionAdaptiveDPPixelize(
+            2.0,
+            levels=(4, 8, 16),
+            region=region,
+            generator=generator(device, 1),
+            partition_epsilon=0.5 if region == "complexity" else None,
+        )
+
+    out = make()(x)
+    assert (type(out), out.dtype, out.shape, out.device) == (torch.Tensor, x.dtype, x.shape, x.device)
+    assert not out.requires_grad and torch.equal(x.detach(), before)
+    assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    channels_last = make()(x.detach().contiguous(memory_format=torch.channels_last))
+    assert torch.equal(channels_last, make()(x.detach()))
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_adaptive_keeps_input_types():
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="previous", seed=0)
+    pil = v2.functional.to_pil_image(grey(1, 3, 16, 24)[0])
+    assert layer(pil).size == (24, 16)
+    layer.reset()
+    assert isinstance(layer(tv_tensors.Image(grey(1, 3, 16, 24)[0])), tv_tensors.Image)
+    assert layer(torch.empty(0, 3, 16, 24, dtype=torch.uint8)).shape == (0, 3, 16, 24)
+    with pytest.raises(ValueError, match="outside value_range"):
+        layer(torch.full((3, 16, 24), 2.0))
