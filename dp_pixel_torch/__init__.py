@@ -1,7 +1,7 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
 from . import functional, reference
-from .accounting import PrivacyGuarantee
+from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
 from .functional import dp_pixelize
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .partitions import GridPartition, MultiLevelGrid

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from ._validation import check_cells, check_choice, check_epsilon, check_positive_int
 
@@ -116,3 +120,145 @@ class PrivacyGuarantee:
             f"{budget}, δ = 0; neighbours differ in up to m = {self.m} pixel{'s' if self.m != 1 else ''}; "
             f"{cells}, border = {self.border}; noise: {noise}{seed}{partition}"
         )
+
+
+class BudgetExceededError(RuntimeError):
+    """A release would exceed the accountant's cap; it was refused before any noise was drawn."""
+
+
+class PrivacyAccountant:
+    """Sequential composition over a stream of releases (video frames), with an optional cap (SPEC §6).
+
+    Every released frame is charged its total ε (:meth:`PrivacyGuarantee.total_epsilon`), and all frames are taken to
+    show the same people: a person visible in T frames is covered at the sum of those T frames' ε.
+
+    Args:
+        cap: the most ε the whole stream may spend; the release that would pass it raises :class:`BudgetExceededError`.
+        window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames.
+        window_cap: the budget of every window of ``window`` frames.
+        fps: frame rate, to give windows and queries in seconds.
+
+    Attach it to a layer (``accountant=``) to have every call charged before noise is drawn; each leading index of the
+    input (``[..., C, H, W]``) is one frame. The state saves to JSON so a long job can resume.
+    """
+
+    def __init__(
+        self,
+        cap: float | None = None,
+        *,
+        window: int | None = None,
+        window_seconds: float | None = None,
+        window_cap: float | None = None,
+        fps: float | None = None,
+    ) -> None:
+        self.cap = None if cap is None else check_epsilon(cap, "cap")
+        self.fps = None if fps is None else check_epsilon(fps, "fps")
+        if window_seconds is not None:
+            if self.fps is None or window is not None:
+                raise ValueError("window_seconds needs fps= and replaces window=")
+            window = max(1, round(check_epsilon(window_seconds, "window_seconds") * self.fps))
+        if (window is None) != (window_cap is None):
+            raise ValueError("w-event mode needs both window (or window_seconds) and window_cap")
+        self.window = None if window is None else check_positive_int(window, "window")
+        self.window_cap = None if window_cap is None else check_epsilon(window_cap, "window_cap")
+        self._frames: list[float] = []  # ε of every released frame, in order
+
+    def charge(self, epsilon: float, frames: int = 1) -> None:
+        """Record ``frames`` consecutive releases of ``epsilon`` each, or raise before recording any of them."""
+        epsilon = check_epsilon(epsilon)
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise TypeError(f"frames must be an int >= 0, got {frames!r}")
+        if self.cap is not None and self.spent + epsilon * frames > self.cap * (1 + 1e-12):
+            raise BudgetExceededError(
+                f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {self.spent + epsilon * frames:g}, "
+                f"over the cap of {self.cap:g} (spent so far: {self.spent:g})"
+            )
+        if self.window is not None and frames:
+            # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
+            old = self._frames[-(self.window - 1) :] if self.window > 1 else []
+            prefix = list(itertools.accumulate(old + [epsilon] * min(frames, self.window), initial=0.0))
+            worst = max(prefix[end] - prefix[max(0, end - self.window)] for end in range(len(old) + 1, len(prefix)))
+            if worst > self.window_cap * (1 + 1e-12):
+                raise BudgetExceededError(
+                    f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
+                    f"consecutive frames, over the window cap of {self.window_cap:g}"
+                )
+        self._frames.extend([epsilon] * frames)
+
+    def charge_release(self, guarantee: PrivacyGuarantee, channels: int, frames: int = 1) -> None:
+        """Charge ``frames`` releases described by ``guarantee`` for images with ``channels`` channels."""
+        self.charge(guarantee.total_epsilon(channels), frames)
+
+    @property
+    def frames(self) -> int:
+        return len(self._frames)
+
+    @property
+    def spent(self) -> float:
+        """ε of everything released so far: the cover of a person visible in every frame."""
+        return float(sum(self._frames))
+
+    def epsilon_for(self, frames: int | None = None, *, seconds: float | None = None) -> float:
+        """ε for a person visible in ``frames`` consecutive frames (or ``seconds`` at ``fps``): the worst such run."""
+        if (frames is None) == (seconds is None):
+            raise ValueError("give exactly one of frames and seconds")
+        if seconds is not None:
+            if self.fps is None:
+                raise ValueError("seconds need the accountant's fps")
+            frames = max(1, math.ceil(check_epsilon(seconds, "seconds") * self.fps - 1e-9))
+        frames = check_positive_int(frames, "frames")
+        if frames >= len(self._frames):
+            return self.spent
+        run = sum(self._frames[:frames])
+        worst = run
+        for i in range(frames, len(self._frames)):
+            run += self._frames[i] - self._frames[i - frames]
+            worst = max(worst, run)
+        return float(worst)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "cap": self.cap,
+                "window": self.window,
+                "window_cap": self.window_cap,
+                "fps": self.fps,
+                "frames": [[eps, n] for eps, n in _runs(self._frames)],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivacyAccountant:
+        state = json.loads(text)
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError("not a saved PrivacyAccountant (version 1)")
+        accountant = cls(state["cap"], window=state["window"], window_cap=state["window_cap"], fps=state["fps"])
+        for eps, n in state["frames"]:
+            accountant._frames.extend([check_epsilon(eps)] * check_positive_int(n, "frames"))
+        return accountant
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrivacyAccountant:
+        return cls.from_json(Path(path).read_text())
+
+    def __str__(self) -> str:
+        text = f"{self.frames} frames released, ε spent = {self.spent:g}"
+        if self.cap is not None:
+            text += f" of a cap of {self.cap:g}"
+        if self.window is not None:
+            text += f"; at most {self.window_cap:g} per {self.window} consecutive frames"
+        return text
+
+
+def _runs(values: list[float]) -> list[tuple[float, int]]:
+    runs: list[tuple[float, int]] = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1] = (v, runs[-1][1] + 1)
+        else:
+            runs.append((v, 1))
+    return runs

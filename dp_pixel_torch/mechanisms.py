@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
 from ._validation import check_choice, check_generator_device, check_input, check_value_range
-from .accounting import PrivacyGuarantee
+from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
 from .noise import NoiseSource
 from .partitions import GridPartition, MultiLevelGrid, region_cells, split_where
@@ -28,8 +29,11 @@ class _DPLayer(Transform):
 
     _transformed_types = (is_pure_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
 
-    def __init__(self, guarantee: PrivacyGuarantee, value_range, secure, generator, seed) -> None:
+    def __init__(self, guarantee: PrivacyGuarantee, value_range, secure, generator, seed, accountant) -> None:
         super().__init__()
+        if accountant is not None and not isinstance(accountant, PrivacyAccountant):
+            raise TypeError(f"accountant must be a PrivacyAccountant or None, got {type(accountant).__name__}")
+        self.accountant = accountant
         self._guarantee = guarantee
         self.value_range = None if value_range is None else tuple(value_range)
         check_value_range(self.value_range, torch.float32)
@@ -73,6 +77,11 @@ class _DPLayer(Transform):
         check_generator_device(generator, x.device)
         return x, bounds, generator
 
+    def _charge(self, x: torch.Tensor) -> None:
+        """Charge the accountant for every frame of ``x``, before any noise is drawn (it raises over the cap)."""
+        if self.accountant is not None:
+            self.accountant.charge_release(self._guarantee, x.shape[-3], math.prod(x.shape[:-3]))
+
 
 class DPPixelize(_DPLayer):
     """Uniform differentially private pixelization (DP-Pix), as a layer and a torchvision v2 transform.
@@ -92,6 +101,8 @@ class DPPixelize(_DPLayer):
         generator: torch.Generator for reproducible noise, on the device of the inputs.
         seed: alternative to ``generator``: one generator per device, seeded with it. A known seed reveals the noise:
             use generators and seeds for experiments, ``secure=True`` in deployment.
+        accountant: a :class:`~dp_pixel_torch.accounting.PrivacyAccountant` charged for every frame before its noise
+            is drawn; a call that would pass its cap raises and releases nothing.
 
     Accepts ``[..., C, H, W]`` tensors, ``tv_tensors.Image``/``Video`` and PIL images (modes L, RGB, RGBA) and returns
     the same type, shape, dtype and device. Bounding boxes, masks and labels in a sample pass through unchanged.
@@ -114,11 +125,12 @@ class DPPixelize(_DPLayer):
         secure: bool = False,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        accountant: PrivacyAccountant | None = None,
     ) -> None:
         guarantee = PrivacyGuarantee(
             epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
         )
-        super().__init__(guarantee, value_range, secure, generator, seed)
+        super().__init__(guarantee, value_range, secure, generator, seed, accountant)
 
     @torch.no_grad()
     def release(self, x: torch.Tensor, storage: str | None = None) -> NoisyGrid:
@@ -126,6 +138,7 @@ class DPPixelize(_DPLayer):
         x, bounds, generator = self._checked(x)
         g = self._guarantee
         partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
+        self._charge(x)
         values = [noisy_cell_values(x, g, partition, bounds, generator)]
         return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, [], storage)
 
@@ -175,6 +188,7 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         secure: bool = False,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        accountant: PrivacyAccountant | None = None,
     ) -> None:
         check_choice(region, "region", REGION_SOURCES)
         if region != "mask":
@@ -205,7 +219,7 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             partition=region,
             partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
         )
-        super().__init__(guarantee, value_range, secure, generator, seed)
+        super().__init__(guarantee, value_range, secure, generator, seed, accountant)
         self.region = region
         self.split_threshold = split_threshold
         self.split_fraction = split_fraction
@@ -267,13 +281,14 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         if self.region == "mask":
             touched = region_cells(grid.partition(0), mask, boxes, lead).to(x.device)
             split = [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
-        elif self.region == "complexity":
+        elif self.region == "previous":
+            split = self._split_from_previous(x, grid, bounds)
+        self._charge(x)  # every check is done; nothing random has been drawn yet
+        if self.region == "complexity":
             scores = complexity_scores(
                 sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon, noise=g.noise, generator=generator
             )
             split = split_where(scores, self.split_threshold, self.split_fraction)
-        else:
-            split = self._split_from_previous(x, grid, bounds)
         split = [s.expand(*lead, *s.shape[-2:]) for s in split]
         values = adaptive_cell_values(sums, grid, g, span, x.dtype, bounds, generator)
         released = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, split, storage)
