@@ -8,11 +8,13 @@ from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid, NoisyGridFormatError, load_video, save_video
 
 __all__ = [
+    "BudgetExceededError",
     "DPPixelize",
     "GridPartition",
     "MultiLevelGrid",
     "NoisyGrid",
     "NoisyGridFormatError",
+    "PrivacyAccountant",
     "PrivacyGuarantee",
     "RegionAdaptiveDPPixelize",
     "dp_pixelize",
