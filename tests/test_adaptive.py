@@ -111,54 +111,8 @@ def test_fine_and_coarse_cells_have_the_local_noise_scale(noise):
         assert abs(cells.mean().item() - 128) < 5 * math.sqrt(want / cells.numel()) + 0.5
 
 
-# --- empirical privacy: m changed pixels straddling a fine and a coarse region ------------------------------------
-
-
-def epsilon_lower_bound(stat_a: np.ndarray, stat_b: np.ndarray, alpha: float) -> float:
-    """Largest log(P_a(T >= τ) / P_b(T >= τ)) over thresholds that the data support at confidence 1 - alpha:
-    Clopper–Pearson lower bound for the numerator, upper bound for the denominator, Bonferroni over thresholds."""
-    thresholds = np.quantile(stat_a, np.linspace(0.5, 0.999, 40))
-    k = len(thresholds)
-    best = 0.0
-    for tau in thresholds:
-        hits_a, hits_b = int((stat_a >= tau).sum()), int((stat_b >= tau).sum())
-        lo_a = stats.beta.ppf(alpha / (2 * k), hits_a, stat_a.size - hits_a + 1) if hits_a else 0.0
-        hi_b = stats.beta.ppf(1 - alpha / (2 * k), hits_b + 1, stat_b.size - hits_b) if hits_b < stat_b.size else 1.0
-        if lo_a > 0:
-            best = max(best, math.log(lo_a / hi_b))
-    return best
-
-
-def straddling_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A black 8×16 image and its neighbour with m = 2 white pixels: one in a fine 4×4 cell (left half is the
-    public region), one in the coarse 8×8 cell on the right."""
-    x = torch.zeros(1, 1, 8, 16, dtype=torch.uint8)
-    y = x.clone()
-    y[..., 0, 0] = 255
-    y[..., 0, 15] = 255
-    mask = torch.zeros(8, 16, dtype=torch.bool)
-    mask[:, :8] = True
-    return x, y, mask
-
-
-def affected_sums(layer: RegionAdaptiveDPPixelize, image: torch.Tensor, mask: torch.Tensor, n: int) -> np.ndarray:
-    out = layer.release(image.expand(n, -1, -1, -1), mask=mask, storage="exact").restore().double()
-    return (out[:, 0, 0, 0] * 16 + out[:, 0, 0, 15] * 64).numpy()  # released sums of the two affected cells
-
-
-@pytest.mark.parametrize("noise", ["laplace", "discrete"])
-def test_likelihood_ratio_test_stays_within_epsilon(noise):
-    """A threshold (likelihood-ratio) test on the affected cells, 200,000 releases per image: the ε it can certify
-    at 99.9% confidence stays below the claimed ε = 1. A layer with half the noise is caught above it."""
-    x, y, mask = straddling_pair()
-    n, eps = 200_000, 1.0
-    layer = RegionAdaptiveDPPixelize(eps, 2, levels=(4, 8), noise=noise, generator=generator("cpu", 8))
-    bound = epsilon_lower_bound(affected_sums(layer, y, mask, n), affected_sums(layer, x, mask, n), ALPHA)
-    assert bound <= eps
-    assert bound > 0.3 * eps  # the test has power: it sees a real part of the privacy loss
-    half_noise = RegionAdaptiveDPPixelize(2 * eps, 2, levels=(4, 8), noise=noise, generator=generator("cpu", 8))
-    caught = epsilon_lower_bound(affected_sums(half_noise, y, mask, n), affected_sums(half_noise, x, mask, n), ALPHA)
-    assert caught > eps
+# --- empirical privacy -------------------------------------------------------------------------------------------
+# The likelihood-ratio audit of a pair whose changed pixels straddle a fine and a coarse region is in test_audit.py.
 
 
 # --- partition sources -------------------------------------------------------------------------------------------
