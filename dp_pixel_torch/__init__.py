@@ -2,6 +2,7 @@
 
 from . import functional, reference
 from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
+from .datasets import ReleasedOnce
 from .functional import dp_pixelize
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .partitions import GridPartition, MultiLevelGrid
@@ -17,6 +18,7 @@ __all__ = [
     "PrivacyAccountant",
     "PrivacyGuarantee",
     "RegionAdaptiveDPPixelize",
+    "ReleasedOnce",
     "dp_pixelize",
     "functional",
     "load_video",

@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from ._validation import check_choice, check_generator_device, check_input, check_value_range
+from ._validation import check_choice, check_generator, check_generator_device, check_input, check_value_range
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
 from .noise import NoiseSource
@@ -67,13 +67,20 @@ class _DPLayer(Transform):
             return check_input(x, self.value_range, "input")[0].clone()
         return like_layout(self.release(x, **params, storage="exact").restore(), x)
 
-    def _checked(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float], torch.Generator | None]:
+    def _checked(
+        self, x: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, tuple[float, float], torch.Generator | None]:
         if isinstance(x, tv_tensors.TVTensor):
             x = x.as_subclass(torch.Tensor)
         x, bounds = check_input(x, self.value_range, "input")
         if 0 in x.shape[-2:]:
             raise ValueError(f"input of shape {tuple(x.shape)} has no pixels to release")
-        generator = self._noise_source.generator_for(x.device)
+        if generator is None:
+            generator = self._noise_source.generator_for(x.device)
+        elif self._guarantee.secure:
+            raise ValueError("secure=True draws its seed from OS entropy and refuses a generator")
+        else:
+            check_generator(generator)
         check_generator_device(generator, x.device)
         return x, bounds, generator
 
@@ -133,9 +140,14 @@ class DPPixelize(_DPLayer):
         super().__init__(guarantee, value_range, secure, generator, seed, accountant)
 
     @torch.no_grad()
-    def release(self, x: torch.Tensor, storage: str | None = None) -> NoisyGrid:
-        """Release ``x [..., C, H, W]`` and keep only the noisy cell values (see :class:`NoisyGrid` for ``storage``)."""
-        x, bounds, generator = self._checked(x)
+    def release(
+        self, x: torch.Tensor, storage: str | None = None, *, generator: torch.Generator | None = None
+    ) -> NoisyGrid:
+        """Release ``x [..., C, H, W]`` and keep only the noisy cell values (see :class:`NoisyGrid` for ``storage``).
+
+        ``generator`` draws this release's noise instead of the layer's own source (not for secure layers).
+        """
+        x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
         self._charge(x)
@@ -265,12 +277,15 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         storage: str | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> NoisyGrid:
         """Release ``x [..., C, H, W]`` and keep only the noisy statistics and the partition bits.
 
         ``mask``/``boxes``: the public region for ``region="mask"`` (bool/float ``[..., H, W]``; XYXY pixel boxes).
+        ``generator`` draws this release's noise instead of the layer's own source (not for secure layers).
         """
-        x, bounds, generator = self._checked(x)
+        x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         if self.region != "mask" and (mask is not None or boxes is not None):
             raise ValueError(f"mask/boxes are only used with region='mask', this layer has region={self.region!r}")
