@@ -1,0 +1,201 @@
+"""Streaming video: release a video file or a stream of frames chunk by chunk, in bounded memory.
+
+Decoding and encoding use OpenCV (``pip install 'dp-pixel-torch[video]'``); no codec code lives here. Frames are
+uint8 ``[3, H, W]`` RGB tensors. At most one chunk of frames is held at a time, on the chosen device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .accounting import PrivacyAccountant
+from .mechanisms import _DPLayer
+
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm")
+_FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG", ".webm": "VP80"}
+
+
+def import_cv2():
+    try:
+        import cv2
+    except ImportError as error:  # pragma: no cover - opencv is in the [video] and [dev] extras
+        raise ImportError("video files need OpenCV: pip install 'dp-pixel-torch[video]'") from error
+    return cv2
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # as reported by the container (may be 0 when unknown)
+    height: int
+    width: int
+    fps: float
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count, size and frame rate of a video file; raises ``ValueError`` when it cannot be read."""
+    cv2 = import_cv2()
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot read video {str(path)!r}: missing, or not a video OpenCV can decode")
+        return VideoInfo(
+            int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            float(capture.get(cv2.CAP_PROP_FPS)) or 25.0,
+        )
+    finally:
+        capture.release()
+
+
+def read_frames(path: str | Path) -> Iterator[torch.Tensor]:
+    """Decode a video file lazily into uint8 RGB frames ``[3, H, W]``."""
+    cv2 = import_cv2()
+    probe(path)
+    capture = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield torch.from_numpy(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+    finally:
+        capture.release()
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """What :func:`sanitize_stream` did."""
+
+    frames: int
+    height: int
+    width: int
+    epsilon_per_frame: float
+    epsilon_spent: float | None  # by the accountant, when there is one
+    output: Path | None
+    grids: Path | None
+
+    def __str__(self) -> str:
+        spent = "" if self.epsilon_spent is None else f"; accountant: ε spent = {self.epsilon_spent:g}"
+        return (
+            f"{self.frames} frames of {self.width}×{self.height} released at ε = {self.epsilon_per_frame:g} per frame: "
+            f"a person visible in T frames is covered at T·{self.epsilon_per_frame:g}{spent}"
+        )
+
+
+def sanitize_stream(
+    frames: Iterable[torch.Tensor] | str | Path,
+    layer: _DPLayer,
+    output: str | Path | None = None,
+    *,
+    grids: str | Path | None = None,
+    fps: float | None = None,
+    chunk: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> StreamReport:
+    """Release a video chunk by chunk; write the released video and/or the NoisyGrid file of all frames.
+
+    Args:
+        frames: a video file, or an iterable of uint8 ``[3, H, W]`` frames (or ``[T, 3, H, W]`` chunks).
+        layer: the DP layer; its accountant, if any, is charged for every frame before its noise is drawn.
+        output: the released video file (codec from the suffix: .avi MJPG, .mp4 mp4v); None writes no video.
+        grids: a file for the NoisyGrid records of every chunk (see :func:`~dp_pixel_torch.load_video`).
+        fps: frame rate of the output (default: the input file's, else 25).
+        chunk: frames per release: memory holds one chunk.
+        device: where to release (default: CUDA when available).
+    """
+    cv2 = import_cv2() if output is not None else None
+    if isinstance(frames, (str, Path)):
+        fps = fps or probe(frames).fps
+        frames = read_frames(frames)
+    fps = fps or 25.0
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    region = getattr(layer, "region", None)
+    if region == "mask":
+        raise ValueError("streams take layers whose partition needs no per-frame mask (uniform, complexity, previous)")
+    bar = _progress(progress)
+    writer, sink, count, shape = None, None, 0, None
+    try:
+        sink = None if grids is None else open(grids, "wb")
+        for block in _chunks(frames, chunk):
+            block = block.to(device)
+            # A "previous" partition is sequential in time: release the chunk frame by frame.
+            parts = block.split(1) if region == "previous" else [block]
+            for part in parts:
+                released = layer.release(part)
+                if sink is not None:
+                    sink.write(released.to_bytes())
+                if output is not None:
+                    if writer is None:
+                        shape = tuple(part.shape[-2:])
+                        writer = _open_writer(cv2, Path(output), fps, shape)
+                    for frame in released.restore().cpu():
+                        writer.write(cv2.cvtColor(frame.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+            shape = tuple(block.shape[-2:])
+            count += block.shape[0]
+            bar.update(block.shape[0])
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.release()
+        if sink is not None:
+            sink.close()
+    if count == 0:
+        raise ValueError("the stream holds no frames")
+    accountant: PrivacyAccountant | None = layer.accountant
+    return StreamReport(
+        count,
+        shape[0],
+        shape[1],
+        layer.guarantee.total_epsilon(3),
+        None if accountant is None else accountant.spent,
+        None if output is None else Path(output),
+        None if grids is None else Path(grids),
+    )
+
+
+def _chunks(frames: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Group frames into ``[T <= size, 3, H, W]`` uint8 chunks, holding one chunk at a time."""
+    pending: list[torch.Tensor] = []
+    for item in frames:
+        if not isinstance(item, torch.Tensor) or item.dtype != torch.uint8 or item.ndim not in (3, 4):
+            raise TypeError("frames must be uint8 tensors [3, H, W] or [T, 3, H, W]")
+        pending.extend(item.unbind(0) if item.ndim == 4 else [item])
+        while len(pending) >= size:
+            yield torch.stack(pending[:size])
+            del pending[:size]
+    if pending:
+        yield torch.stack(pending)
+
+
+def _open_writer(cv2, path: Path, fps: float, shape: tuple[int, int]):
+    suffix = path.suffix.lower()
+    if suffix not in _FOURCC:
+        raise ValueError(f"output video must end in one of {tuple(_FOURCC)}, got {path.name!r}")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*_FOURCC[suffix]), fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise ValueError(f"cannot write video {str(path)!r} with codec {_FOURCC[suffix]}")
+    return writer
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in the [video] extra
+        return _NoProgress()
+    return tqdm(unit="frame", desc="releasing")

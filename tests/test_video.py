@@ -1,0 +1,165 @@
+"""Streaming video and the dp-pixel command line, on synthetic clips made here."""
+
+import shutil
+import subprocess
+import sys
+import weakref
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dp_pixel_torch import DPPixelize, PrivacyAccountant, RegionAdaptiveDPPixelize, load_video
+from dp_pixel_torch.cli import main
+from dp_pixel_torch.video import probe, read_frames, sanitize_stream
+
+
+@pytest.fixture
+def clip(tmp_path):
+    """A 23-frame 64×48 MJPG clip at 10 fps."""
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(23):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def frame_count(path) -> int:
+    return sum(1 for _ in read_frames(path))
+
+
+def test_api_preserves_frame_count_and_size_and_writes_grids(clip, tmp_path):
+    out, grids = tmp_path / "released.avi", tmp_path / "released.dpxg"
+    acc = PrivacyAccountant()
+    report = sanitize_stream(
+        clip, DPPixelize(0.5, 8, accountant=acc, seed=0), out, grids=grids, chunk=5, progress=False
+    )
+    assert (report.frames, report.height, report.width) == (23, 48, 64)
+    info = probe(out)
+    assert (info.height, info.width, info.fps) == (48, 64, 10.0) and frame_count(out) == 23
+    records = list(load_video(grids))
+    assert [r.shape[0] for r in records] == [5, 5, 5, 5, 3]  # one record per chunk
+    assert acc.frames == 23 and acc.spent == pytest.approx(11.5) and report.epsilon_spent == acc.spent
+
+
+def test_previous_source_streams_frame_by_frame(clip, tmp_path):
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(8, 16), region="previous", seed=0)
+    report = sanitize_stream(clip, layer, grids=tmp_path / "g.dpxg", chunk=4, progress=False)
+    records = list(load_video(tmp_path / "g.dpxg"))
+    assert report.frames == len(records) == 23
+    assert not records[0].split[0].any() and any(r.split[0].any() for r in records[1:])
+
+
+def test_memory_stays_bounded_as_chunks_go_by():
+    alive: weakref.WeakSet = weakref.WeakSet()
+    peak = 0
+
+    def frames():
+        nonlocal peak
+        for _ in range(200):
+            peak = max(peak, len(alive))
+            frame = torch.zeros(3, 32, 32, dtype=torch.uint8)
+            alive.add(frame)
+            yield frame
+
+    sanitize_stream(frames(), DPPixelize(1.0, 8), chunk=8, progress=False, device="cpu")
+    assert peak <= 8 + 1  # never more than one chunk of frames is held
+
+
+def test_stream_rejects_bad_frames_and_empty_streams(tmp_path):
+    with pytest.raises(TypeError, match="uint8"):
+        sanitize_stream([torch.zeros(3, 8, 8)], DPPixelize(1.0, 4), progress=False)
+    with pytest.raises(ValueError, match="no frames"):
+        sanitize_stream([], DPPixelize(1.0, 4), progress=False)
+    with pytest.raises(ValueError, match="cannot read video"):
+        probe(tmp_path / "missing.avi")
+
+
+def test_cli_on_video_image_and_folder(clip, tmp_path, capsys):
+    assert (
+        main(
+            [
+                str(clip),
+                "-o",
+                str(tmp_path / "out.avi"),
+                "--epsilon",
+                "0.5",
+                "--b",
+                "8",
+                "--cap",
+                "20",
+                "--grids",
+                str(tmp_path / "out.dpxg"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = capsys.readouterr().out
+    assert "23 frames of 64×48" in report and "Privacy report: ε = 0.5 per image" in report
+    assert "23 frames released, ε spent = 11.5 of a cap of 20" in report
+    assert frame_count(tmp_path / "out.avi") == 23
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 120, np.uint8))
+    assert main([str(image), "-o", str(tmp_path / "released.png"), "--epsilon", "1", "--b", "4"]) == 0
+    assert cv2.imread(str(tmp_path / "released.png")).shape == (20, 30, 3)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(image, folder / "a.png")
+    shutil.copy(image, folder / "b.png")
+    assert (
+        main(
+            [
+                str(folder),
+                "-o",
+                str(tmp_path / "outs"),
+                "--epsilon",
+                "1",
+                "--levels",
+                "4",
+                "8",
+                "--region",
+                "complexity",
+                "--partition-epsilon",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "outs").iterdir()) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["missing.avi", "-o", "o.avi", "--epsilon", "1", "--b", "8"], "does not exist", 2),
+        (["{clip}", "-o", "o.avi", "--epsilon", "-1", "--b", "8"], "epsilon must be a finite number > 0", 2),
+        (["{clip}", "-o", "o.avi", "--epsilon", "1"], "give --b", 2),
+        (["{clip}", "-o", "o.avi", "--epsilon", "1", "--levels", "8", "12", "--region", "previous"], "aligned", 2),
+        (["{clip}", "-o", "o.xyz", "--epsilon", "1", "--b", "8"], "output video must end in", 2),
+        (["{clip}", "-o", "o.avi", "--epsilon", "1", "--b", "8", "--cap", "5"], "budget cap reached", 3),
+        (["{clip}", "-o", "o.avi", "--epsilon", "1", "--b", "8", "--noise", "laplace"], "needs --seed", 2),
+        (["{bad}", "-o", "o.png", "--epsilon", "1", "--b", "8"], "cannot read image", 2),
+    ],
+)
+def test_cli_exits_non_zero_with_a_message(args, message, code, clip, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    argv = [a.format(clip=clip, bad=bad) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "dp_pixel_torch.cli", *argv, "--quiet"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == code and message in done.stderr, done.stderr
+
+
+def test_cli_argument_errors_exit_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "dp_pixel_torch.cli", "x.avi", "--epsilon", "one"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "invalid float value" in done.stderr
