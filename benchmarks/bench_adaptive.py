@@ -96,7 +96,7 @@ def main() -> None:
             else int(sum(r.sum() for r in grid._released())) * 3
         )
         bgr = cv2.cvtColor(released.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
-        png = len(cv2.imencode(".png", bgr)[1])
+        png = len(cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1])  # the smallest PNG
         jpeg = len(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
         print(f"| {name} | {cells:,} | {x.numel():,} | {png:,} | {jpeg:,} | {grid.nbytes:,} | {light.nbytes:,} |")
 
