@@ -73,3 +73,13 @@ def test_adaptive_utility_writes_tables_at_equal_total_epsilon(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "total ε = 1.6 + 0.4 = 2" in report and "treated as PUBLIC" in report
     assert (tmp_path / "examples.png").stat().st_size > 10_000
+
+
+def test_audit_job_reports_consistent_layers_and_catches_the_miscalibrated(tmp_path):
+    run_job("audit.py", "samples=20000", f"hydra.run.dir={tmp_path}")
+    with open(tmp_path / "audit.csv") as f:
+        rows = {r["mechanism"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 8
+    for name, row in rows.items():
+        assert row["consistent"] == ("False" if name.startswith("MIS-CALIBRATED") else "True"), name
+    assert "**caught**" in (tmp_path / "audit.md").read_text()
