@@ -1,4 +1,4 @@
-"""Datasets that respect the budget (SPEC §6): release every sample once, serve that release ever after.
+"""Datasets: release-once training data (SPEC §6), and loaders of the real datasets in their official layouts.
 
 Pixelizing the same image again in every epoch is a new release each time, so E epochs would cost E·ε. A
 :class:`ReleasedOnce` dataset releases each sample the first time it is read and serves the very same release on every
@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .mechanisms import _DPLayer
 from .storage import NoisyGrid
+from .video import import_cv2
 
 
 class ReleasedOnce(Dataset):
@@ -132,3 +133,210 @@ def _store_first(path: Path, grid: NoisyGrid) -> NoisyGrid:
     finally:
         os.unlink(f.name)
     return grid
+
+
+# --- the real datasets, read from a local root in their official layouts (SPEC §8); nothing is ever downloaded -----
+
+
+def _missing(root: Path, layout: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{str(root)!r} is not a copy of the dataset: expected the layout {layout}. Nothing is downloaded; "
+        "point the loader (or the experiment's data.root) at a local copy."
+    )
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    cv2 = import_cv2()
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read image {str(path)!r}")
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+class MOTSequence(Dataset):
+    """One MOTChallenge sequence (Venice-2, PETS09-S2L1, …): frames with their ground-truth boxes.
+
+    Layout: ``<root>/<benchmark>/<split>/<name>/img1/000001.jpg…``, ``gt/gt.txt`` (optional) and ``seqinfo.ini``
+    (optional). Items are ``(frame, target)``: uint8 RGB ``[3, H, W]`` and ``{"boxes": float32 [K, 4] XYXY pixels,
+    "ids": int64 [K], "frame": int}`` (MOT15 ``gt.txt`` rows: frame, id, left, top, width, height, conf, …).
+    """
+
+    LAYOUT = "<root>/2DMOT2015/train/<name>/img1/000001.jpg… with gt/gt.txt and seqinfo.ini when present"
+
+    def __init__(
+        self,
+        root: str | Path,
+        name: str = "Venice-2",
+        *,
+        split: str = "train",
+        benchmark: str = "2DMOT2015",
+        fps: float = 30.0,
+    ) -> None:
+        self.root = Path(root)
+        self.directory = self.root / benchmark / split / name
+        self.frames = sorted((self.directory / "img1").glob("*.jpg"))
+        if not self.frames:
+            raise _missing(self.root, self.LAYOUT.replace("<name>", name))
+        self.fps = self._seqinfo_fps() or fps
+        self._boxes: dict[int, list[tuple[int, list[float]]]] = {}
+        gt = self.directory / "gt" / "gt.txt"
+        if gt.exists():
+            for line in gt.read_text().splitlines():
+                if line.strip():
+                    fields = [float(v) for v in line.replace(" ", "").split(",")[:6]]
+                    frame, track, left, top, width, height = fields
+                    self._boxes.setdefault(int(frame), []).append((int(track), [left, top, left + width, top + height]))
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool(self._boxes)
+
+    def _seqinfo_fps(self) -> float | None:
+        info = self.directory / "seqinfo.ini"
+        if info.exists():
+            for line in info.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip().lower() == "framerate":
+                    return float(value)
+        return None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        number = int(self.frames[index].stem)
+        rows = self._boxes.get(number, [])
+        boxes = torch.tensor([box for _, box in rows], dtype=torch.float32).reshape(-1, 4)
+        ids = torch.tensor([track for track, _ in rows], dtype=torch.int64)
+        return _read_rgb(self.frames[index]), {"boxes": boxes, "ids": ids, "frame": number}
+
+
+class PETS2009(Dataset):
+    """PETS2009 S2L1 View_001: from the original frames folder, or from a video file (OpenCV's ``vtest.avi`` is this
+    sequence). Items are uint8 RGB frames ``[3, H, W]``.
+
+    Layouts: ``<root>/Crowd_PETS09/S2/L1/Time_12-34/View_001/frame_0000.jpg…``, or ``<root>`` itself a video file.
+    """
+
+    LAYOUT = "<root>/Crowd_PETS09/S2/L1/Time_12-34/View_001/frame_0000.jpg…, or a video file such as vtest.avi"
+    FPS = 7.0
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.video = self.root if self.root.is_file() else None
+        self.frames: list[Path] = []
+        if self.video is not None:
+            from .video import probe
+
+            self._count = probe(self.video).frames
+        else:
+            self.frames = sorted((self.root / "Crowd_PETS09/S2/L1/Time_12-34/View_001").glob("frame_*.jpg"))
+            self._count = len(self.frames)
+        if self._count == 0:
+            raise _missing(self.root, self.LAYOUT)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.video is None:
+            return _read_rgb(self.frames[index])
+        cv2 = import_cv2()
+        capture = cv2.VideoCapture(str(self.video))
+        try:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, bgr = capture.read()
+        finally:
+            capture.release()
+        if not ok:
+            raise IndexError(f"frame {index} of {str(self.video)!r} cannot be decoded")
+        return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+class PPM100(Dataset):
+    """PPM-100 portrait matting: ``(image, matte)`` pairs, uint8 RGB ``[3, H, W]`` and float32 ``[H, W]`` in [0, 1].
+
+    Layout: ``<root>/PPM-100/image/<stem>.jpg`` and ``<root>/PPM-100/matte/<stem>.(jpg|png)``.
+    """
+
+    LAYOUT = "<root>/PPM-100/image/<stem>.jpg with <root>/PPM-100/matte/<stem>.jpg or .png"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        images = sorted((self.root / "PPM-100" / "image").glob("*.jpg"))
+        self.pairs = []
+        for image in images:
+            matte = next(
+                (m for m in (image.parents[1] / "matte" / f"{image.stem}{s}" for s in (".png", ".jpg")) if m.exists()),
+                None,
+            )
+            if matte is not None:
+                self.pairs.append((image, matte))
+        if not self.pairs:
+            raise _missing(self.root, self.LAYOUT)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, matte = self.pairs[index]
+        cv2 = import_cv2()
+        alpha = cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE)
+        if alpha is None:
+            raise ValueError(f"cannot read matte {str(matte)!r}")
+        return _read_rgb(image), torch.from_numpy(alpha).float() / 255
+
+
+class CelebA(Dataset):
+    """CelebA aligned faces with identities and landmarks, read from the official files (no MD5 checks, so tiny
+    fixtures work; torchvision's loader rejects them).
+
+    Layout: ``<root>/celeba/img_align_celeba/*.jpg``, ``list_eval_partition.txt``, ``identity_CelebA.txt``,
+    ``list_landmarks_align_celeba.txt`` (``list_bbox_celeba.txt`` and ``list_attr_celeba.txt`` are not needed).
+    Items are ``(image, target)``: uint8 RGB ``[3, 218, 178]`` and ``{"identity": int, "landmarks": float32 [5, 2]}``.
+    ``split``: ``"train"``, ``"valid"``, ``"test"`` or ``"all"``.
+    """
+
+    LAYOUT = (
+        "<root>/celeba/img_align_celeba/*.jpg with list_eval_partition.txt, identity_CelebA.txt and "
+        "list_landmarks_align_celeba.txt"
+    )
+    SPLITS = {"train": 0, "valid": 1, "test": 2}
+
+    def __init__(self, root: str | Path, split: str = "all") -> None:
+        self.root = Path(root)
+        base = self.root / "celeba"
+        files = [
+            base / n for n in ("list_eval_partition.txt", "identity_CelebA.txt", "list_landmarks_align_celeba.txt")
+        ]
+        if not (base / "img_align_celeba").is_dir() or not all(f.exists() for f in files):
+            raise _missing(self.root, self.LAYOUT)
+        if split != "all" and split not in self.SPLITS:
+            raise ValueError(f"split must be 'all' or one of {tuple(self.SPLITS)}, got {split!r}")
+        partition = _table(files[0])
+        identity = _table(files[1])
+        landmarks = _table(files[2], skip=2)
+        self.items = [
+            (name, int(identity[name][0]), [float(v) for v in landmarks[name]])
+            for name, (part,) in partition.items()
+            if (split == "all" or int(part) == self.SPLITS[split]) and (base / "img_align_celeba" / name).exists()
+        ]
+        self.directory = base / "img_align_celeba"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        name, identity, landmarks = self.items[index]
+        target = {"identity": identity, "landmarks": torch.tensor(landmarks, dtype=torch.float32).reshape(5, 2)}
+        return _read_rgb(self.directory / name), target
+
+
+def _table(path: Path, skip: int = 0) -> dict[str, list[str]]:
+    """A CelebA list file: ``name value…`` per line after ``skip`` header lines."""
+    rows = {}
+    for line in path.read_text().splitlines()[skip:]:
+        fields = line.split()
+        if fields:
+            rows[fields[0]] = fields[1:]
+    return rows
