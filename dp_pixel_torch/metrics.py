@@ -1,0 +1,144 @@
+"""Utility metrics of released images and video: fidelity, crowd-monitoring tasks, and person detection.
+
+Everything here is computed *after* a release (post-processing), from uint8 ``[C, H, W]`` tensors. Fidelity uses
+scikit-image, background subtraction and person detection use OpenCV, box overlaps use torchvision (the
+``[experiments]`` and ``[video]`` extras).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from .video import import_cv2
+
+
+def _hwc(x: torch.Tensor) -> np.ndarray:
+    if x.ndim != 3:
+        raise ValueError(f"expected one image [C, H, W], got shape {tuple(x.shape)}")
+    return x.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def _range(x: torch.Tensor) -> float:
+    return 255.0 if x.dtype == torch.uint8 else 1.0
+
+
+def mse(original: torch.Tensor, released: torch.Tensor) -> float:
+    """Mean squared error, in the images' units (grey levels for uint8)."""
+    return float(((original.double() - released.double()) ** 2).mean())
+
+
+def psnr(original: torch.Tensor, released: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB (scikit-image), for one ``[C, H, W]`` image."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(_hwc(original), _hwc(released), data_range=_range(original)))
+
+
+def ssim(original: torch.Tensor, released: torch.Tensor) -> float:
+    """Structural similarity (scikit-image, Gaussian-free default window), for one ``[C, H, W]`` image."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(_hwc(original), _hwc(released), channel_axis=-1, data_range=_range(original)))
+
+
+def masked_scores(original: torch.Tensor, released: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """MSE and PSNR inside a region (``mask`` ``[H, W]``, > 0.5 inside, e.g. a portrait matte) and outside it."""
+    inside = (mask > 0.5).to(original.device)
+    peak = _range(original) ** 2
+    scores = {}
+    for name, where in (("inside", inside), ("outside", ~inside)):
+        if not where.any():
+            scores[f"{name}_mse"] = scores[f"{name}_psnr"] = float("nan")
+            continue
+        err = float(((original.double() - released.double())[:, where] ** 2).mean())
+        scores[f"{name}_mse"] = err
+        scores[f"{name}_psnr"] = float("inf") if err == 0 else 10 * np.log10(peak / err)
+    return scores
+
+
+def foreground_masks(frames: Iterable[torch.Tensor], history: int = 50) -> list[np.ndarray]:
+    """Moving foreground of a frame sequence by OpenCV's MOG2 background subtractor: bool ``[H, W]`` per frame."""
+    cv2 = import_cv2()
+    subtractor = cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=False)
+    return [subtractor.apply(cv2.cvtColor(_hwc(f), cv2.COLOR_RGB2BGR)) > 0 for f in frames]
+
+
+def occupancy(mask: np.ndarray, cell: int, threshold: float = 0.1) -> np.ndarray:
+    """Per-cell occupancy: cells of ``cell×cell`` pixels whose foreground fraction exceeds ``threshold``."""
+    h, w = mask.shape
+    rows, cols = -(-h // cell), -(-w // cell)
+    padded = np.zeros((rows * cell, cols * cell), dtype=np.float64)
+    padded[:h, :w] = mask
+    return padded.reshape(rows, cell, cols, cell).mean(axis=(1, 3)) > threshold
+
+
+@dataclass(frozen=True)
+class OccupancyAgreement:
+    """Agreement of per-cell occupancy maps between original and released frames (crowd monitoring)."""
+
+    iou: float  # occupied cells: intersection over union, pooled over frames
+    accuracy: float  # fraction of cells with the same occupancy
+    density_error: float  # mean absolute error of the occupied fraction of the frame
+
+
+def occupancy_agreement(
+    original: Sequence[torch.Tensor], released: Sequence[torch.Tensor], cell: int = 32, threshold: float = 0.1
+) -> OccupancyAgreement:
+    """Run background subtraction on both sequences and compare their per-cell occupancy frame by frame."""
+    if len(original) != len(released) or not original:
+        raise ValueError("need two non-empty sequences of the same length")
+    a = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(original)])
+    b = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(released)])
+    union = np.logical_or(a, b).sum()
+    return OccupancyAgreement(
+        iou=float(np.logical_and(a, b).sum() / union) if union else 1.0,
+        accuracy=float((a == b).mean()),
+        density_error=float(np.abs(a.mean(axis=(1, 2)) - b.mean(axis=(1, 2))).mean()),
+    )
+
+
+def detect_people(frame: torch.Tensor) -> torch.Tensor:
+    """OpenCV's HOG people detector on one uint8 ``[3, H, W]`` frame: float32 ``[K, 4]`` XYXY boxes."""
+    cv2 = import_cv2()
+    hog = cv2.HOGDescriptor()
+    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+    rects, _ = hog.detectMultiScale(cv2.cvtColor(_hwc(frame), cv2.COLOR_RGB2BGR), winStride=(8, 8))
+    boxes = torch.tensor(np.asarray(rects, dtype=np.float32)).reshape(-1, 4)
+    return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
+
+
+@dataclass(frozen=True)
+class DetectionScore:
+    true_positives: int
+    predicted: int
+    reference: int
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.predicted if self.predicted else float("nan")
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.reference if self.reference else float("nan")
+
+
+def match_detections(predicted: torch.Tensor, reference: torch.Tensor, iou: float = 0.5) -> DetectionScore:
+    """Greedy one-to-one matching of XYXY boxes at IoU ≥ ``iou`` (highest overlaps first)."""
+    if len(predicted) == 0 or len(reference) == 0:
+        return DetectionScore(0, len(predicted), len(reference))
+    overlaps = box_iou(predicted.float(), reference.float())
+    matched = 0
+    while True:
+        best = overlaps.max()
+        if best < iou:
+            break
+        i, j = divmod(int(overlaps.argmax()), overlaps.shape[1])
+        overlaps[i, :] = -1
+        overlaps[:, j] = -1
+        matched += 1
+    return DetectionScore(matched, len(predicted), len(reference))
