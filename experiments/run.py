@@ -68,11 +68,18 @@ def load_sources(cfg: DictConfig) -> tuple[dict[str, dict], list[str]]:
         seq = MOTSequence(d.mot_root, d.sequence)
         items = [seq[i] for i in range(min(len(seq), cfg.max_frames))]
         reference = [t["boxes"] for _, t in items] if seq.has_ground_truth else None
-        sources[d.sequence] = {"kind": "video", "items": [f for f, _ in items], "reference": reference}
+        regions = [{"boxes": t["boxes"]} for _, t in items] if seq.has_ground_truth else None
+        sources[d.sequence] = {
+            "kind": "video",
+            "items": [f for f, _ in items],
+            "reference": reference,
+            "regions": regions,
+        }
     if d.get("matte_pairs"):
         try:
             pairs = PPM100(d.matte_pairs)
-            sources["ppm100"] = {"kind": "mattes", "items": [pairs[i] for i in range(min(len(pairs), cfg.max_frames))]}
+            items = [pairs[i] for i in range(min(len(pairs), cfg.max_frames))]
+            sources["ppm100"] = {"kind": "mattes", "items": items, "regions": [{"mask": matte} for _, matte in items]}
         except FileNotFoundError:
             if d.name != "samples":
                 raise
@@ -96,28 +103,38 @@ def settings(mech: DictConfig, grid: DictConfig):
 
 
 def make_release(mech: DictConfig, eps, b, m, seed: int):
-    """A function from a list of same-size frames to their releases, plus its privacy report."""
+    """``(release, report)``: ``release(frames, regions)`` maps a list of same-size frames (and their public regions,
+    or None) to their releases, or returns None when the mechanism needs regions the source does not have."""
     if mech.kind == "plain":
-        return (lambda frames: [pixelize(torch.stack(frames), b).unbind(0)][0]), "plain pixelization: NOT private"
+        return (lambda frames, regions: list(pixelize(torch.stack(frames), b).unbind(0))), "plain: NOT private"
     if mech.kind == "blur":
         k = 2 * math.ceil(1.5 * b) + 1
         return (
-            lambda frames: list(TF.gaussian_blur(torch.stack(frames), [k, k], [b / 2, b / 2]).unbind(0)),
+            lambda frames, regions: list(TF.gaussian_blur(torch.stack(frames), [k, k], [b / 2, b / 2]).unbind(0)),
             f"Gaussian blur σ = {b / 2:g}: NOT private",
         )
     if mech.kind == "dp":
         layer = DPPixelize(eps, b, m, noise=mech.noise, border=mech.border, seed=seed)
-        return (lambda frames: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
+        return (lambda frames, regions: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
     levels = (b // 2, b, 2 * b)
     if mech.region == "complexity":
         share = mech.partition_share * eps
         layer = RegionAdaptiveDPPixelize(
             eps - share, m, levels=levels, region="complexity", partition_epsilon=share, seed=seed
         )
-        return (lambda frames: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
+        return (lambda frames, regions: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
+    if mech.region == "mask":  # the source's own annotations (mattes, gt boxes), treated as public
+        layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="mask", seed=seed)
+
+        def masked(frames, regions):
+            if regions is None:
+                return None
+            return [layer.release(f, **r).restore() for f, r in zip(frames, regions)]
+
+        return masked, str(layer.guarantee)
     layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="previous", seed=seed)
 
-    def sequential(frames):  # frame t's cells come from release t-1
+    def sequential(frames, regions):  # frame t's cells come from release t-1
         layer.reset()
         return [layer(f[None])[0] for f in frames]
 
@@ -283,10 +300,18 @@ def main(cfg: DictConfig) -> None:
             by_size = {}
             for k, frame in enumerate(originals):  # frames of one size are released together
                 by_size.setdefault(tuple(frame.shape), []).append(k)
+            regions = source.get("regions")
             released = [None] * len(originals)
             for indices in by_size.values():
-                for k, r in zip(indices, release([originals[k] for k in indices])):
+                releases = release(
+                    [originals[k] for k in indices], None if regions is None else [regions[k] for k in indices]
+                )
+                if releases is None:
+                    break
+                for k, r in zip(indices, releases):
                     released[k] = r
+            if any(r is None for r in released):
+                continue  # this mechanism needs public regions the source does not have
             scores = evaluate(source, released, references.get(source_name))
             rows.append({"source": source_name, "mechanism": mech_name, "epsilon": eps, "b": b, "m": m, **scores})
 

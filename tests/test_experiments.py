@@ -128,7 +128,8 @@ def test_tiny_end_to_end_sweep_with_multirun(tmp_path):
     runs = sorted((tmp_path / "sweep").glob("*/results.csv"))
     assert len(runs) == 2
     venice = list(csv.DictReader(open(runs[0])))
-    assert {r["source"] for r in venice} == {"Venice-2"} and len(venice) == 5  # 5 mechanisms × 1 setting
+    assert {r["source"] for r in venice} == {"Venice-2"} and len(venice) == 6  # 6 mechanisms × 1 setting
+    assert "dp_adaptive_mask" in {r["mechanism"] for r in venice}  # the gt boxes are its public regions
     assert all(0 <= float(r["occupancy_iou"]) <= 1 for r in venice)
     report = (runs[1].parent / "report.md").read_text()
     assert "| photos |" in report and "| pets2009 |" in report and "Privacy report" in report
