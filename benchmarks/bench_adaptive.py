@@ -20,6 +20,7 @@ import cv2
 from torchvision.transforms.v2 import functional as TF
 
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
+from dp_pixel_torch.video import to_bgr
 
 HEIGHT, WIDTH = 1080, 1920
 FACE = (175, 70, 268, 163)  # x0, y0, x1, y1 of the astronaut's face in the 512×512 photo (an annotation)
@@ -95,7 +96,7 @@ def main() -> None:
             if not grid.is_adaptive
             else int(sum(r.sum() for r in grid._released())) * 3
         )
-        bgr = cv2.cvtColor(released.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
+        bgr = to_bgr(released)
         png = len(cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1])  # the smallest PNG
         jpeg = len(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
         print(f"| {name} | {cells:,} | {x.numel():,} | {png:,} | {jpeg:,} | {grid.nbytes:,} | {light.nbytes:,} |")

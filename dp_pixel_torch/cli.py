@@ -21,7 +21,7 @@ import torch
 from .accounting import BudgetExceededError, PrivacyAccountant
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
-from .video import VIDEO_SUFFIXES, import_cv2, sanitize_stream
+from .video import VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 WRITABLE = (".png", ".jpg", ".jpeg")
@@ -75,22 +75,12 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
     return DPPixelize(args.epsilon, args.b, args.m, **common)
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as uint8 RGB ``[3, H, W]`` (decoded by OpenCV)."""
-    cv2 = import_cv2()
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {str(path)!r}: missing, or not an image OpenCV can decode")
-    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-
-
 def write_image(image: torch.Tensor, path: Path) -> None:
     if path.suffix.lower() not in WRITABLE:
         raise ValueError(f"output image must end in one of {WRITABLE}, got {path.name!r}")
     cv2 = import_cv2()
     path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(image.permute(1, 2, 0).contiguous().numpy(), cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+    if not cv2.imwrite(str(path), to_bgr(image), [cv2.IMWRITE_JPEG_QUALITY, 95]):
         raise ValueError(f"cannot write image {str(path)!r}")
 
 

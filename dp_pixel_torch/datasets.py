@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .mechanisms import _DPLayer
 from .storage import NoisyGrid
-from .video import import_cv2
+from .video import from_bgr, import_cv2, read_image
 
 
 class ReleasedOnce(Dataset):
@@ -145,14 +145,6 @@ def _missing(root: Path, layout: str) -> FileNotFoundError:
     )
 
 
-def _read_rgb(path: Path) -> torch.Tensor:
-    cv2 = import_cv2()
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {str(path)!r}")
-    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
-
-
 class MOTSequence(Dataset):
     """One MOTChallenge sequence (Venice-2, PETS09-S2L1, …): frames with their ground-truth boxes.
 
@@ -208,7 +200,7 @@ class MOTSequence(Dataset):
         rows = self._boxes.get(number, [])
         boxes = torch.tensor([box for _, box in rows], dtype=torch.float32).reshape(-1, 4)
         ids = torch.tensor([track for track, _ in rows], dtype=torch.int64)
-        return _read_rgb(self.frames[index]), {"boxes": boxes, "ids": ids, "frame": number}
+        return read_image(self.frames[index]), {"boxes": boxes, "ids": ids, "frame": number}
 
 
 class PETS2009(Dataset):
@@ -240,7 +232,7 @@ class PETS2009(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.video is None:
-            return _read_rgb(self.frames[index])
+            return read_image(self.frames[index])
         cv2 = import_cv2()
         capture = cv2.VideoCapture(str(self.video))
         try:
@@ -250,7 +242,7 @@ class PETS2009(Dataset):
             capture.release()
         if not ok:
             raise IndexError(f"frame {index} of {str(self.video)!r} cannot be decoded")
-        return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+        return from_bgr(bgr)
 
 
 class PPM100(Dataset):
@@ -284,7 +276,7 @@ class PPM100(Dataset):
         alpha = cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE)
         if alpha is None:
             raise ValueError(f"cannot read matte {str(matte)!r}")
-        return _read_rgb(image), torch.from_numpy(alpha).float() / 255
+        return read_image(image), torch.from_numpy(alpha).float() / 255
 
 
 class CelebA(Dataset):
@@ -329,7 +321,7 @@ class CelebA(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         name, identity, landmarks = self.items[index]
         target = {"identity": identity, "landmarks": torch.tensor(landmarks, dtype=torch.float32).reshape(5, 2)}
-        return _read_rgb(self.directory / name), target
+        return read_image(self.directory / name), target
 
 
 def _table(path: Path, skip: int = 0) -> dict[str, list[str]]:

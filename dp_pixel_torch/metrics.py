@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from .video import import_cv2
+from .video import import_cv2, to_bgr
 
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
@@ -65,7 +65,7 @@ def foreground_masks(frames: Iterable[torch.Tensor], history: int = 50) -> list[
     """Moving foreground of a frame sequence by OpenCV's MOG2 background subtractor: bool ``[H, W]`` per frame."""
     cv2 = import_cv2()
     subtractor = cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=False)
-    return [subtractor.apply(cv2.cvtColor(_hwc(f), cv2.COLOR_RGB2BGR)) > 0 for f in frames]
+    return [subtractor.apply(to_bgr(f)) > 0 for f in frames]
 
 
 def occupancy(mask: np.ndarray, cell: int, threshold: float = 0.1) -> np.ndarray:
@@ -107,7 +107,7 @@ def detect_people(frame: torch.Tensor) -> torch.Tensor:
     cv2 = import_cv2()
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-    rects, _ = hog.detectMultiScale(cv2.cvtColor(_hwc(frame), cv2.COLOR_RGB2BGR), winStride=(8, 8))
+    rects, _ = hog.detectMultiScale(to_bgr(frame), winStride=(8, 8))
     boxes = torch.tensor(np.asarray(rects, dtype=np.float32)).reshape(-1, 4)
     return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
 

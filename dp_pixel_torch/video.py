@@ -27,6 +27,27 @@ def import_cv2():
     return cv2
 
 
+def from_bgr(bgr) -> torch.Tensor:
+    """An OpenCV BGR ``[H, W, 3]`` array as a uint8 RGB tensor ``[3, H, W]``."""
+    cv2 = import_cv2()
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+def to_bgr(image: torch.Tensor):
+    """A uint8 RGB tensor ``[3, H, W]`` as an OpenCV BGR ``[H, W, 3]`` array."""
+    cv2 = import_cv2()
+    return cv2.cvtColor(image.permute(1, 2, 0).contiguous().cpu().numpy(), cv2.COLOR_RGB2BGR)
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 RGB ``[3, H, W]`` (decoded by OpenCV); ``ValueError`` when it cannot be read."""
+    cv2 = import_cv2()
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read image {str(path)!r}: missing, or not an image OpenCV can decode")
+    return from_bgr(bgr)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     frames: int  # as reported by the container (may be 0 when unknown)
@@ -62,7 +83,7 @@ def read_frames(path: str | Path) -> Iterator[torch.Tensor]:
             ok, frame = capture.read()
             if not ok:
                 return
-            yield torch.from_numpy(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+            yield from_bgr(frame)
     finally:
         capture.release()
 
@@ -135,7 +156,7 @@ def sanitize_stream(
                         shape = tuple(part.shape[-2:])
                         writer = _open_writer(cv2, Path(output), fps, shape)
                     for frame in released.restore().cpu():
-                        writer.write(cv2.cvtColor(frame.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+                        writer.write(to_bgr(frame))
             shape = tuple(block.shape[-2:])
             count += block.shape[0]
             bar.update(block.shape[0])

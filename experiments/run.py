@@ -40,6 +40,7 @@ from dp_pixel_torch.metrics import (  # noqa: E402
     ssim,
 )
 from dp_pixel_torch.reference import dp_pixelize_sequential  # noqa: E402
+from dp_pixel_torch.video import to_bgr  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")  # inside the scikit-image wheel
 
@@ -197,7 +198,7 @@ def storage_rows(frame: torch.Tensor, cell_sizes) -> list[dict]:
     rows = []
     for b in cell_sizes:
         grid = DPPixelize(1.0, b, seed=0).release(frame[None])
-        bgr = cv2.cvtColor(grid.restore()[0].permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
+        bgr = to_bgr(grid.restore()[0])
         rows.append(
             {
                 "b": b,
