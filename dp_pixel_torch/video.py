@@ -144,6 +144,9 @@ def sanitize_stream(
     try:
         sink = None if grids is None else open(grids, "wb")
         for block in _chunks(frames, chunk):
+            if shape is not None and tuple(block.shape[-2:]) != shape:
+                raise ValueError(f"frame size changed from {shape} to {tuple(block.shape[-2:])} within the stream")
+            shape = tuple(block.shape[-2:])
             block = block.to(device)
             # A "previous" partition is sequential in time: release the chunk frame by frame.
             parts = block.split(1) if region == "previous" else [block]
@@ -153,11 +156,9 @@ def sanitize_stream(
                     sink.write(released.to_bytes())
                 if output is not None:
                     if writer is None:
-                        shape = tuple(part.shape[-2:])
                         writer = _open_writer(cv2, Path(output), fps, shape)
                     for frame in released.restore().cpu():
                         writer.write(to_bgr(frame))
-            shape = tuple(block.shape[-2:])
             count += block.shape[0]
             bar.update(block.shape[0])
     finally:

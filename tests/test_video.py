@@ -72,6 +72,13 @@ def test_memory_stays_bounded_as_chunks_go_by():
 def test_stream_rejects_bad_frames_and_empty_streams(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         sanitize_stream([torch.zeros(3, 8, 8)], DPPixelize(1.0, 4), progress=False)
+    with pytest.raises(ValueError, match="frame size changed"):
+        sanitize_stream(
+            [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 16, dtype=torch.uint8)],
+            DPPixelize(1.0, 4),
+            chunk=1,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="no frames"):
         sanitize_stream([], DPPixelize(1.0, 4), progress=False)
     with pytest.raises(ValueError, match="cannot read video"):
