@@ -285,7 +285,9 @@ class CelebA(Dataset):
 
     Layout: ``<root>/celeba/img_align_celeba/*.jpg``, ``list_eval_partition.txt``, ``identity_CelebA.txt``,
     ``list_landmarks_align_celeba.txt`` (``list_bbox_celeba.txt`` and ``list_attr_celeba.txt`` are not needed).
-    Items are ``(image, target)``: uint8 RGB ``[3, 218, 178]`` and ``{"identity": int, "landmarks": float32 [5, 2]}``.
+    Items are ``(image, target)``: uint8 RGB ``[3, 218, 178]`` and ``{"identity": int, "landmarks": float32 [5, 2],
+    "boxes": float32 [1, 4]}``, the face box XYXY from :func:`face_box_from_landmarks` (``list_bbox_celeba.txt``
+    holds boxes of the *unaligned* images, so it does not apply here).
     ``split``: ``"train"``, ``"valid"``, ``"test"`` or ``"all"``.
     """
 
@@ -318,10 +320,25 @@ class CelebA(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def identities(self) -> list[int]:
+        """The identity of every item, without reading the images."""
+        return [identity for _, identity, _ in self.items]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         name, identity, landmarks = self.items[index]
-        target = {"identity": identity, "landmarks": torch.tensor(landmarks, dtype=torch.float32).reshape(5, 2)}
+        points = torch.tensor(landmarks, dtype=torch.float32).reshape(5, 2)
+        target = {"identity": identity, "landmarks": points, "boxes": face_box_from_landmarks(points)[None]}
         return read_image(self.directory / name), target
+
+
+def face_box_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """A face box ``[4]`` XYXY from five aligned landmarks ``[5, 2]`` (x, y of the eyes, nose and mouth corners, as in
+    CelebA): their hull widened by the eye distance ``d`` to each side and above the eyes, and by ``0.8 d`` below the
+    mouth."""
+    d = (landmarks[1] - landmarks[0]).norm()
+    low, high = landmarks.amin(0), landmarks.amax(0)
+    return torch.stack([low[0] - d, low[1] - d, high[0] + d, high[1] + 0.8 * d])
 
 
 def _table(path: Path, skip: int = 0) -> dict[str, list[str]]:

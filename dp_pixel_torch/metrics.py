@@ -36,6 +36,8 @@ def psnr(original: torch.Tensor, released: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB (scikit-image), for one ``[C, H, W]`` image."""
     from skimage.metrics import peak_signal_noise_ratio
 
+    if torch.equal(original, released):
+        return float("inf")
     return float(peak_signal_noise_ratio(_hwc(original), _hwc(released), data_range=_range(original)))
 
 

@@ -97,10 +97,12 @@ def load_sources(cfg: DictConfig) -> tuple[dict[str, dict], list[str]]:
 
 
 def settings(mech: DictConfig, grid: DictConfig):
-    """(ε, b, m) triples a mechanism is run at; non-private ones ignore ε and m."""
+    """(ε, b, m) triples a mechanism is run at; non-private ones ignore ε and m. A mechanism's own ``epsilons``,
+    ``cell_sizes`` or ``ms`` replace the grid's."""
+    epsilons, sizes, ms = (mech.get(k) or grid[k] for k in ("epsilons", "cell_sizes", "ms"))
     if mech.kind in ("plain", "blur"):
-        return [(None, b, None) for b in grid.cell_sizes]
-    return list(itertools.product(grid.epsilons, grid.cell_sizes, grid.ms))
+        return [(None, b, None) for b in sizes]
+    return list(itertools.product(epsilons, sizes, ms))
 
 
 def make_release(mech: DictConfig, eps, b, m, seed: int):

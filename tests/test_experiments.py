@@ -134,3 +134,87 @@ def test_tiny_end_to_end_sweep_with_multirun(tmp_path):
     report = (runs[1].parent / "report.md").read_text()
     assert "| photos |" in report and "| pets2009 |" in report and "Privacy report" in report
     assert (runs[1].parent / "privacy_utility.png").stat().st_size > 10_000
+
+
+def test_attack_configs_compose_for_every_faces_source_and_preset():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="reid_attack")
+        assert cfg.faces.name == "lfw_views" and list(cfg.attackers) == ["naive", "adaptive", "linkage"]
+        assert list(cfg.mechanisms.plain.cell_sizes) == [4, 8, 16] and cfg.mechanisms.dp_uniform.kind == "dp"
+        celeba = compose(config_name="reid_attack", overrides=["faces=celeba", "data_dir=/somewhere"])
+        assert celeba.faces.root == "/somewhere" and celeba.faces.min_images == 20
+        gpu = compose(config_name="reid_attack", overrides=["attack=celeba_gpu"])
+        assert gpu.faces.name == "celeba" and gpu.faces.max_identities == 1000 and gpu.device == "cuda"
+
+
+def test_attack_runs_end_to_end_on_the_offline_real_faces(tmp_path):
+    done = run_job("reid_attack.py", "attack=smoke", f"hydra.run.dir={tmp_path}")
+    rows = {r["condition"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+    assert list(rows) == ["original", "plain b=8", "blur b=8", "dp_uniform ε=1 b=8 m=1", "dp_adaptive_mask ε=1 b=8 m=1"]
+    for row in rows.values():
+        for key in ("naive_top1", "adaptive_top1", "linkage_top1", "linkage_top5", "astronaut_rank1"):
+            assert 0 <= float(row[key]) <= 1
+    # the clean test views are other crops of the gallery photos: dlib links nearly all of them
+    assert float(rows["original"]["linkage_top1"]) >= 0.9 and float(rows["original"]["astronaut_rank1"]) == 1.0
+    assert float(rows["original"]["psnr"]) == float("inf") and float(rows["dp_uniform ε=1 b=8 m=1"]["psnr"]) < 40
+    report = (tmp_path / "report.md").read_text()
+    assert "chance = 0.0833" in report and "- **linkage**: stopped by" in report and "NOT private" in report
+    assert "ε = 1 per image" in report and "chance = 0.0833" in done.stdout
+    for name in ("attack_vs_privacy.png", "examples.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def make_celeba(root, identities: int = 4, per_identity: int = 5):
+    """A CelebA layout of synthetic identities: each identity is a random colour pattern of 8×8 blocks, each image
+    of it adds noise; every image has the same aligned landmarks."""
+    import cv2
+    import numpy as np
+
+    base = root / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names, partition, identity = [], [], []
+    for person in range(identities):
+        pattern = rng.integers(0, 256, (28, 23, 3)).repeat(8, 0).repeat(8, 1)[:218, :178]
+        for k in range(per_identity):
+            name = f"{len(names) + 1:06d}.jpg"
+            noisy = np.clip(pattern + rng.normal(0, 10, pattern.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(base / "img_align_celeba" / name), noisy)
+            names.append(name)
+            partition.append(f"{name} {k % 3}\n")
+            identity.append(f"{name} {100 + person}\n")
+    (base / "list_eval_partition.txt").write_text("".join(partition))
+    (base / "identity_CelebA.txt").write_text("".join(identity))
+    header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    rows = "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names)
+    (base / "list_landmarks_align_celeba.txt").write_text(f"{len(names)}\n{header}\n{rows}")
+
+
+def test_attack_runs_on_celeba_with_the_protocol_of_the_config(tmp_path):
+    make_celeba(tmp_path / "data")
+    run_job(
+        "reid_attack.py",
+        "faces=celeba",
+        f"data_dir={tmp_path / 'data'}",
+        "faces.min_images=5",
+        "faces.max_identities=3",
+        "grid.epsilons=[5.0]",
+        "grid.cell_sizes=[16]",
+        "grid.ms=[1]",
+        "mechanisms.plain.cell_sizes=[16]",
+        "mechanisms.blur=null",
+        "classifier.epochs=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    report = (tmp_path / "run" / "report.md").read_text()
+    # 3 identities of 5 images, 1 test image each (round(0.25 · 5) = 1): chance 1/3
+    assert "the 3 first identities with at least 5 images; 12 train and 3 test images" in report
+    assert "chance = 0.3333" in report
+    rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
+    assert [r["condition"] for r in rows] == [
+        "original",
+        "plain b=16",
+        "dp_uniform ε=5 b=16 m=1",
+        "dp_adaptive_mask ε=5 b=16 m=1",
+    ]
+    assert "astronaut_rank1" not in rows[0]

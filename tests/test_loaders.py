@@ -77,6 +77,9 @@ def test_celeba_identities_landmarks_and_splits(tmp_path):
     assert (len(train), len(test), len(CelebA(tmp_path))) == (2, 1, 3)
     image, target = train[1]
     assert image.shape == (3, 218, 178) and target["identity"] == 9 and target["landmarks"][0].tolist() == [69, 109]
+    assert train.identities == [7, 9]
+    box = target["boxes"][0]  # the landmark hull widened by the eye distance (37.2 px), 0.8 of it below the mouth
+    assert box.tolist() == pytest.approx([69 - 37.2, 109 - 37.2, 108 + 37.2, 154 + 0.8 * 37.2], abs=0.05)
     with pytest.raises(ValueError, match="split"):
         CelebA(tmp_path, "val")
 
