@@ -202,7 +202,6 @@ def linkage_ranks(
     return {k: float(hits[:, :k].any(1).float().mean()) for k in ks}
 
 
-
 def above_chance(hits: int, trials: int, chance: float, level: float = 0.05) -> bool:
     """Whether ``hits`` successes in ``trials`` reject guessing at rate ``chance`` (exact one-sided binomial test at
     ``level``). An attacker that is not above chance is *stopped* at that sample size."""

@@ -227,7 +227,9 @@ def stopped_summary(rows: list[dict], attackers: list[str], chance: float, trial
         for r in rows:
             name = r["condition"]
             (stopped if not above_chance(round(r[f"{a}_top1"] * trials), trials, chance) else leaks).append(name)
-        lines.append(f"- **{a}**: stopped by {', '.join(stopped) or 'nothing'}; above chance on {', '.join(leaks) or 'nothing'}.")
+        lines.append(
+            f"- **{a}**: stopped by {', '.join(stopped) or 'nothing'}; above chance on {', '.join(leaks) or 'nothing'}."
+        )
     return lines
 
 
@@ -247,8 +249,15 @@ def main(cfg: DictConfig) -> None:
 
     def fit(images, what):
         bar = tqdm(total=classifier.epochs, desc=f"training on {what}", unit="epoch", leave=False)
-        model = train_classifier(images, faces["train_labels"], identities, classifier, device=device, seed=cfg.seed,
-                                 progress=lambda _: bar.update())
+        model = train_classifier(
+            images,
+            faces["train_labels"],
+            identities,
+            classifier,
+            device=device,
+            seed=cfg.seed,
+            progress=lambda _: bar.update(),
+        )
         bar.close()
         return model
 
@@ -281,14 +290,19 @@ def main(cfg: DictConfig) -> None:
             acc = top_k_accuracy(model, test, faces["test_labels"], classifier.input_size)
             row["adaptive_top1"], row["adaptive_top5"] = acc[1], acc[5]
         if embedder is not None:
-            ranks = linkage_ranks(embedder(list(test), faces["test_boxes"]), faces["test_labels"], gallery, gallery_labels)
+            ranks = linkage_ranks(
+                embedder(list(test), faces["test_boxes"]), faces["test_labels"], gallery, gallery_labels
+            )
             row["linkage_top1"], row["linkage_top5"] = ranks[1], ranks[5]
             if "astronaut" in faces:
-                photos = release(faces["astronaut"][None].expand(cfg.faces.astronaut_releases, -1, -1, -1),
-                                 astronaut_box.expand(cfg.faces.astronaut_releases, 4))
+                photos = release(
+                    faces["astronaut"][None].expand(cfg.faces.astronaut_releases, -1, -1, -1),
+                    astronaut_box.expand(cfg.faces.astronaut_releases, 4),
+                )
                 probes = embedder(list(photos), astronaut_box.expand(len(photos), 4))
-                row["astronaut_rank1"] = linkage_ranks(probes, torch.full((len(photos),), identities), gallery,
-                                                       gallery_labels, ks=(1,))[1]
+                row["astronaut_rank1"] = linkage_ranks(
+                    probes, torch.full((len(photos),), identities), gallery, gallery_labels, ks=(1,)
+                )[1]
         row["psnr"] = float(np.mean([psnr(o, r) for o, r in zip(faces["test"], test)]))
         row["ssim"] = float(np.mean([ssim(o, r) for o, r in zip(faces["test"], test)]))
         rows.append(row)

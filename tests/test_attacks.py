@@ -83,7 +83,9 @@ class Fixed(nn.Module):
 
 def test_top_k_accuracy_counts_the_true_identity_among_the_k_best_guesses():
     model = Fixed([0.1, 0.5, 0.9])
-    images = torch.tensor([0.1, 0.5, 0.9, 0.6]).mul(255).round().to(torch.uint8)[:, None, None, None].expand(-1, 1, 4, 4)
+    images = (
+        torch.tensor([0.1, 0.5, 0.9, 0.6]).mul(255).round().to(torch.uint8)[:, None, None, None].expand(-1, 1, 4, 4)
+    )
     labels = torch.tensor([0, 1, 2, 2])  # the last image is closest to class 1, second closest to class 2
     assert top_k_accuracy(model, images, labels, input_size=4, ks=(1, 2, 3)) == {1: 0.75, 2: 1.0, 3: 1.0}
 
