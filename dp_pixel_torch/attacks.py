@@ -93,8 +93,11 @@ class ClassifierConfig:
 
 
 def _inputs(images: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
-    x = images.to(device).float().div_(255)
-    x = TF.resize(x, [size, size], antialias=True)
+    """float ``[N, 3, size, size]`` in [0, 1] on ``device``, resized in chunks so large sets fit in memory."""
+    chunks = [
+        TF.resize(chunk.to(device).float().div_(255), [size, size], antialias=True) for chunk in images.split(1024)
+    ]
+    x = torch.cat(chunks)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
@@ -112,8 +115,9 @@ def train_classifier(
     apart. ``images``: uint8 ``[N, C, H, W]`` (C = 1 or 3); ``labels``: int64 ``[N]``. Returns the model in eval mode.
     ``progress(epoch)`` is called after every epoch."""
     device = torch.device(device)
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(config.arch, weights=None, num_classes=num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the global RNG alone
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(config.arch, weights=None, num_classes=num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(images) // config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)

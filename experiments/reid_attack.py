@@ -116,21 +116,24 @@ def celeba(cfg: DictConfig) -> dict:
 
     train, train_boxes = load(split.train)
     test, test_boxes = load(split.test)
+    per_identity = f.gallery_per_identity or len(train)
+    labels = split.train_labels  # grouped by identity, in increasing order
+    in_gallery = torch.arange(len(labels)) - torch.searchsorted(labels, labels) < per_identity
     return {
         "train": train,
         "train_labels": split.train_labels,
         "test": test,
         "test_labels": split.test_labels,
         "test_boxes": test_boxes,
-        "gallery": train,
-        "gallery_labels": split.train_labels,
-        "gallery_boxes": train_boxes,
+        "gallery": train[in_gallery],
+        "gallery_labels": split.train_labels[in_gallery],
+        "gallery_boxes": train_boxes[in_gallery],
         "train_boxes": train_boxes,
         "protocol": (
             f"CelebA aligned, the {len(split.identities)} first identities with at least {f.min_images} images; "
             f"{len(split.train)} train and {len(split.test)} test images (test fraction {f.test_fraction} per "
             f"identity), crop {height}×{width} at ({top}, {left}). Face boxes come from the aligned landmarks. The "
-            "linkage gallery holds the clean train images."
+            f"linkage gallery holds {int(in_gallery.sum())} clean train images (up to {per_identity} per identity)."
         ),
     }
 
@@ -219,16 +222,18 @@ def plot_examples(examples: list[tuple[str, torch.Tensor]], path: Path) -> None:
     plt.close(fig)
 
 
-def stopped_summary(rows: list[dict], attackers: list[str], chance: float, trials: int) -> list[str]:
-    """Which conditions stop each attacker: top-1 not significantly above chance (one-sided binomial, 5%)."""
+def stopped_summary(rows: list[dict], tests: dict[str, tuple[int, float]]) -> list[str]:
+    """Which conditions stop each attacker: top-1 not significantly above chance (one-sided binomial, 5%).
+    ``tests``: attacker -> (test faces it was scored on, its chance level)."""
     lines = []
-    for a in attackers:
+    for a, (trials, chance) in tests.items():
         stopped, leaks = [], []
         for r in rows:
-            name = r["condition"]
-            (stopped if not above_chance(round(r[f"{a}_top1"] * trials), trials, chance) else leaks).append(name)
+            hits = round(r[f"{a}_top1"] * trials)
+            (leaks if above_chance(hits, trials, chance) else stopped).append(r["condition"])
         lines.append(
-            f"- **{a}**: stopped by {', '.join(stopped) or 'nothing'}; above chance on {', '.join(leaks) or 'nothing'}."
+            f"- **{a}** ({trials} faces, chance {chance:.4f}): stopped by {', '.join(stopped) or 'nothing'}; above "
+            f"chance on {', '.join(leaks) or 'nothing'}."
         )
     return lines
 
@@ -241,7 +246,7 @@ def main(cfg: DictConfig) -> None:
         raise ValueError(f"attackers: unknown {sorted(unknown)}; choose from {ATTACKERS}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     faces = {"lfw_views": lfw_views, "celeba": celeba}[cfg.faces.name](cfg)
-    identities = int(faces["gallery_labels"].max()) + 1
+    identities = int(faces["train_labels"].max()) + 1
     chance = 1 / identities
     train_boxes = faces.get("train_boxes", faces["test_boxes"][:1].expand(len(faces["train"]), 4))
     classifier = ClassifierConfig(**cfg.classifier)
@@ -272,6 +277,7 @@ def main(cfg: DictConfig) -> None:
             gallery = torch.cat([gallery, embedder([faces["astronaut"]], astronaut_box)])
             gallery_labels = torch.cat([gallery_labels, torch.tensor([identities])])
 
+    probe_order = torch.randperm(len(faces["test"]), generator=torch.Generator().manual_seed(cfg.seed))
     rows, reports, examples = [], {}, [("original", faces["test"][0])]
     jobs = list(conditions(cfg))
     for name, eps, b, m, release, report in tqdm(jobs, desc="conditions", unit="cond"):
@@ -290,8 +296,12 @@ def main(cfg: DictConfig) -> None:
             acc = top_k_accuracy(model, test, faces["test_labels"], classifier.input_size)
             row["adaptive_top1"], row["adaptive_top5"] = acc[1], acc[5]
         if embedder is not None:
+            probes = probe_order[: cfg.linkage_probes]  # all test faces when null
             ranks = linkage_ranks(
-                embedder(list(test), faces["test_boxes"]), faces["test_labels"], gallery, gallery_labels
+                embedder(list(test[probes]), faces["test_boxes"][probes]),
+                faces["test_labels"][probes],
+                gallery,
+                gallery_labels,
             )
             row["linkage_top1"], row["linkage_top5"] = ranks[1], ranks[5]
             if "astronaut" in faces:
@@ -314,6 +324,9 @@ def main(cfg: DictConfig) -> None:
         writer.writeheader()
         writer.writerows(rows)
     trials = len(faces["test"])
+    tests = {a: (trials, chance) for a in ATTACKERS if a in attackers}
+    if "linkage" in tests:  # the gallery may hold one more identity (the astronaut); probes may be a subset
+        tests["linkage"] = (len(probe_order[: cfg.linkage_probes]), 1 / len(gallery_labels.unique()))
     columns = ["condition"] + [c for c in rows[0] if c.endswith(("top1", "top5", "rank1"))] + ["psnr", "ssim"]
     lines = [
         "# Face re-identification attack",
@@ -327,7 +340,7 @@ def main(cfg: DictConfig) -> None:
     ]
     lines += table(rows, columns) + [""]
     lines += ["## What stops each attacker (top-1 not above chance, one-sided binomial test at 5%)", ""]
-    lines += stopped_summary(rows, [a for a in ATTACKERS if a in attackers], chance, trials) + [""]
+    lines += stopped_summary(rows, tests) + [""]
     lines += ["## Privacy report", ""] + [f"- {c}: {r}" for c, r in reports.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_attacks(rows, chance, out / "attack_vs_privacy.png")

@@ -148,7 +148,7 @@ def test_attack_configs_compose_for_every_faces_source_and_preset():
 
 
 def test_attack_runs_end_to_end_on_the_offline_real_faces(tmp_path):
-    done = run_job("reid_attack.py", "attack=smoke", f"hydra.run.dir={tmp_path}")
+    done = run_job("reid_attack.py", "attack=smoke", "linkage_probes=6", f"hydra.run.dir={tmp_path}")
     rows = {r["condition"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
     assert list(rows) == ["original", "plain b=8", "blur b=8", "dp_uniform ε=1 b=8 m=1", "dp_adaptive_mask ε=1 b=8 m=1"]
     for row in rows.values():
@@ -158,7 +158,9 @@ def test_attack_runs_end_to_end_on_the_offline_real_faces(tmp_path):
     assert float(rows["original"]["linkage_top1"]) >= 0.9 and float(rows["original"]["astronaut_rank1"]) == 1.0
     assert float(rows["original"]["psnr"]) == float("inf") and float(rows["dp_uniform ε=1 b=8 m=1"]["psnr"]) < 40
     report = (tmp_path / "report.md").read_text()
-    assert "chance = 0.0833" in report and "- **linkage**: stopped by" in report and "NOT private" in report
+    assert "chance = 0.0833" in report and "NOT private" in report
+    assert "- **naive** (12 faces, chance 0.0833): stopped by" in report
+    assert "- **linkage** (6 faces, chance 0.0769): stopped by" in report  # 6 probes, the astronaut is the 13th face
     assert "ε = 1 per image" in report and "chance = 0.0833" in done.stdout
     for name in ("attack_vs_privacy.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 10_000
@@ -209,7 +211,9 @@ def test_attack_runs_on_celeba_with_the_protocol_of_the_config(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     # 3 identities of 5 images, 1 test image each (round(0.25 · 5) = 1): chance 1/3
     assert "the 3 first identities with at least 5 images; 12 train and 3 test images" in report
-    assert "chance = 0.3333" in report
+    assert (
+        "chance = 0.3333" in report and "linkage gallery holds 12 clean train images (up to 5 per identity)" in report
+    )
     rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
     assert [r["condition"] for r in rows] == [
         "original",
