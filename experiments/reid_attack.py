@@ -309,9 +309,9 @@ def main(cfg: DictConfig) -> None:
                     faces["astronaut"][None].expand(cfg.faces.astronaut_releases, -1, -1, -1),
                     astronaut_box.expand(cfg.faces.astronaut_releases, 4),
                 )
-                probes = embedder(list(photos), astronaut_box.expand(len(photos), 4))
+                astronaut = embedder(list(photos), astronaut_box.expand(len(photos), 4))
                 row["astronaut_rank1"] = linkage_ranks(
-                    probes, torch.full((len(photos),), identities), gallery, gallery_labels, ks=(1,)
+                    astronaut, torch.full((len(photos),), identities), gallery, gallery_labels, ks=(1,)
                 )[1]
         row["psnr"] = float(np.mean([psnr(o, r) for o, r in zip(faces["test"], test)]))
         row["ssim"] = float(np.mean([ssim(o, r) for o, r in zip(faces["test"], test)]))
