@@ -95,7 +95,7 @@ class ClassifierConfig:
 def _inputs(images: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
     """float ``[N, 3, size, size]`` in [0, 1] on ``device``, resized in chunks so large sets fit in memory."""
     chunks = [
-        TF.resize(chunk.to(device).float().div_(255), [size, size], antialias=True) for chunk in images.split(1024)
+        TF.resize(chunk.to(device).float().div(255), [size, size], antialias=True) for chunk in images.split(1024)
     ]
     x = torch.cat(chunks)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x

@@ -73,6 +73,7 @@ def lfw_views(cfg: DictConfig) -> dict:
     faces = {
         "train": train,
         "train_labels": train_labels,
+        "train_boxes": whole.expand(len(train), 4),
         "test": test,
         "test_labels": test_labels,
         "test_boxes": whole.expand(len(test), 4),
@@ -122,13 +123,13 @@ def celeba(cfg: DictConfig) -> dict:
     return {
         "train": train,
         "train_labels": split.train_labels,
+        "train_boxes": train_boxes,
         "test": test,
         "test_labels": split.test_labels,
         "test_boxes": test_boxes,
         "gallery": train[in_gallery],
         "gallery_labels": split.train_labels[in_gallery],
         "gallery_boxes": train_boxes[in_gallery],
-        "train_boxes": train_boxes,
         "protocol": (
             f"CelebA aligned, the {len(split.identities)} first identities with at least {f.min_images} images; "
             f"{len(split.train)} train and {len(split.test)} test images (test fraction {f.test_fraction} per "
@@ -248,7 +249,6 @@ def main(cfg: DictConfig) -> None:
     faces = {"lfw_views": lfw_views, "celeba": celeba}[cfg.faces.name](cfg)
     identities = int(faces["train_labels"].max()) + 1
     chance = 1 / identities
-    train_boxes = faces.get("train_boxes", faces["test_boxes"][:1].expand(len(faces["train"]), 4))
     classifier = ClassifierConfig(**cfg.classifier)
     attackers = list(cfg.attackers)
 
@@ -292,7 +292,7 @@ def main(cfg: DictConfig) -> None:
             if name == "original" and clean_model is not None:
                 model = clean_model  # released = clean: the adaptive attacker is the naive one
             else:
-                model = fit(release(faces["train"], train_boxes), condition)
+                model = fit(release(faces["train"], faces["train_boxes"]), condition)
             acc = top_k_accuracy(model, test, faces["test_labels"], classifier.input_size)
             row["adaptive_top1"], row["adaptive_top5"] = acc[1], acc[5]
         if embedder is not None:
