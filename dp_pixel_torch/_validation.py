@@ -45,11 +45,6 @@ def check_grid(grid: object) -> tuple[int, int]:
     return check_positive_int(grid[0], "grid[0] (rows)"), check_positive_int(grid[1], "grid[1] (cols)")
 
 
-def check_generator(generator: object) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
-
 def check_levels(levels: object) -> tuple[int, ...]:
     """Aligned cell sizes ``b_0 < b_1 < … < b_L``, each a multiple of the one before."""
     if not isinstance(levels, Sequence) or isinstance(levels, str) or len(levels) < 2:
@@ -61,8 +56,9 @@ def check_levels(levels: object) -> tuple[int, ...]:
     return sizes
 
 
-def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
-    if generator is not None and torch.device(generator.device).type != device.type:
+def check_generator_device(generator: object, device: torch.device) -> None:
+    """A torch generator must live on the input's device (a KeyStream serves any device)."""
+    if isinstance(generator, torch.Generator) and torch.device(generator.device).type != device.type:
         raise ValueError(
             f"generator is on {generator.device} but the input is on {device}; "
             "pass a generator created on the input's device (or give the layer seed= instead)"

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_cells, check_generator, check_generator_device, check_image, check_input
+from ._validation import check_cells, check_generator_device, check_image, check_input
 from .accounting import PrivacyGuarantee
-from .noise import discrete_laplace_noise, laplace_noise, os_entropy_generator
+from .noise import KeyStream, Randomness, check_randomness, discrete_laplace_noise, laplace_noise
 from .partitions import GridPartition, MultiLevelGrid, cell_contrast
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
@@ -42,7 +42,7 @@ def noisy_values(
     span: float,
     dtype: torch.dtype,
     value_range: tuple[float, float],
-    generator: torch.Generator | None,
+    generator: Randomness,
 ) -> torch.Tensor:
     """Noise the cell sums ``[..., C, rows, cols]`` of ``partition`` and return clipped means in ``dtype``'s range.
 
@@ -69,7 +69,7 @@ def noisy_cell_values(
     guarantee: PrivacyGuarantee,
     partition: GridPartition,
     value_range: tuple[float, float],
-    generator: torch.Generator | None,
+    generator: Randomness,
 ) -> torch.Tensor:
     """The released statistics of a uniform grid: clipped noisy cell means ``[..., C, rows, cols]`` in ``x``'s dtype.
 
@@ -88,7 +88,7 @@ def adaptive_cell_values(
     span: float,
     dtype: torch.dtype,
     value_range: tuple[float, float],
-    generator: torch.Generator | None,
+    generator: Randomness,
 ) -> list[torch.Tensor]:
     """Noisy cell means at every level of ``grid`` from its exact sums (:meth:`MultiLevelGrid.cell_sums` of
     :func:`cell_levels`), ``[..., C, rows_l, cols_l]`` in ``dtype``.
@@ -115,7 +115,7 @@ def dp_pixelize(
     border: str = "area",
     channel_rule: str = "joint",
     value_range: Sequence[float] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | KeyStream | None = None,
     secure: bool = False,
 ) -> torch.Tensor:
     """Differentially private pixelization of ``x`` with ``b×b`` cells (or a ``grid=(rows, cols)`` of cells).
@@ -132,8 +132,9 @@ def dp_pixelize(
         border: ``"area"`` (divide the noisy sum by the true cell area) or ``"zero_pad"`` (by b², as in the paper).
         channel_rule: ``"joint"`` (ε covers all channels) or ``"per_channel"`` (ε per channel, C·ε in total).
         value_range: ``(lo, hi)`` of float data, R = hi - lo.
-        generator: torch.Generator on ``x.device`` for reproducible noise; None uses torch's global RNG.
-        secure: seed a fresh generator from OS entropy for this call; refuses ``generator``.
+        generator: a :class:`~dp_pixel_torch.noise.KeyStream` or a torch.Generator on ``x.device`` for reproducible
+            noise; None keys a ChaCha20 stream from 256 bits of OS entropy for this call.
+        secure: key this call's ChaCha20 stream from OS entropy, and refuse ``generator`` (and continuous noise).
 
     Returns:
         A new tensor with ``x``'s shape, dtype, device (and channels-last layout if ``x`` has it); never requires grad.
@@ -142,16 +143,14 @@ def dp_pixelize(
         epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
     )
     x, bounds = check_input(x, value_range)
-    check_generator(generator)
-    if secure:
-        if generator is not None:
-            raise ValueError("secure=True draws its seed from OS entropy and refuses a generator")
-        generator = os_entropy_generator(x.device)
-    return pixelize_validated(x, guarantee, bounds, generator)
+    check_randomness(generator)
+    if secure and generator is not None:
+        raise ValueError("secure=True keys its stream from OS entropy and refuses a generator")
+    return pixelize_validated(x, guarantee, bounds, KeyStream.from_os_entropy() if generator is None else generator)
 
 
 def pixelize_validated(
-    x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float], generator: torch.Generator | None
+    x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float], generator: Randomness
 ) -> torch.Tensor:
     """:func:`dp_pixelize` on input that has already passed the checks."""
     if x.numel() == 0:
@@ -191,7 +190,7 @@ def complexity_scores(
     m: int = 1,
     partition_epsilon: float | None = None,
     noise: str = "discrete",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> list[torch.Tensor]:
     """Per-cell complexity at levels 1..L: the mean absolute difference between neighbouring level-0 cell means
     inside the cell, per channel, as a fraction of the range R.

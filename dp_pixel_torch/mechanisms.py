@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from torchvision import tv_tensors
@@ -13,10 +14,10 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from ._validation import check_choice, check_generator, check_generator_device, check_input, check_value_range
+from ._validation import check_choice, check_generator_device, check_input, check_value_range
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
-from .noise import NoiseSource
+from .noise import KeyStream, NoiseSource, Randomness, check_randomness
 from .partitions import GridPartition, MultiLevelGrid, region_cells, split_where
 from .storage import NoisyGrid
 
@@ -45,12 +46,22 @@ class _DPLayer(Transform):
         return self._guarantee
 
     def check_inputs(self, flat_inputs: list[Any]) -> None:
-        # torchvision passes unknown types through untouched; for a privacy layer that would release raw data.
-        if not any(self._needs_transform_list(flat_inputs)):
+        # torchvision passes unknown types through untouched, and releases only the first plain tensor of a sample
+        # (none next to a tv_tensors.Image/Video or PIL image): for a privacy layer either would release raw data.
+        needs = self._needs_transform_list(flat_inputs)
+        if not any(needs):
             found = ", ".join(sorted({type(i).__name__ for i in flat_inputs}))
             raise TypeError(
                 f"{type(self).__name__} found no image to release: expected a torch.Tensor [..., C, H, W], "
                 f"tv_tensors.Image/Video or a PIL image, got {found}"
+            )
+        raw = [type(i).__name__ for i, n in zip(flat_inputs, needs) if not n and _image_like(i)]
+        if raw:
+            raise TypeError(
+                f"{type(self).__name__} would pass through unreleased {len(raw)} image-like input(s) of this sample "
+                f"({', '.join(raw)}): it releases one plain tensor, or every tv_tensors.Image/Video and PIL image. "
+                "Wrap each image as tv_tensors.Image, or pass other data as tv_tensors (Mask, BoundingBoxes), "
+                "integer tensors or Python values"
             )
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -68,19 +79,19 @@ class _DPLayer(Transform):
         return like_layout(self.release(x, **params, storage="exact").restore(), x)
 
     def _checked(
-        self, x: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, tuple[float, float], torch.Generator | None]:
+        self, x: torch.Tensor, generator: Randomness
+    ) -> tuple[torch.Tensor, tuple[float, float], KeyStream | torch.Generator]:
         if isinstance(x, tv_tensors.TVTensor):
             x = x.as_subclass(torch.Tensor)
         x, bounds = check_input(x, self.value_range, "input")
         if 0 in x.shape[-2:]:
             raise ValueError(f"input of shape {tuple(x.shape)} has no pixels to release")
         if generator is None:
-            generator = self._noise_source.generator_for(x.device)
+            generator = self._noise_source.generator_for()
         elif self._guarantee.secure:
-            raise ValueError("secure=True draws its seed from OS entropy and refuses a generator")
+            raise ValueError("secure=True keys every call from OS entropy and refuses a generator")
         else:
-            check_generator(generator)
+            check_randomness(generator)
         check_generator_device(generator, x.device)
         return x, bounds, generator
 
@@ -88,6 +99,17 @@ class _DPLayer(Transform):
         """Charge the accountant for every frame of ``x``, before any noise is drawn (it raises over the cap)."""
         if self.accountant is not None:
             self.accountant.charge_release(self._guarantee, x.shape[-3], math.prod(x.shape[:-3]))
+
+
+def _image_like(value: Any) -> bool:
+    """Data that may be an image: PIL images, and float or uint8 arrays and plain tensors of rank >= 2."""
+    if isinstance(value, PIL.Image.Image):
+        return True
+    if isinstance(value, torch.Tensor) and not isinstance(value, tv_tensors.TVTensor):
+        return value.ndim >= 2 and (value.is_floating_point() or value.dtype == torch.uint8)
+    if isinstance(value, np.ndarray):
+        return value.ndim >= 2 and (np.issubdtype(value.dtype, np.floating) or value.dtype == np.uint8)
+    return False
 
 
 class DPPixelize(_DPLayer):
@@ -104,10 +126,13 @@ class DPPixelize(_DPLayer):
         border: ``"area"`` (default, unbiased) or ``"zero_pad"`` (the paper's, dark border cells).
         channel_rule: ``"joint"`` (default) or ``"per_channel"``.
         value_range: ``(lo, hi)`` of float inputs (default [0, 1]); uint8 is always [0, 255].
-        secure: fresh OS-entropy seed on every call; refuses ``generator`` and ``seed``.
-        generator: torch.Generator for reproducible noise, on the device of the inputs.
-        seed: alternative to ``generator``: one generator per device, seeded with it. A known seed reveals the noise:
-            use generators and seeds for experiments, ``secure=True`` in deployment.
+        secure: every call draws from a ChaCha20 stream keyed with 256 fresh bits of OS entropy; refuses
+            ``generator`` and ``seed``. Without any of the three, the layer keys one stream from OS entropy and
+            advances it (each copy and process keys its own).
+        generator: a torch.Generator on the inputs' device (or a :class:`~dp_pixel_torch.noise.KeyStream`) for
+            reproducible noise. A CPU torch generator keeps 32 bits of its seed.
+        seed: reproducible noise from a ChaCha20 stream keyed by the whole integer (any size; every bit counts). A known
+            seed reveals the noise: use seeds and generators for experiments, ``secure=True`` in deployment.
         accountant: a :class:`~dp_pixel_torch.accounting.PrivacyAccountant` charged for every frame before its noise
             is drawn; a call that would pass its cap raises and releases nothing.
 
@@ -130,7 +155,7 @@ class DPPixelize(_DPLayer):
         channel_rule: str = "joint",
         value_range: Sequence[float] | None = None,
         secure: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | KeyStream | None = None,
         seed: int | None = None,
         accountant: PrivacyAccountant | None = None,
     ) -> None:
@@ -140,12 +165,11 @@ class DPPixelize(_DPLayer):
         super().__init__(guarantee, value_range, secure, generator, seed, accountant)
 
     @torch.no_grad()
-    def release(
-        self, x: torch.Tensor, storage: str | None = None, *, generator: torch.Generator | None = None
-    ) -> NoisyGrid:
+    def release(self, x: torch.Tensor, storage: str | None = None, *, generator: Randomness = None) -> NoisyGrid:
         """Release ``x [..., C, H, W]`` and keep only the noisy cell values (see :class:`NoisyGrid` for ``storage``).
 
-        ``generator`` draws this release's noise instead of the layer's own source (not for secure layers).
+        ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
+        (not for secure layers).
         """
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
@@ -198,7 +222,7 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         channel_rule: str = "joint",
         value_range: Sequence[float] | None = None,
         secure: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | KeyStream | None = None,
         seed: int | None = None,
         accountant: PrivacyAccountant | None = None,
     ) -> None:
@@ -278,12 +302,13 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         boxes: torch.Tensor | None = None,
         storage: str | None = None,
         *,
-        generator: torch.Generator | None = None,
+        generator: Randomness = None,
     ) -> NoisyGrid:
         """Release ``x [..., C, H, W]`` and keep only the noisy statistics and the partition bits.
 
         ``mask``/``boxes``: the public region for ``region="mask"`` (bool/float ``[..., H, W]``; XYXY pixel boxes).
-        ``generator`` draws this release's noise instead of the layer's own source (not for secure layers).
+        ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
+        (not for secure layers).
         """
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee

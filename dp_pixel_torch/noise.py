@@ -1,7 +1,8 @@
 """Noise samplers and the randomness they draw on (SPEC §4).
 
-Both samplers turn one float64 uniform per value into noise by an inverse CDF, from ``torch.rand(..., generator=)``, so
-an explicit :class:`torch.Generator` is honoured and the same generator state gives the same noise on the same device.
+Both samplers turn one float64 uniform per value into noise by an inverse CDF. The uniforms come from a
+:class:`KeyStream` (a ChaCha20 keystream under a 256-bit key) or from an explicit :class:`torch.Generator`, so the same
+key or generator state gives the same noise on the same device.
 
 Precision. Uniforms are float64 (53 random bits); float32 would truncate the tail at about 17 scales. The tail variable
 ``q`` is kept in ``[2**-53, 1]`` because CPU uniforms can be exactly 0 and CUDA uniforms exactly 1 (log would give
@@ -12,25 +13,35 @@ probability below ``2**-52`` per value. That is the only gap between the impleme
   the attack of Mironov (CCS 2012) on the low-order bits; use it for reproduction and speed, not for hostile settings.
 * ``discrete_laplace_noise``: the two-sided geometric law ``P(k) ∝ exp(-|k|/scale)`` on the integers, added to integer
   cell sums. The release lies on a lattice, which defeats that attack.
+
+Entropy. torch's CPU generator keeps only the low 32 bits of a seed, so a torch generator seeded from OS entropy has 32
+bits of it, and seeds derived per sample or per worker collide. Every stream this library makes itself is therefore a
+:class:`KeyStream`: secure layers key one from 32 bytes of OS entropy per call, seeded layers hash their seed (of any
+size) to a key, and streams per sample, worker or copy are keyed by BLAKE2b of their parent key and their labels.
 """
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import os
+import threading
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from torch.utils.data import get_worker_info
-
-from ._validation import check_generator
 
 _TINY = 2.0**-54
 
 
-def _sign_and_tail(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None):
+def _sign_and_tail(shape: tuple[int, ...], device: torch.device, generator: Randomness):
     """From one float64 uniform u: a sign carrier ``u - 1/2`` and an independent ``min(u, 1-u)``, uniform on
-    ``[2**-54, 1/2]``. (The inverse-CDF passes below are memory-bound, so they are written in place.)"""
-    u = torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    ``[2**-54, 1/2]``; ``generator=None`` keys a fresh stream from OS entropy. (The inverse-CDF passes below are
+    memory-bound, so they are written in place.)"""
+    if isinstance(generator, torch.Generator):
+        u = torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    else:
+        u = (generator or KeyStream.from_os_entropy()).uniform(shape, device)
     half_tail = torch.minimum(u, 1.0 - u).clamp_(min=_TINY)
     return u.sub_(0.5), half_tail
 
@@ -40,7 +51,7 @@ def laplace_noise(
     scale: float,
     *,
     device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> torch.Tensor:
     """Continuous Laplace(0, ``scale``) noise, float64 of the given shape: ``±scale·(-log q)``, q uniform on (0, 1]."""
     sign, half_tail = _sign_and_tail(tuple(shape), torch.device(device), generator)
@@ -52,7 +63,7 @@ def discrete_laplace_noise(
     scale: float,
     *,
     device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
 ) -> torch.Tensor:
     """Discrete Laplace noise ``P(k) = (1-a)/(1+a)·a^|k|``, ``a = exp(-1/scale)``: exact integers held in float64.
 
@@ -72,82 +83,186 @@ def discrete_laplace_variance(scale: float) -> float:
     return 2.0 * a / (1.0 - a) ** 2
 
 
-def os_entropy_generator(device: torch.device | str) -> torch.Generator:
-    """A fresh generator seeded with 64 bits from the operating system's CSPRNG (``secrets``)."""
-    return torch.Generator(device=device).manual_seed(secrets.randbits(64))
+#: Bytes of a stream key: 256 bits, so that derived keys collide with probability ~n²·2^-257.
+KEY_BYTES = 32
+_PERSON = b"dp_pixel_torch"  # BLAKE2b personalisation: this library's keys are apart from any other use of the hash
+_ZEROS = bytes(1 << 20)  # ChaCha20 encrypts zeros into its keystream, a MiB at a time
+
+
+class KeyStream:
+    """Uniforms from a ChaCha20 keystream (RFC 8439, OpenSSL through ``cryptography``) under a 256-bit key.
+
+    Call i of :meth:`uniform` reads the keystream of nonce i from block 0, so calls never share keystream, and a stream
+    with the same key and position replays the same calls. Each uniform takes 8 keystream bytes and keeps 53 bits.
+    It pickles with its key and position, like a torch generator with its state: whoever holds a stream (or its
+    seed) can recompute its noise. :meth:`derive` gives independent child streams keyed by a PRF of the labels.
+
+    Args:
+        key: 32 bytes. :meth:`from_os_entropy` draws them from the operating system's CSPRNG; :meth:`from_seed` hashes
+            an integer seed of any size into them.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise TypeError(f"a KeyStream key must be {KEY_BYTES} bytes, got {type(key).__name__} of {len(key)!r}")
+        self._key = key
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_os_entropy(cls) -> KeyStream:
+        """A stream keyed with 256 bits of fresh OS entropy (``os.urandom``)."""
+        return cls(os.urandom(KEY_BYTES))
+
+    @classmethod
+    def from_seed(cls, seed: int) -> KeyStream:
+        """A stream keyed by BLAKE2b of the whole integer ``seed`` (no bits are dropped): distinct seeds, distinct
+        streams. Anyone who knows the seed can subtract the noise; ``secrets.randbits(128)`` makes a seed that is
+        also a secret."""
+        return cls(hashlib.blake2b(_encode("seed", check_seed(seed)), digest_size=KEY_BYTES, person=_PERSON).digest())
+
+    @property
+    def key(self) -> bytes:
+        return self._key
+
+    @property
+    def position(self) -> int:
+        """Calls drawn so far: the next call reads the keystream of this nonce."""
+        return self._calls
+
+    def derive(self, *labels: int | str | bytes) -> KeyStream:
+        """An independent stream for ``labels`` (a sample index, a worker seed, …): keyed BLAKE2b of the labels under
+        this stream's key, a PRF, so distinct labels give unrelated 256-bit keys."""
+        return KeyStream(
+            hashlib.blake2b(_encode(*labels), key=self._key, digest_size=KEY_BYTES, person=_PERSON).digest()
+        )
+
+    def uniform(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """float64 uniforms on ``[0, 1)``, multiples of ``2**-53``, of the given shape, on ``device``."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        with self._lock:
+            call, self._calls = self._calls, self._calls + 1
+        words = torch.empty(n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
+        out = memoryview(words.numpy()).cast("B")
+        encryptor = Cipher(algorithms.ChaCha20(self._key, bytes(4) + call.to_bytes(12, "little")), None).encryptor()
+        for start in range(0, 8 * n, len(_ZEROS)):
+            encryptor.update_into(memoryview(_ZEROS)[: min(len(_ZEROS), 8 * n - start)], out[start:])
+        # An arithmetic shift keeps 53 uniform bits as a signed integer in [-2^52, 2^52): scaled and shifted by 1/2,
+        # exactly the lattice uniform on [0, 1). Converting on the target device moves 8 bytes per value either way.
+        return words[:n].to(device).bitwise_right_shift_(11).double().mul_(2.0**-53).add_(0.5).reshape(shape)
+
+    def __getstate__(self) -> dict:
+        return {"key": self._key, "calls": self._calls}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["key"])
+        self._calls = state["calls"]
+
+    def __repr__(self) -> str:
+        return f"KeyStream(<{8 * KEY_BYTES}-bit key>, calls={self._calls})"
+
+
+#: Where noise comes from: a keyed stream, an explicit torch generator, or (None) a fresh OS-keyed stream.
+Randomness = KeyStream | torch.Generator | None
+
+
+def _encode(*labels: int | str | bytes) -> bytes:
+    """An injective encoding of a label sequence: each label tagged with its type and length."""
+    parts = []
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, (int, str, bytes)):
+            raise TypeError(f"stream labels are ints, strings or bytes, got {type(label).__name__}")
+        if isinstance(label, int):
+            tag, data = b"i", label.to_bytes(label.bit_length() // 8 + 1, "big", signed=True)
+        elif isinstance(label, str):
+            tag, data = b"s", label.encode()
+        else:
+            tag, data = b"b", label
+        parts.append(tag + len(data).to_bytes(8, "big") + data)
+    return b"".join(parts)
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TypeError(f"seed must be a non-negative int (of any size), got {seed!r}")
+    return seed
+
+
+def _generator_key(generator: torch.Generator) -> KeyStream:
+    """A stream keyed by the whole state of a torch generator (its device included)."""
+    state = generator.get_state().numpy().tobytes()
+    digest = hashlib.blake2b(_encode("generator", str(generator.device), state), digest_size=KEY_BYTES, person=_PERSON)
+    return KeyStream(digest.digest())
 
 
 class NoiseSource:
-    """Where a layer's randomness comes from, resolved per call, per device and per DataLoader worker.
+    """Where a layer's randomness comes from, resolved per call, per process and per DataLoader worker.
 
-    * ``secure=True``: a fresh OS-entropy generator for every call; no generator or seed is accepted.
-    * ``generator``: the caller's generator (its device must match the input's).
-    * ``seed``: one generator per device, created on first use and seeded with ``seed``. Anyone who knows the seed
-      can subtract the noise: seeds are for experiments, never for deployment.
-    * neither: torch's global RNG, which DataLoader already seeds differently in every worker.
+    * ``secure=True``: a :class:`KeyStream` keyed with fresh OS entropy for every call; no generator or seed is
+      accepted, and nothing in the layer can replay a past call's noise.
+    * ``seed``: one :class:`KeyStream` keyed by the whole seed (``generator=`` a KeyStream works the same way); it
+      advances with every call. Anyone who knows the seed can subtract the noise: seeds are for experiments.
+    * ``generator``: the caller's torch generator, used as it is (its device must match the input's). On the CPU its
+      seed has 32 bits: that is the caller's choice.
+    * neither: a :class:`KeyStream` keyed from OS entropy in the process that first draws from it. A copy (pickle,
+      deepcopy, a forked or spawned process) never carries the key and keys itself anew, so no two copies draw the same
+      noise, and a pickled layer does not reveal the noise of its past calls.
 
-    A generator (or seed) is copied with the **same state** into every DataLoader worker. In a worker it is
-    therefore re-seeded once from a mix of its own state and the worker's seed (which DataLoader draws anew for every
-    worker of every epoch), so workers draw independent streams and stay reproducible under a seeded DataLoader.
+    A seed or generator is copied with the **same state** into every DataLoader worker. In a worker the layer
+    therefore switches to a stream derived from its own key (for a torch generator: a hash of its state) and the
+    worker's seed, which DataLoader draws anew for every worker of every epoch. Workers then draw independent streams
+    that stay reproducible under a seeded DataLoader. Copies of a seeded layer outside DataLoader workers
+    (``copy.deepcopy``, other processes) replay its stream, as a copied seed would.
     """
 
-    def __init__(self, *, generator: torch.Generator | None = None, seed: int | None = None, secure: bool = False):
+    def __init__(self, *, generator: Randomness = None, seed: int | None = None, secure: bool = False):
         if not isinstance(secure, bool):
             raise TypeError(f"secure must be a bool, got {type(secure).__name__}")
         if secure and (generator is not None or seed is not None):
-            raise ValueError("secure=True draws its seed from OS entropy and refuses a generator or seed")
+            raise ValueError("secure=True keys every call from OS entropy and refuses a generator or seed")
         if generator is not None and seed is not None:
             raise ValueError("give at most one of generator and seed")
-        check_generator(generator)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+        check_randomness(generator)
         self.secure = secure
-        self.seed = seed
-        self._generator = generator
-        self._per_device: dict[str, torch.Generator] = {}
+        self._fresh = not secure and generator is None and seed is None
+        self._stream = KeyStream.from_seed(seed) if seed is not None else generator
         self._worker_seed: int | None = None
+        self._pid: int | None = None  # the process that keyed a fresh stream
 
     def __getstate__(self) -> dict:
-        # Generators travel as plain bytes: torch's own pickling of a generator's state tensor goes through shared
-        # memory under multiprocessing and fails in spawned DataLoader workers.
         state = self.__dict__.copy()
-        state["_generator"] = None if self._generator is None else _freeze(self._generator)
-        state["_per_device"] = {key: _freeze(g) for key, g in self._per_device.items()}
+        if self._fresh:
+            state["_stream"], state["_pid"] = None, None  # never travels: a copy keys itself
+        elif isinstance(self._stream, torch.Generator):
+            # As plain bytes: torch's own pickling of a generator's state tensor goes through shared memory under
+            # multiprocessing and fails in spawned DataLoader workers.
+            state["_stream"] = _freeze(self._stream)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["_generator"] = None if state["_generator"] is None else _thaw(state["_generator"])
-        state["_per_device"] = {key: _thaw(frozen) for key, frozen in state["_per_device"].items()}
+        if isinstance(state["_stream"], tuple):
+            state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
 
-    def generator_for(self, device: torch.device) -> torch.Generator | None:
-        """The generator to draw this call's noise from, on ``device`` (None: torch's global RNG)."""
+    def generator_for(self) -> KeyStream | torch.Generator:
+        """The randomness of this call's noise."""
         if self.secure:
-            return os_entropy_generator(device)
-        self._split_for_worker()
-        if self._generator is not None:
-            return self._generator
-        if self.seed is not None:
-            key = str(device)
-            if key not in self._per_device:
-                self._per_device[key] = torch.Generator(device=device).manual_seed(self._mixed(self.seed))
-            return self._per_device[key]
-        return None
-
-    def _mixed(self, value: int) -> int:
-        if self._worker_seed is None:
-            return value
-        return int(np.random.SeedSequence([value, self._worker_seed]).generate_state(1, np.uint64)[0])
-
-    def _split_for_worker(self) -> None:
+            return KeyStream.from_os_entropy()
+        if self._fresh:
+            if self._pid != os.getpid():  # first use, or a forked process that inherited the key
+                self._stream, self._pid = KeyStream.from_os_entropy(), os.getpid()
+            return self._stream
         info = get_worker_info()
-        if info is None or info.seed == self._worker_seed:
-            return
-        self._worker_seed = info.seed
-        self._per_device.clear()
-        if self._generator is not None:
-            state = int(torch.randint(2**62, (1,), generator=self._generator, device=self._generator.device).item())
-            self._generator.manual_seed(self._mixed(state))
+        if info is not None and info.seed != self._worker_seed:
+            parent = self._stream if isinstance(self._stream, KeyStream) else _generator_key(self._stream)
+            self._stream, self._worker_seed = parent.derive("worker", info.seed, parent.position), info.seed
+        return self._stream
+
+
+def check_randomness(generator: object) -> None:
+    if generator is not None and not isinstance(generator, (torch.Generator, KeyStream)):
+        raise TypeError(f"generator must be a torch.Generator, a KeyStream or None, got {type(generator).__name__}")
 
 
 def _freeze(generator: torch.Generator) -> tuple[str, bytes]:

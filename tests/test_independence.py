@@ -5,7 +5,6 @@ Pearson correlation between two noise fields is within 5/sqrt(n) of 0 (false-fai
 would give a correlation of 1.
 """
 
-import math
 import pickle
 
 import pytest
@@ -15,21 +14,10 @@ from torchvision import tv_tensors
 
 from dp_pixel_torch import DPPixelize
 
-from conftest import generator
+from conftest import assert_uncorrelated, generator, grey
 
 SIDE = 128  # n = 16,384 noise values per image: 5/sqrt(n) = 0.039
 EPS = 255 / 20.0  # noise scale 20 grey levels: no clipping around 128
-
-
-def assert_uncorrelated(a: torch.Tensor, b: torch.Tensor) -> None:
-    a, b = a.double().flatten() - 128, b.double().flatten() - 128
-    assert a.std() > 10 and b.std() > 10
-    r = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
-    assert abs(r) < 5 / math.sqrt(a.numel()), f"noise correlation {r:.3f}"
-
-
-def grey(*shape: int) -> torch.Tensor:
-    return torch.full(shape, 128, dtype=torch.uint8)
 
 
 @pytest.mark.parametrize("noise", ["discrete", "laplace"])
