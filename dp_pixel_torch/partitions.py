@@ -217,6 +217,20 @@ class MultiLevelGrid:
         released.append(reached)
         return released[::-1]
 
+    def released_counts(self, split: list[torch.Tensor]) -> list[int]:
+        """How many cells :meth:`released` marks at each level l = 0..L, computed on the grids of levels 1..L only:
+        no map of the image's size is built, so the work is proportional to the split maps."""
+        reached = torch.ones_like(split[-1], dtype=torch.bool)
+        counts = []
+        for level in range(self.top, 0, -1):
+            keep = split[level - 1].to(torch.bool)
+            counts.append(int((reached & ~keep).sum()))
+            kept = reached & keep
+            if level > 1:
+                reached = self.step(level).fill(kept)
+        counts.append(int((kept.long() * self.step(1).counts(kept.device)).sum()))  # level-0 cells of kept cells
+        return counts[::-1]
+
     def fill(self, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """Paint every pixel with the value of the released cell it lies in.
 

@@ -11,7 +11,13 @@ File format (version 1), one record per release; a video file is a sequence of r
     header: UTF-8 JSON | payload: packed split bits of levels 1..L, then the values of the released cells
 
 All integers are little-endian. No pickle anywhere: a record from an untrusted source is parsed as JSON and raw
-numbers, checked against its declared sizes and CRC, and any mismatch raises :class:`NoisyGridFormatError`.
+numbers. Everything the header declares is validated (types, finite numbers, a value range that fits the dtype, a
+storage that fits the dtype, sizes, finite payload values inside the range), the CRC is checked, and any mismatch
+raises :class:`NoisyGridFormatError`. Memory: parsing allocates in proportion to the record's payload (adaptive records
+are kept as the values of their released cells); a record whose restore would allocate more than ``max_bytes``
+(default :data:`MAX_RESTORE_BYTES`, counting the restored images and the work arrays) is refused before anything is
+allocated, so a small hostile file cannot make a reader allocate gigabytes. The CRC guards against accidents, not
+forgery: a record's guarantee is a claim by whoever wrote it.
 """
 
 from __future__ import annotations
@@ -41,9 +47,12 @@ _IMAGE_DTYPES = {
     "float64": torch.float64,
 }
 _STORAGE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32, "float64": np.float64}
-#: Limits on what a record may declare, so that a small hostile file cannot make restore() allocate without bound.
+#: Limits on what a record may declare, so that a small hostile file cannot make a reader allocate without bound.
 MAX_SIDE = 1 << 16
-MAX_VALUES = 1 << 30
+MAX_RANK = 8
+MAX_LEVELS = 24
+#: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
+MAX_RESTORE_BYTES = 256 << 20
 
 
 class NoisyGridFormatError(ValueError):
@@ -59,8 +68,9 @@ class NoisyGrid:
         dtype: their dtype.
         value_range: ``(lo, hi)`` of their values.
         guarantee: what the release promises (cells, noise, ε, partition source).
-        values: per level (one for uniform cells) ``[..., C, rows, cols]`` clipped noisy means, in ``storage`` dtype;
-            cells that were not released hold 0.
+        values: the clipped noisy means, in the ``storage`` dtype. Uniform cells: one ``[..., C, rows, cols]``.
+            Adaptive cells: per level l = 0..L, the values of the released cells only, flat, in the row-major order
+            of ``[..., C, rows_l, cols_l]`` (cells the partition does not release are never stored).
         split: for adaptive releases, one bool ``[..., rows_l, cols_l]`` per level 1..L; empty for uniform cells.
     """
 
@@ -101,7 +111,7 @@ class NoisyGrid:
                 lo, hi = value_range
                 v = ((v.double() - lo) * (255 / (hi - lo))).round_().clamp_(0, 255)
             v = v.to(getattr(torch, storage))
-            stored.append(v if released is None else torch.where(released[level].unsqueeze(-3), v, 0))
+            stored.append(v if released is None else v[released[level].unsqueeze(-3).expand_as(v)])
         release = cls(grid.shape, dtype, value_range, guarantee, tuple(stored), grid.split)
         object.__setattr__(release, "_released_cells", released)
         return release
@@ -136,7 +146,13 @@ class NoisyGrid:
         layout = self._layout()
         if isinstance(layout, GridPartition):
             return layout.fill(values[0])
-        return layout.fill(self._released(), values)
+        released = self._released()
+        channels = self.shape[-3]
+        dense = []
+        for mask, v in zip(released, values):
+            full = mask.unsqueeze(-3).expand(*mask.shape[:-2], channels, *mask.shape[-2:])
+            dense.append(torch.zeros(full.shape, dtype=v.dtype, device=v.device).masked_scatter_(full, v))
+        return layout.fill(released, dense)
 
     def _decode(self, v: torch.Tensor) -> torch.Tensor:
         if v.dtype == torch.uint8 and self.dtype != torch.uint8:
@@ -158,12 +174,7 @@ class NoisyGrid:
             sort_keys=True,
         ).encode()
         parts = [np.packbits(s.cpu().numpy().ravel()).tobytes() for s in self.split]
-        released = self._released()
-        for level, v in enumerate(self.values):
-            if released is not None:
-                v = v[released[level].unsqueeze(-3).expand_as(v)]
-            v = v.cpu()
-            parts.append(v.contiguous().numpy().tobytes())
+        parts += [v.cpu().contiguous().numpy().tobytes() for v in self.values]
         payload = b"".join(parts)
         crc = zlib.crc32(payload, zlib.crc32(header))
         return _PREFIX.pack(MAGIC, VERSION, len(header), len(payload), crc) + header + payload
@@ -174,8 +185,9 @@ class NoisyGrid:
         return len(self.to_bytes())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> NoisyGrid:
-        grid, end = _parse(memoryview(data), 0)
+    def from_bytes(cls, data: bytes, *, max_bytes: int = MAX_RESTORE_BYTES) -> NoisyGrid:
+        """Parse one record; ``max_bytes`` bounds what its :meth:`restore` may allocate (raise it for big batches)."""
+        grid, end = _parse(memoryview(data), 0, max_bytes)
         if end != len(data):
             raise NoisyGridFormatError(
                 f"{len(data) - end} trailing bytes after the record (a video file? use load_video)"
@@ -186,8 +198,8 @@ class NoisyGrid:
         Path(path).write_bytes(self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> NoisyGrid:
-        return cls.from_bytes(Path(path).read_bytes())
+    def load(cls, path: str | Path, *, max_bytes: int = MAX_RESTORE_BYTES) -> NoisyGrid:
+        return cls.from_bytes(Path(path).read_bytes(), max_bytes=max_bytes)
 
 
 def save_video(path: str | Path, grids: Iterable[NoisyGrid]) -> int:
@@ -200,16 +212,16 @@ def save_video(path: str | Path, grids: Iterable[NoisyGrid]) -> int:
     return count
 
 
-def load_video(path: str | Path) -> Iterator[NoisyGrid]:
-    """The releases stored by :func:`save_video`, in order."""
+def load_video(path: str | Path, *, max_bytes: int = MAX_RESTORE_BYTES) -> Iterator[NoisyGrid]:
+    """The releases stored by :func:`save_video`, in order (``max_bytes`` as in :meth:`NoisyGrid.from_bytes`)."""
     data = memoryview(Path(path).read_bytes())
     offset = 0
     while offset < len(data):
-        grid, offset = _parse(data, offset)
+        grid, offset = _parse(data, offset, max_bytes)
         yield grid
 
 
-def _parse(data: memoryview, offset: int) -> tuple[NoisyGrid, int]:
+def _parse(data: memoryview, offset: int, max_bytes: int) -> tuple[NoisyGrid, int]:
     if len(data) - offset < _PREFIX.size:
         raise NoisyGridFormatError(f"truncated: {len(data) - offset} bytes, a record starts with {_PREFIX.size}")
     magic, version, header_len, payload_len, crc = _PREFIX.unpack_from(data, offset)
@@ -225,45 +237,107 @@ def _parse(data: memoryview, offset: int) -> tuple[NoisyGrid, int]:
     if zlib.crc32(payload, zlib.crc32(header)) != crc:
         raise NoisyGridFormatError("corrupted: CRC-32 mismatch")
     try:
-        meta = json.loads(header)
-        grid = _from_header(meta, payload)
+        meta = json.loads(header, parse_constant=_non_finite)
+        grid = _from_header(meta, payload, max_bytes)
     except NoisyGridFormatError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OverflowError, IndexError) as error:
         raise NoisyGridFormatError(f"invalid record: {error}") from error
     return grid, end
 
 
-def _from_header(meta: dict, payload: bytes) -> NoisyGrid:
-    shape = tuple(int(n) for n in meta["shape"])
-    if len(shape) < 3 or min(shape) < 0 or not (1 <= shape[-1] <= MAX_SIDE and 1 <= shape[-2] <= MAX_SIDE):
-        raise NoisyGridFormatError(f"invalid shape {shape}: [..., C, H, W] with 1 <= H, W <= {MAX_SIDE}")
-    if math.prod(shape) > MAX_VALUES:
-        raise NoisyGridFormatError(f"shape {shape} declares more than {MAX_VALUES} values")
-    dtype = _IMAGE_DTYPES[meta["dtype"]]
-    storage = _STORAGE_DTYPES[meta["storage"]]
-    value_range = tuple(float(v) for v in meta["value_range"])
-    guarantee = PrivacyGuarantee(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["guarantee"].items()})
-    lead, channels = shape[:-3], shape[-3]
+def _non_finite(name: str) -> float:
+    raise NoisyGridFormatError(f"invalid record: the header holds {name}, and every number must be finite")
+
+
+_FIELDS = {"shape", "dtype", "storage", "value_range", "guarantee"}
+
+
+def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
+    if not isinstance(meta, dict) or set(meta) != _FIELDS:
+        raise NoisyGridFormatError(f"invalid header: a JSON object with the fields {sorted(_FIELDS)}")
+    shape = meta["shape"]
+    if (
+        not isinstance(shape, list)
+        or not 3 <= len(shape) <= MAX_RANK
+        or any(type(n) is not int or n < 0 for n in shape)
+        or not (1 <= shape[-1] <= MAX_SIDE and 1 <= shape[-2] <= MAX_SIDE)
+    ):
+        raise NoisyGridFormatError(f"invalid shape {shape!r}: [..., C, H, W] of integers with 1 <= H, W <= {MAX_SIDE}")
+    shape = tuple(shape)
+    if meta["dtype"] not in _IMAGE_DTYPES or meta["storage"] not in _STORAGE_DTYPES:
+        raise NoisyGridFormatError(f"invalid dtype {meta['dtype']!r} or storage {meta['storage']!r}")
+    dtype, storage = _IMAGE_DTYPES[meta["dtype"]], _STORAGE_DTYPES[meta["storage"]]
+    if dtype == torch.uint8 and storage is not np.uint8:
+        raise NoisyGridFormatError(f"a uint8 image stores uint8 values, not {meta['storage']}")
+    value_range = meta["value_range"]
+    if (
+        not isinstance(value_range, list)
+        or len(value_range) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value_range)
+        or not value_range[0] < value_range[1]
+        or (dtype == torch.uint8 and value_range != [0, 255])
+    ):
+        raise NoisyGridFormatError(
+            f"invalid value_range {value_range!r}: two finite numbers lo < hi ([0, 255] for uint8 images)"
+        )
+    value_range = (float(value_range[0]), float(value_range[1]))
+    fields = meta["guarantee"]
+    if not isinstance(fields, dict):
+        raise NoisyGridFormatError("invalid guarantee: a JSON object")
+    guarantee = PrivacyGuarantee(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    if guarantee.levels is not None and len(guarantee.levels) > MAX_LEVELS:
+        raise NoisyGridFormatError(f"{len(guarantee.levels)} levels: at most {MAX_LEVELS} are read")
     empty = NoisyGrid(shape, dtype, value_range, guarantee, ())
     layout = empty._layout()
+    need = _restore_bytes(shape, dtype, storage, layout)
+    if need > max_bytes:
+        raise NoisyGridFormatError(
+            f"the record declares images of shape {shape} whose restore needs about {need / 2**20:.0f} MiB, over the "
+            f"limit of {max_bytes / 2**20:.0f} MiB: pass max_bytes= to read it if it comes from a trusted source"
+        )
+    lead, channels = shape[:-3], shape[-3]
     reader = _Reader(payload)
     if isinstance(layout, GridPartition):
         values = (reader.array(storage, (*lead, channels, *layout.shape)),)
         split = ()
     else:
         split = tuple(reader.bits((*lead, *layout.partition(level).shape)) for level in range(1, len(layout.levels)))
-        released = layout.released(list(split))
-        values = []
-        for level, mask in enumerate(released):
-            stored = reader.array(storage, (int(mask.sum()) * channels,))  # size-checked before any allocation
-            full = mask.unsqueeze(-3).expand(*lead, channels, *layout.partition(level).shape)
-            v = torch.zeros(full.shape, dtype=stored.dtype)
-            v[full] = stored
-            values.append(v)
-        values = tuple(values)
+        values = tuple(reader.array(storage, (n * channels,)) for n in layout.released_counts(list(split)))
     reader.done()
+    _check_values(values, dtype, storage, value_range)
     return NoisyGrid(shape, dtype, value_range, guarantee, values, split)
+
+
+def _check_values(values: tuple[torch.Tensor, ...], dtype: torch.dtype, storage: type, value_range) -> None:
+    """Stored float values are clipped means: finite and inside the value range (as rounded to the storage)."""
+    if storage is np.uint8:
+        return
+    lo, hi = torch.tensor(value_range, dtype=torch.float64).to(dtype).to(values[0].dtype).tolist()
+    for v in values:
+        if v.numel() and not (torch.isfinite(v).all() and v.min() >= lo and v.max() <= hi):
+            raise NoisyGridFormatError(f"stored values must be finite and inside the value range [{lo:g}, {hi:g}]")
+
+
+def _restore_bytes(shape: tuple[int, ...], dtype: torch.dtype, storage: type, layout) -> int:
+    """An upper bound of what :meth:`NoisyGrid.restore` allocates: the images, the image-wide half of the fill, the
+    decoded cell values (float64 on the way for uint8-coded floats), and for adaptive cells the level-0 maps."""
+    size, stored = torch.empty((), dtype=dtype).element_size(), np.dtype(storage).itemsize
+    images, channels = math.prod(shape[:-3]), shape[-3]
+    height, width = shape[-2:]
+    if isinstance(layout, GridPartition):
+        rows, cols = layout.shape
+        return images * channels * (height * width + rows * width) * size + images * channels * rows * cols * (
+            stored + 16 + size
+        )
+    cells = [math.prod(layout.partition(level).shape) for level in range(len(layout.levels))]
+    rows0 = layout.partition(0).shape[0]
+    per_image = (
+        channels * (height * width + rows0 * width) * size  # the images and the column-filled rows
+        + sum(cells) * (channels * (stored + 16 + size) + 2)  # dense decoded values and released maps per level
+        + cells[0] * (4 * channels * size + 32)  # level-0 values, their expansions, and the int64 level map
+    )
+    return images * per_image
 
 
 class _Reader:

@@ -4,6 +4,8 @@ import json
 import re
 import pickle
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -138,7 +140,7 @@ def test_well_formed_but_hostile_headers_are_refused_before_allocating():
     header_len = struct.unpack_from("<I", data, 6)[0]
     good = json.loads(data[22 : 22 + header_len])
     huge = dict(good, shape=[1, 3, 65536, 65536], guarantee=dict(good["guarantee"], b=65536))
-    with pytest.raises(NoisyGridFormatError, match="declares more than"):
+    with pytest.raises(NoisyGridFormatError, match="over the limit"):
         NoisyGrid.from_bytes(record(huge, b"\x00" * 3))  # 3 values would be enough, but restore would take 12 GB
     short = dict(good, shape=[1, 3, 1024, 1024], guarantee=dict(good["guarantee"], b=64))
     with pytest.raises(NoisyGridFormatError, match="payload shorter"):
@@ -171,3 +173,124 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     source = "\n".join(p.read_text() for p in Path(__file__).parents[1].joinpath("dp_pixel_torch").glob("*.py"))
     for unsafe in (r"\bimport pickle\b", r"(?<![\w.])torch\.load\(", r"allow_pickle\s*=\s*True", r"\bnp\.load\("):
         assert not re.search(unsafe, source), unsafe
+
+
+def good_header(name: str = "uniform-uint8") -> dict:
+    data = releases()[name].to_bytes()
+    header_len = struct.unpack_from("<I", data, 6)[0]
+    return json.loads(data[22 : 22 + header_len])
+
+
+def float_record(values: list[float], **changes) -> bytes:
+    """A uniform float32-stored record of one 1×1×4×4 float image in 2×2 cells, with the given 4 cell values."""
+    header = dict(
+        good_header(),
+        shape=[1, 1, 4, 4],
+        dtype="float32",
+        storage="float32",
+        value_range=[0.0, 1.0],
+    )
+    header["guarantee"] = dict(header["guarantee"], b=2)
+    header.update(changes)
+    return record(header, np.array(values, dtype=np.float32).tobytes())
+
+
+HOSTILE = {
+    "infinite-shape": lambda: record(dict(good_header(), shape=[1, 3, float("inf"), 50])),
+    "float-shape": lambda: record(dict(good_header(), shape=[2, 3, 37.0, 50])),
+    "bool-shape": lambda: record(dict(good_header(), shape=[2, True, 37, 50])),
+    "nan-value-range": lambda: float_record([0.5] * 4, value_range=[float("nan"), 1.0]),
+    "inverted-value-range": lambda: float_record([0.5] * 4, value_range=[1.0, 0.0]),
+    "short-value-range": lambda: float_record([0.5] * 4, value_range=[0.0]),
+    "string-value-range": lambda: float_record([0.5] * 4, value_range=["0", "1"]),
+    "nan-payload": lambda: float_record([0.5, float("nan"), 0.5, 0.5]),
+    "inf-payload": lambda: float_record([0.5, 0.5, float("inf"), 0.5]),
+    "payload-out-of-range": lambda: float_record([0.5, 0.5, 0.5, 1.5]),
+    "uint8-image-float-storage": lambda: float_record([1e9, 0, 0, 0], dtype="uint8"),
+    "uint8-image-other-range": lambda: record(dict(good_header(), value_range=[0.0, 1000.0]), bytes(2 * 3 * 5 * 7)),
+    "too-many-levels": lambda: record(
+        dict(
+            good_header("adaptive-mask"),
+            guarantee=dict(good_header("adaptive-mask")["guarantee"], levels=[2**k for k in range(70)]),
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_headers_that_lie_raise_the_format_error(name):
+    """Each of these has a valid CRC: only validation of what the header declares can catch it."""
+    with pytest.raises(NoisyGridFormatError):
+        NoisyGrid.from_bytes(HOSTILE[name]()).restore()
+
+
+def test_a_valid_float_record_still_loads():
+    grid = NoisyGrid.from_bytes(float_record([0.0, 0.25, 0.5, 1.0]))
+    assert grid.restore()[0, 0, ::2, ::2].tolist() == [[0.0, 0.25], [0.5, 1.0]]
+
+
+MEMORY_PROBE = r"""
+import json, resource, struct, sys, zlib
+import torch
+from dp_pixel_torch import DPPixelize, NoisyGrid, NoisyGridFormatError
+from dp_pixel_torch.storage import MAX_RESTORE_BYTES
+
+def record(header, payload=b""):
+    head = json.dumps(header).encode()
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return struct.pack("<4sHIQI", b"DPXG", 1, len(head), len(payload), crc) + head + payload
+
+def guarantee(**cells):
+    base = dict(epsilon=1.0, m=1, b=None, grid=None, levels=None, channel_rule="joint", noise="discrete",
+                border="area", secure=False, partition="uniform", partition_epsilon=0.0)
+    return dict(base, **cells)
+
+def hostile():
+    for log2 in range(20, 31):  # 2^log2 declared values
+        lead, rows = 2 ** max(0, log2 - 24), 2 ** min(12, log2 // 2)
+        shape = [lead, 1, rows, 2**log2 // (lead * rows)]
+        for dtype, storage, size in (("uint8", "uint8", 1), ("float32", "float16", 2), ("float64", "float64", 8)):
+            head = dict(shape=shape, dtype=dtype, storage=storage, value_range=[0.0, 255.0 if size == 1 else 1.0])
+            # uniform: one cell per image, a few bytes of payload
+            yield record(dict(head, guarantee=guarantee(b=4096)), bytes(lead * size))
+            # adaptive, levels (1, 4096), nothing split: one coarse cell, but the level-0 cells are pixels
+            adaptive = guarantee(levels=[1, 4096], partition="mask")
+            yield record(dict(head, guarantee=adaptive), bytes((lead + 7) // 8) + bytes(lead * size))
+
+def vm_hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+DPPixelize(1.0, 4, seed=0).release(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).restore()  # warm up
+worst, accepted = 0, 0
+for data in hostile():
+    assert len(data) < 1024, len(data)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak
+    before = rss()
+    try:
+        image = NoisyGrid.from_bytes(data).restore()
+        accepted = max(accepted, image.numel() * image.element_size())
+        del image
+    except NoisyGridFormatError:
+        pass
+    worst = max(worst, vm_hwm() - before)
+print(json.dumps({"worst": worst, "accepted": accepted, "cap": MAX_RESTORE_BYTES}))
+"""
+
+
+def test_a_file_under_1kb_cannot_make_parse_and_restore_allocate_more_than_256_mib():
+    """Hostile records of under 1 kB declare 2^20..2^30 values (uniform, and adaptive with 1-pixel level-0 cells).
+    Each is refused or restored; the peak RSS growth of any one of them stays under 256 MiB. Run in a fresh process
+    so the measurement is this test's alone."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["worst"] <= 256 * 2**20, result
+    assert result["accepted"] >= result["cap"] // 8, result  # the limit is not so tight that it refuses real releases
