@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import itertools
 import json
 import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +102,21 @@ class PrivacyGuarantee:
         return c * value_range * self.m / self.epsilon
 
     def __str__(self) -> str:
-        if self.channel_rule == "per_channel":
-            budget = f"ε = {self.epsilon:g} per channel (C·{self.epsilon:g} per image: {3 * self.epsilon:g} for RGB)"
+        return self.report()
+
+    def report(self, channels: int | None = None) -> str:
+        """The guarantee in words, with the total ε that is charged for images of ``channels`` channels (given
+        for a C-channel image, and for RGB, when ``channels`` is None)."""
+        eps, pe = f"{self.epsilon:g}", f"{self.partition_epsilon:g}"
+        per_channel = self.channel_rule == "per_channel"
+        if not per_channel:
+            budget = f"ε = {eps} per image (all channels jointly)"
+        elif channels is None:
+            budget = (
+                f"ε = {eps} per channel (C·{eps} per image: {self.total_epsilon(3) - self.partition_epsilon:g} for RGB)"
+            )
         else:
-            budget = f"ε = {self.epsilon:g} per image (all channels jointly)"
+            budget = f"ε = {eps} per channel ({channels}·{eps} = {channels * self.epsilon:g} per image)"
         if self.b is not None:
             cells = f"b = {self.b}"
         elif self.grid is not None:
@@ -108,14 +125,15 @@ class PrivacyGuarantee:
             cells = "region-adaptive cells b ∈ {" + ", ".join(map(str, self.levels)) + "}"
         partition = _PARTITION_TEXT[self.partition]
         if self.partition == "complexity":
-            partition += (
-                f" with partition ε = {self.partition_epsilon:g}; "
-                f"total ε = {self.epsilon:g} + {self.partition_epsilon:g} = {self.total_epsilon(1):g}"
-            )
-            if self.channel_rule == "per_channel":
-                partition += " per channel of the cells"
+            if not per_channel or channels == 1:
+                total = f"{eps} + {pe} = {self.total_epsilon(1):g}"
+            elif channels is None:
+                total = f"C·{eps} + {pe} per image ({self.total_epsilon(3):g} for RGB)"
+            else:
+                total = f"{channels}·{eps} + {pe} = {self.total_epsilon(channels):g}"
+            partition += f" with partition ε = {pe}; total ε = {total}"
         noise = {"discrete": "discrete Laplace on integer sums", "laplace": "continuous Laplace (float64)"}[self.noise]
-        seed = ", fresh OS-entropy seed per call" if self.secure else ""
+        seed = ", a ChaCha20 stream keyed with fresh OS entropy per call" if self.secure else ""
         return (
             f"{budget}, δ = 0; neighbours differ in up to m = {self.m} pixel{'s' if self.m != 1 else ''}; "
             f"{cells}, border = {self.border}; noise: {noise}{seed}{partition}"
@@ -130,16 +148,23 @@ class PrivacyAccountant:
     """Sequential composition over a stream of releases (video frames), with an optional cap (SPEC §6).
 
     Every released frame is charged its total ε (:meth:`PrivacyGuarantee.total_epsilon`), and all frames are taken to
-    show the same people: a person visible in T frames is covered at the sum of those T frames' ε.
+    show the same people: a person visible in T frames is covered at the sum of those T frames' ε. The history is
+    kept as runs of equal ε, so a day of video at one ε is one run.
 
     Args:
         cap: the most ε the whole stream may spend; the release that would pass it raises :class:`BudgetExceededError`.
         window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames.
         window_cap: the budget of every window of ``window`` frames.
         fps: frame rate, to give windows and queries in seconds.
+        ledger: a SQLite file that holds the history, shared by every process and DataLoader worker that charges this
+            budget and kept across restarts. Each charge is one committed transaction (WAL, synchronous=FULL) before
+            the release draws its noise, so a crash loses no charge and no release goes uncharged. A ledger keeps the
+            settings it was created with; opening it with others raises.
 
-    Attach it to a layer (``accountant=``) to have every call charged before noise is drawn; each leading index of the
-    input (``[..., C, H, W]``) is one frame. The state saves to JSON so a long job can resume.
+    Without a ledger the history lives in this object, and only this object in this process may charge it: a copy
+    (pickled into a DataLoader worker, forked, deep-copied) refuses to charge, because its charges would never reach
+    the original. Attach it to a layer (``accountant=``) to have every call charged before noise is drawn; each
+    leading index of the input (``[..., C, H, W]``) is one frame. The state saves to JSON so a job can resume.
     """
 
     def __init__(
@@ -150,6 +175,7 @@ class PrivacyAccountant:
         window_seconds: float | None = None,
         window_cap: float | None = None,
         fps: float | None = None,
+        ledger: str | Path | None = None,
     ) -> None:
         self.cap = None if cap is None else check_epsilon(cap, "cap")
         self.fps = None if fps is None else check_epsilon(fps, "fps")
@@ -161,29 +187,57 @@ class PrivacyAccountant:
             raise ValueError("w-event mode needs both window (or window_seconds) and window_cap")
         self.window = None if window is None else check_positive_int(window, "window")
         self.window_cap = None if window_cap is None else check_epsilon(window_cap, "window_cap")
-        self._frames: list[float] = []  # ε of every released frame, in order
+        self.ledger = None if ledger is None else Path(ledger)
+        self._history = _Runs() if ledger is None else _Ledger(self.ledger, self._settings())
+        self._owner: int | None = os.getpid()  # the one process whose in-memory charges count
+        self._lock = threading.Lock()
+
+    def _settings(self) -> dict:
+        return {"cap": self.cap, "window": self.window, "window_cap": self.window_cap, "fps": self.fps}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_owner"] = None  # an in-memory copy may read but never charge
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def charge(self, epsilon: float, frames: int = 1) -> None:
         """Record ``frames`` consecutive releases of ``epsilon`` each, or raise before recording any of them."""
         epsilon = check_epsilon(epsilon)
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
             raise TypeError(f"frames must be an int >= 0, got {frames!r}")
-        if self.cap is not None and self.spent + epsilon * frames > self.cap * (1 + 1e-12):
-            raise BudgetExceededError(
-                f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {self.spent + epsilon * frames:g}, "
-                f"over the cap of {self.cap:g} (spent so far: {self.spent:g})"
+        if self.ledger is None and self._owner != os.getpid():
+            raise RuntimeError(
+                "this PrivacyAccountant is a copy (pickled into a DataLoader worker or another process, forked or "
+                "deep-copied): its charges would never reach the original, so it refuses to charge. Share one "
+                "budget across processes with a ledger: PrivacyAccountant(cap=..., ledger='budget.sqlite')"
             )
-        if self.window is not None and frames:
+        if frames == 0:
+            return
+        with self._lock, self._history.transaction() as history:
+            self._check(history, epsilon, frames)
+            history.append(epsilon, frames)
+
+    def _check(self, history: _Runs | _Ledger, epsilon: float, frames: int) -> None:
+        spent = history.spent
+        if self.cap is not None and spent + epsilon * frames > self.cap * (1 + 1e-12):
+            raise BudgetExceededError(
+                f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {spent + epsilon * frames:g}, "
+                f"over the cap of {self.cap:g} (spent so far: {spent:g})"
+            )
+        if self.window is not None:
             # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
-            old = self._frames[-(self.window - 1) :] if self.window > 1 else []
-            prefix = list(itertools.accumulate(old + [epsilon] * min(frames, self.window), initial=0.0))
-            worst = max(prefix[end] - prefix[max(0, end - self.window)] for end in range(len(old) + 1, len(prefix)))
+            recent = history.tail(self.window - 1) + [(epsilon, min(frames, self.window))]
+            worst = _worst_window(recent, self.window)
             if worst > self.window_cap * (1 + 1e-12):
                 raise BudgetExceededError(
                     f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
                     f"consecutive frames, over the window cap of {self.window_cap:g}"
                 )
-        self._frames.extend([epsilon] * frames)
 
     def charge_release(self, guarantee: PrivacyGuarantee, channels: int, frames: int = 1) -> None:
         """Charge ``frames`` releases described by ``guarantee`` for images with ``channels`` channels."""
@@ -191,12 +245,13 @@ class PrivacyAccountant:
 
     @property
     def frames(self) -> int:
-        return len(self._frames)
+        """Frames charged so far (by every process, with a ledger)."""
+        return self._history.frames
 
     @property
     def spent(self) -> float:
         """ε of everything released so far: the cover of a person visible in every frame."""
-        return float(sum(self._frames))
+        return self._history.spent
 
     def epsilon_for(self, frames: int | None = None, *, seconds: float | None = None) -> float:
         """ε for a person visible in ``frames`` consecutive frames (or ``seconds`` at ``fps``): the worst such run."""
@@ -206,36 +261,21 @@ class PrivacyAccountant:
             if self.fps is None:
                 raise ValueError("seconds need the accountant's fps")
             frames = max(1, math.ceil(check_epsilon(seconds, "seconds") * self.fps - 1e-9))
-        frames = check_positive_int(frames, "frames")
-        if frames >= len(self._frames):
-            return self.spent
-        run = sum(self._frames[:frames])
-        worst = run
-        for i in range(frames, len(self._frames)):
-            run += self._frames[i] - self._frames[i - frames]
-            worst = max(worst, run)
-        return float(worst)
+        return _worst_window(self._history.runs(), check_positive_int(frames, "frames"))
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "cap": self.cap,
-                "window": self.window,
-                "window_cap": self.window_cap,
-                "fps": self.fps,
-                "frames": [[eps, n] for eps, n in _runs(self._frames)],
-            }
-        )
+        runs = [[eps, n] for eps, n in self._history.runs()]
+        return json.dumps({"version": 1, **self._settings(), "frames": runs})
 
     @classmethod
     def from_json(cls, text: str) -> PrivacyAccountant:
+        """An in-memory accountant with the settings and history of :meth:`to_json` (of either kind)."""
         state = json.loads(text)
         if not isinstance(state, dict) or state.get("version") != 1:
             raise ValueError("not a saved PrivacyAccountant (version 1)")
         accountant = cls(state["cap"], window=state["window"], window_cap=state["window_cap"], fps=state["fps"])
         for eps, n in state["frames"]:
-            accountant._frames.extend([check_epsilon(eps)] * check_positive_int(n, "frames"))
+            accountant._history.append(check_epsilon(eps), check_positive_int(n, "frames"))
         return accountant
 
     def save(self, path: str | Path) -> None:
@@ -251,14 +291,147 @@ class PrivacyAccountant:
             text += f" of a cap of {self.cap:g}"
         if self.window is not None:
             text += f"; at most {self.window_cap:g} per {self.window} consecutive frames"
+        if self.ledger is not None:
+            text += f" (ledger {self.ledger})"
         return text
 
 
-def _runs(values: list[float]) -> list[tuple[float, int]]:
-    runs: list[tuple[float, int]] = []
-    for v in values:
-        if runs and runs[-1][0] == v:
-            runs[-1] = (v, runs[-1][1] + 1)
+def _worst_window(runs: list[tuple[float, int]], width: int) -> float:
+    """The largest ε of ``width`` consecutive frames of a history given as runs ``(ε, frames)`` (all of it when it
+    is shorter). A window's sum is piecewise linear in its position, with breaks where an end crosses a run boundary,
+    so the maximum is at a window that starts at a run start or ends at a run end."""
+    ends = list(itertools.accumulate(n for _, n in runs))
+    sums = list(itertools.accumulate((eps * n for eps, n in runs), initial=0.0))
+    total = ends[-1] if ends else 0
+    if width >= total:
+        return sums[-1]
+
+    def prefix(t: int) -> float:  # ε of the first t frames
+        i = bisect.bisect_right(ends, t)
+        inside = t - (ends[i - 1] if i else 0)
+        return sums[i] + (runs[i][0] * inside if inside else 0.0)
+
+    starts = [0, *ends[:-1]]
+    candidates = [s for s in starts if s + width <= total] + [e - width for e in ends if e >= width]
+    return max(prefix(s + width) - prefix(s) for s in candidates)
+
+
+class _Runs:
+    """An in-memory history: runs ``(ε, frames)`` of equal ε in release order, and their totals."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[float, int]] = []
+        self.frames, self.spent = 0, 0.0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_Runs]:
+        yield self  # the accountant's lock makes check-and-append atomic
+
+    def append(self, epsilon: float, frames: int) -> None:
+        if self._runs and self._runs[-1][0] == epsilon:
+            self._runs[-1] = (epsilon, self._runs[-1][1] + frames)
         else:
-            runs.append((v, 1))
-    return runs
+            self._runs.append((epsilon, frames))
+        self.frames += frames
+        self.spent += epsilon * frames
+
+    def tail(self, frames: int) -> list[tuple[float, int]]:
+        """The runs of the last ``frames`` frames (the first one cut to fit), oldest first."""
+        return _cut_tail(reversed(self._runs), frames)
+
+    def runs(self) -> list[tuple[float, int]]:
+        return list(self._runs)
+
+
+def _cut_tail(newest_first: Iterable[tuple[float, int]], frames: int) -> list[tuple[float, int]]:
+    tail: list[tuple[float, int]] = []
+    for eps, n in newest_first:
+        if frames <= 0:
+            break
+        tail.append((eps, min(n, frames)))
+        frames -= n
+    return tail[::-1]
+
+
+class _Ledger:
+    """A durable history in SQLite (WAL): settings, runs of equal ε and totals, shared by every process.
+
+    A charge is ``BEGIN IMMEDIATE`` (which takes the database's write lock, so concurrent charges queue), a read of the
+    totals and recent runs, the checks, the update and ``COMMIT``: check and record are one atomic step for all
+    processes together. With ``synchronous=FULL`` the commit is on disk when :meth:`charge` returns.
+    """
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS settings (
+            id INTEGER PRIMARY KEY CHECK (id = 0), cap REAL, window INTEGER, window_cap REAL, fps REAL);
+        CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, epsilon REAL NOT NULL, frames INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS totals (
+            id INTEGER PRIMARY KEY CHECK (id = 0), frames INTEGER NOT NULL, spent REAL NOT NULL);
+    """
+
+    def __init__(self, path: Path, settings: dict) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        with self.transaction() as ledger:
+            ledger._write_settings(settings)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_connection": None, "_pid": None}  # each process opens its own connection
+
+    def _db(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # a connection never crosses a fork
+            self._connection = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            # Checkpoint the write-ahead log every 64 pages and cut it back to 256 KiB: the files stay small.
+            self._connection.execute("PRAGMA wal_autocheckpoint=64")
+            self._connection.execute(f"PRAGMA journal_size_limit={256 * 1024}")
+            self._connection.executescript(self.SCHEMA)
+            self._pid = os.getpid()
+        return self._connection
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[_Ledger]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _write_settings(self, settings: dict) -> None:
+        db = self._db()
+        db.execute("INSERT OR IGNORE INTO settings VALUES (0, :cap, :window, :window_cap, :fps)", settings)
+        db.execute("INSERT OR IGNORE INTO totals VALUES (0, 0, 0.0)")
+        stored = dict(zip(settings, db.execute("SELECT cap, window, window_cap, fps FROM settings").fetchone()))
+        if stored != settings:
+            raise ValueError(
+                f"ledger {str(self.path)!r} was created with {stored}, not {settings}: a ledger keeps its budget; "
+                "open it with the same settings, or start a new ledger"
+            )
+
+    @property
+    def frames(self) -> int:
+        return self._db().execute("SELECT frames FROM totals").fetchone()[0]
+
+    @property
+    def spent(self) -> float:
+        return self._db().execute("SELECT spent FROM totals").fetchone()[0]
+
+    def append(self, epsilon: float, frames: int) -> None:
+        db = self._db()
+        last = db.execute("SELECT id, epsilon FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if last is not None and last[1] == epsilon:
+            db.execute("UPDATE runs SET frames = frames + ? WHERE id = ?", (frames, last[0]))
+        else:
+            db.execute("INSERT INTO runs (epsilon, frames) VALUES (?, ?)", (epsilon, frames))
+        db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
+
+    def tail(self, frames: int) -> list[tuple[float, int]]:
+        return _cut_tail(self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id DESC"), frames)
+
+    def runs(self) -> list[tuple[float, int]]:
+        return [tuple(row) for row in self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id")]

@@ -3,9 +3,11 @@
     dp-pixel photo.jpg -o released.png --epsilon 1 --b 8
     dp-pixel frames/ -o released/ --epsilon 0.5 --b 16 --m 4
     dp-pixel clip.mp4 -o released.avi --epsilon 0.1 --levels 8 16 32 --region complexity --partition-epsilon 0.02 \\
-        --cap 60 --grids clip.dpxg
+        --cap 60 --ledger camera1.sqlite --grids clip.dpxg
 
-Noise is seeded from OS entropy on every call (``secure=True``) unless ``--seed`` asks for a reproducible experiment.
+Noise comes from a ChaCha20 stream keyed with fresh OS entropy on every call (``secure=True``) unless ``--seed``
+asks for a reproducible experiment. ``--ledger`` keeps the budget of ``--cap`` in a file, so that successive runs on
+the same camera share it.
 The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
 with a non-zero status and a one-line message.
 """
@@ -13,6 +15,7 @@ with a non-zero status and a one-line message.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -41,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--region", choices=("complexity", "previous"), help="partition source for --levels")
     p.add_argument("--partition-epsilon", type=float, help="ε for the complexity scores (--region complexity)")
     p.add_argument("--cap", type=float, help="refuse to spend more than this ε over the whole run (all frames)")
+    p.add_argument(
+        "--ledger", type=Path, help="keep the budget in this SQLite ledger, shared with other runs and processes"
+    )
     p.add_argument("--fps", type=float, help="frame rate of the output video (default: the input's)")
     p.add_argument("--grids", type=Path, help="also write the NoisyGrid records of a video to this file")
     p.add_argument("--chunk", type=int, default=16, help="frames per release for videos (bounded memory)")
@@ -85,7 +91,10 @@ def write_image(image: torch.Tensor, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    accountant = None if args.cap is None else PrivacyAccountant(args.cap)
+    if args.ledger is None and args.cap is None:
+        accountant = None
+    else:
+        accountant = PrivacyAccountant(args.cap, ledger=args.ledger)
     layer = make_layer(args, accountant)
     source = args.input
     if not source.exists():
@@ -113,7 +122,7 @@ def run(args: argparse.Namespace) -> str:
         write_image(layer(read_image(source)), args.output)
         summary = f"image written to {args.output}"
     spent = "" if accountant is None else f"\nAccountant: {accountant}"
-    return f"{summary}\nPrivacy report: {layer.guarantee}{spent}"
+    return f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except BudgetExceededError as error:
         print(f"dp-pixel: budget cap reached, stopped: {error}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, OSError, NoisyGridFormatError) as error:
+    except (ValueError, TypeError, OSError, NoisyGridFormatError, sqlite3.Error) as error:
         print(f"dp-pixel: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -122,7 +122,8 @@ def sanitize_stream(
     """Release a video chunk by chunk; write the released video and/or the NoisyGrid file of all frames.
 
     Args:
-        frames: a video file, or an iterable of uint8 ``[3, H, W]`` frames (or ``[T, 3, H, W]`` chunks).
+        frames: a video file, or an iterable of uint8 ``[C, H, W]`` frames (or ``[T, C, H, W]`` chunks); a video
+            output needs RGB (C = 3).
         layer: the DP layer; its accountant, if any, is charged for every frame before its noise is drawn.
         output: the released video file (codec from the suffix: .avi MJPG, .mp4 mp4v); None writes no video.
         grids: a file for the NoisyGrid records of every chunk (see :func:`~dp_pixel_torch.load_video`).
@@ -144,9 +145,9 @@ def sanitize_stream(
     try:
         sink = None if grids is None else open(grids, "wb")
         for block in _chunks(frames, chunk):
-            if shape is not None and tuple(block.shape[-2:]) != shape:
-                raise ValueError(f"frame size changed from {shape} to {tuple(block.shape[-2:])} within the stream")
-            shape = tuple(block.shape[-2:])
+            if shape is not None and tuple(block.shape[-3:]) != shape:
+                raise ValueError(f"frame size changed from {shape} to {tuple(block.shape[-3:])} within the stream")
+            shape = tuple(block.shape[-3:])
             block = block.to(device)
             # A "previous" partition is sequential in time: release the chunk frame by frame.
             parts = block.split(1) if region == "previous" else [block]
@@ -156,7 +157,7 @@ def sanitize_stream(
                     sink.write(released.to_bytes())
                 if output is not None:
                     if writer is None:
-                        writer = _open_writer(cv2, Path(output), fps, shape)
+                        writer = _open_writer(cv2, Path(output), fps, shape[-2:])
                     for frame in released.restore().cpu():
                         writer.write(to_bgr(frame))
             count += block.shape[0]
@@ -172,9 +173,9 @@ def sanitize_stream(
     accountant: PrivacyAccountant | None = layer.accountant
     return StreamReport(
         count,
-        shape[0],
         shape[1],
-        layer.guarantee.total_epsilon(3),
+        shape[2],
+        layer.guarantee.total_epsilon(shape[0]),  # the ε each frame is charged, for its own channel count
         None if accountant is None else accountant.spent,
         None if output is None else Path(output),
         None if grids is None else Path(grids),
@@ -182,11 +183,11 @@ def sanitize_stream(
 
 
 def _chunks(frames: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    """Group frames into ``[T <= size, 3, H, W]`` uint8 chunks, holding one chunk at a time."""
+    """Group frames into ``[T <= size, C, H, W]`` uint8 chunks, holding one chunk at a time."""
     pending: list[torch.Tensor] = []
     for item in frames:
         if not isinstance(item, torch.Tensor) or item.dtype != torch.uint8 or item.ndim not in (3, 4):
-            raise TypeError("frames must be uint8 tensors [3, H, W] or [T, 3, H, W]")
+            raise TypeError("frames must be uint8 tensors [C, H, W] or [T, C, H, W]")
         pending.extend(item.unbind(0) if item.ndim == 4 else [item])
         while len(pending) >= size:
             yield torch.stack(pending[:size])

@@ -1,4 +1,14 @@
-"""PrivacyAccountant: sequential composition, caps enforced before any noise, w-event windows, JSON state."""
+"""PrivacyAccountant: sequential composition, caps enforced before any noise, w-event windows, JSON state, and a
+shared, durable ledger that no worker or process can bypass."""
+
+import copy
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -106,3 +116,147 @@ def test_bad_accountant_settings(kwargs, message):
 def test_a_layer_refuses_something_else_as_accountant():
     with pytest.raises(TypeError, match="accountant"):
         DPPixelize(1.0, 4, accountant=3.0)
+
+
+# --- reach: copies in workers and other processes never charge in silence; a shared, durable ledger ------------------
+
+OLD_STATE = '{"version": 1, "cap": 2.0, "window": 10, "window_cap": 1.5, "fps": 30.0, "frames": [[0.1, 7], [0.3, 1]]}'
+
+
+class Released(torch.utils.data.Dataset):
+    """Twelve images, each released by the layer inside whichever process reads it."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return self.layer(frames(1))[0]
+
+
+def test_an_in_memory_accountant_refuses_to_charge_in_a_dataloader_worker():
+    """The layer and its accountant are pickled into each worker: charges there never reached the parent, and twelve
+    images went out under a cap of 2 while the parent showed 0 spent."""
+    acc = PrivacyAccountant(cap=2.0)
+    loader = torch.utils.data.DataLoader(Released(DPPixelize(1.0, 4, accountant=acc)), batch_size=None, num_workers=2)
+    with pytest.raises(RuntimeError, match="ledger"):
+        list(loader)
+    assert acc.spent == 0
+
+
+def test_copies_of_an_in_memory_accountant_refuse_to_charge():
+    acc = PrivacyAccountant(cap=2.0)
+    for clone in (
+        copy.deepcopy(acc),
+        pickle.loads(pickle.dumps(acc)),
+        copy.deepcopy(DPPixelize(1.0, 4, accountant=acc)),
+    ):
+        with pytest.raises(RuntimeError, match="ledger"):
+            clone.charge(1.0) if isinstance(clone, PrivacyAccountant) else clone(frames(1))
+    acc.charge(1.0)  # the original still works
+    assert acc.spent == 1.0
+
+
+def test_a_ledger_is_shared_by_dataloader_workers(tmp_path):
+    ledger = tmp_path / "budget.sqlite"
+    acc = PrivacyAccountant(cap=2.0, ledger=ledger)
+    loader = torch.utils.data.DataLoader(Released(DPPixelize(1.0, 4, accountant=acc)), batch_size=None, num_workers=2)
+    with pytest.raises(BudgetExceededError):
+        list(loader)
+    assert acc.spent == 2.0 and acc.frames == 2
+    assert PrivacyAccountant(cap=2.0, ledger=ledger).spent == 2.0  # and it survives the process: a restart resumes
+
+
+def release_until_refused(ledger, cap, epsilon, barrier, results) -> None:
+    layer = DPPixelize(epsilon, 4, seed=0, accountant=PrivacyAccountant(cap=cap, ledger=ledger))
+    barrier.wait()
+    released = 0
+    while True:
+        try:
+            layer(frames(1))
+        except BudgetExceededError:
+            break
+        released += 1
+    results.put(released)
+
+
+def test_four_processes_share_one_ledger_and_one_cap(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ledger, cap, epsilon = str(tmp_path / "budget.sqlite"), 30.0, 0.25  # exactly 120 releases fit
+    barrier, results = context.Barrier(4), context.Queue()
+    workers = [
+        context.Process(target=release_until_refused, args=(ledger, cap, epsilon, barrier, results)) for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    counts = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    assert sum(counts) == 120, counts
+    acc = PrivacyAccountant(cap=cap, ledger=ledger)
+    assert acc.frames == 120 and acc.spent == cap
+
+
+KILLED_STREAM = """
+import sys
+import torch
+from dp_pixel_torch import DPPixelize, PrivacyAccountant
+ledger, log = sys.argv[1], open(sys.argv[2], "a")
+layer = DPPixelize(0.5, 4, seed=0, accountant=PrivacyAccountant(ledger=ledger))
+x = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
+while True:
+    layer(x)  # charged and committed, then the noise is drawn
+    log.write("released\\n")
+    log.flush()
+"""
+
+
+def test_a_process_killed_mid_stream_loses_no_committed_charge(tmp_path):
+    ledger, log = tmp_path / "budget.sqlite", tmp_path / "released.log"
+    log.touch()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_STREAM, str(ledger), str(log)])
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("\n") < 25 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    released = log.read_text().count("\n")
+    assert released >= 25
+    charged = PrivacyAccountant(ledger=ledger).frames
+    # Every release that went out had been charged; at most the one in flight was charged and not released.
+    assert released <= charged <= released + 1
+    assert PrivacyAccountant(ledger=ledger).spent == 0.5 * charged
+
+
+def test_a_ledger_refuses_other_settings(tmp_path):
+    PrivacyAccountant(cap=2.0, fps=30, ledger=tmp_path / "b.sqlite").charge(0.5)
+    with pytest.raises(ValueError, match="cap"):
+        PrivacyAccountant(cap=5.0, fps=30, ledger=tmp_path / "b.sqlite")
+
+
+@pytest.mark.parametrize("ledger", [False, True], ids=["memory", "ledger"])
+def test_a_day_of_video_keeps_a_small_history(ledger, tmp_path):
+    """24 h at 30 fps is 2.6 M frames: the history is runs of equal ε, so it stays small and queries stay fast."""
+    path = tmp_path / "day.sqlite"
+    acc = PrivacyAccountant(fps=30, ledger=path if ledger else None)
+    for minute in range(24 * 60):
+        acc.charge(0.01 if minute % 60 else 0.02, frames=30 * 60)  # the first minute of every hour costs more
+    assert acc.frames == 2_592_000
+    assert acc.spent == pytest.approx(24 * 1800 * (59 * 0.01 + 0.02))
+    assert acc.epsilon_for(seconds=60) == pytest.approx(1800 * 0.02)
+    assert acc.epsilon_for(seconds=90) == pytest.approx(1800 * 0.02 + 900 * 0.01)
+    assert len(acc.to_json()) < 4096
+    if ledger:
+        sizes = {p.name: p.stat().st_size for p in tmp_path.glob("day.sqlite*")}
+        assert sizes["day.sqlite"] < 64 * 1024 and sum(sizes.values()) < 1024 * 1024, sizes
+
+
+def test_a_json_state_of_the_current_format_still_loads():
+    acc = PrivacyAccountant.from_json(OLD_STATE)
+    assert (acc.frames, acc.cap, acc.window, acc.window_cap, acc.fps) == (8, 2.0, 10, 1.5, 30.0)
+    assert acc.spent == pytest.approx(1.0) and acc.epsilon_for(2) == pytest.approx(0.4)
+    assert PrivacyAccountant.from_json(acc.to_json()).to_json() == acc.to_json()

@@ -10,7 +10,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dp_pixel_torch import DPPixelize, PrivacyGuarantee, dp_pixelize
+from dp_pixel_torch import DPPixelize, PrivacyGuarantee, RegionAdaptiveDPPixelize, dp_pixelize
 from dp_pixel_torch.functional import pixelize
 
 from conftest import generator
@@ -103,6 +103,25 @@ def test_pure_tensor_with_extra_tensors_only_first_is_released():
     assert out_target is target and out.shape == x.shape
 
 
+@pytest.mark.parametrize(
+    "sample",
+    [
+        lambda: (image(torch.uint8, 3, 8, 8), image(torch.uint8, 3, 8, 8)),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), image(torch.uint8, 3, 8, 8)),
+        lambda: {"image": tv_tensors.Image(image(torch.uint8, 3, 8, 8)), "raw": image(torch.float32, 1, 8, 8)},
+        lambda: (image(torch.uint8, 3, 8, 8), np.zeros((8, 8, 3), dtype=np.uint8)),
+        lambda: (PIL.Image.new("RGB", (8, 8)), image(torch.uint8, 3, 8, 8)),
+        lambda: (image(torch.uint8, 3, 8, 8), image(torch.float32, 8, 8)),
+    ],
+    ids=["two-tensors", "image-and-tensor", "dict", "numpy", "pil-and-tensor", "2d-tensor"],
+)
+def test_an_image_that_torchvision_would_pass_through_raises(sample):
+    """torchvision v2 transforms one plain tensor per sample and passes the others through: for a privacy layer that
+    is a raw release, so any image-like input it would not release is an error."""
+    with pytest.raises(TypeError, match="pass through unreleased"):
+        DPPixelize(1.0, 4, seed=0)(sample())
+
+
 def test_output_never_requires_grad_and_layer_has_no_parameters():
     x = image(torch.float32, 1, 3, 8, 8).requires_grad_()
     layer = DPPixelize(1.0, 4, seed=0)
@@ -140,8 +159,23 @@ def test_guarantee_is_explicit_immutable_and_readable():
     per_channel = DPPixelize(0.5, 8, channel_rule="per_channel").guarantee
     assert per_channel.total_epsilon(3) == 1.5 and per_channel.total_epsilon(1) == 0.5
     assert "per channel" in str(per_channel) and "1.5 for RGB" in str(per_channel)
-    assert "OS-entropy" in str(DPPixelize(1.0, 8, secure=True).guarantee)
+    assert "ChaCha20 stream keyed with fresh OS entropy per call" in str(DPPixelize(1.0, 8, secure=True).guarantee)
     assert "grid = 4×6 cells" in str(DPPixelize(1.0, grid=(4, 6)).guarantee)
+
+
+def test_the_report_states_the_total_that_is_charged():
+    """Per-channel ε with a private partition: RGB is charged 3·0.5 + 0.2 = 1.7, and the text must say so."""
+    layer = RegionAdaptiveDPPixelize(
+        0.5, levels=(4, 8), region="complexity", partition_epsilon=0.2, channel_rule="per_channel"
+    )
+    g = layer.guarantee
+    assert g.total_epsilon(3) == pytest.approx(1.7) and g.total_epsilon(1) == pytest.approx(0.7)
+    assert "1.7 for RGB" in str(g) and "0.7 per channel" not in str(g)
+    assert "total ε = 3·0.5 + 0.2 = 1.7" in g.report(3)
+    assert "total ε = 0.5 + 0.2 = 0.7" in g.report(1)
+    assert "total ε = 0.5 + 0.2 = 0.7" in RegionAdaptiveDPPixelize(
+        0.5, levels=(4, 8), region="complexity", partition_epsilon=0.2
+    ).guarantee.report(3)
 
 
 def test_value_range_for_float_data_in_other_units():

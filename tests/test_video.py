@@ -69,6 +69,17 @@ def test_memory_stays_bounded_as_chunks_go_by():
     assert peak <= 8 + 1  # never more than one chunk of frames is held
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_stream_report_charges_the_frames_own_channel_count(channels):
+    """Under ε per channel, a grey frame costs ε and an RGB frame 3ε; the report and the accountant agree."""
+    acc = PrivacyAccountant()
+    layer = DPPixelize(0.5, 4, channel_rule="per_channel", accountant=acc, seed=0)
+    frames = [torch.zeros(channels, 8, 8, dtype=torch.uint8)] * 4
+    report = sanitize_stream(frames, layer, chunk=2, progress=False, device="cpu")
+    assert report.epsilon_per_frame == pytest.approx(0.5 * channels) == acc.spent / 4
+    assert f"T·{0.5 * channels:g}" in str(report)
+
+
 def test_stream_rejects_bad_frames_and_empty_streams(tmp_path):
     with pytest.raises(TypeError, match="uint8"):
         sanitize_stream([torch.zeros(3, 8, 8)], DPPixelize(1.0, 4), progress=False)
@@ -160,6 +171,17 @@ def test_cli_exits_non_zero_with_a_message(args, message, code, clip, tmp_path):
         [sys.executable, "-m", "dp_pixel_torch.cli", *argv, "--quiet"], capture_output=True, text=True, cwd=tmp_path
     )
     assert done.returncode == code and message in done.stderr, done.stderr
+
+
+def test_cli_runs_share_a_budget_through_a_ledger(clip, tmp_path, capsys):
+    """Each run of 23 frames at ε = 0.5 costs 11.5; with a ledger the second run sees the first, and a third would
+    pass the cap of 30, so it stops (exit 3) before it writes anything past the cap."""
+    args = ["--epsilon", "0.5", "--b", "8", "--cap", "30", "--ledger", str(tmp_path / "camera.sqlite"), "--quiet"]
+    assert main([str(clip), "-o", str(tmp_path / "a.avi"), *args]) == 0
+    assert main([str(clip), "-o", str(tmp_path / "b.avi"), *args]) == 0
+    assert "46 frames released, ε spent = 23 of a cap of 30" in capsys.readouterr().out
+    assert main([str(clip), "-o", str(tmp_path / "c.avi"), *args]) == 3
+    assert PrivacyAccountant(30.0, ledger=tmp_path / "camera.sqlite").spent <= 30
 
 
 def test_cli_argument_errors_exit_2(tmp_path):
