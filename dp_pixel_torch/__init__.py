@@ -2,16 +2,18 @@
 
 from . import functional, reference
 from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
-from .datasets import ReleasedOnce
 from .functional import dp_pixelize
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
+from .noise import KeyStream
 from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid, NoisyGridFormatError, load_video, save_video
+from .training_data import ReleasedOnce
 
 __all__ = [
     "BudgetExceededError",
     "DPPixelize",
     "GridPartition",
+    "KeyStream",
     "MultiLevelGrid",
     "NoisyGrid",
     "NoisyGridFormatError",

@@ -1,0 +1,215 @@
+"""Training data released once (SPEC §6).
+
+Pixelizing the same image again in every epoch is a new release each time, so E epochs would cost E·ε. A
+:class:`ReleasedOnce` dataset releases each sample the first time it is read and serves the very same release on every
+later read, in every epoch and every DataLoader worker, so a sample costs ε once.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from ._validation import check_value_range
+from .mechanisms import _DPLayer
+from .noise import KeyStream
+from .storage import NoisyGrid
+
+#: The file in a cache directory that binds its records to one dataset and one layer.
+MANIFEST = "released_once.json"
+
+
+class ReleasedOnce(Dataset):
+    """Wrap ``dataset`` so that its images are DP-pixelized by ``layer`` exactly once per sample.
+
+    Args:
+        dataset: a map-style dataset whose samples are an image (tensor ``[C, H, W]``, ``tv_tensors.Image`` or PIL) or
+            a tuple/list whose first element is the image (labels and the rest pass through).
+        layer: a :class:`~dp_pixel_torch.DPPixelize` or :class:`~dp_pixel_torch.RegionAdaptiveDPPixelize` whose
+            release is a function of the sample alone: ``region="mask"`` (the mask would travel with each sample) and
+            ``region="previous"`` (the cells would follow whichever sample was released before) are refused.
+        cache_dir: keep releases as NoisyGrid files here (shared by workers and runs); else in memory.
+        dataset_id: required with ``cache_dir``: a name for the dataset's contents (``"celeba-train-v1"``). The cache
+            is bound to it, to the dataset's type and length, and to the layer's guarantee; every record is also
+            checked against the sample's shape and dtype. Any mismatch raises: a record is never served under
+            another guarantee, and a sample is never released a second time. (Records carry no digest of the raw
+            image: one would let whoever holds the cache confirm an exact image. So a dataset whose contents change
+            under the same id needs a new cache_dir.)
+        transform: applied to every served sample *after* the release, e.g. random crops and flips. Augmenting before
+            the release would make every epoch a new release.
+
+    Determinism: sample i's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
+    entropy when the wrapper is made and the index i (negative indices count from the end, so ``ds[-1]`` is
+    ``ds[len(ds) - 1]``). The secret travels with the wrapper into workers and is never written to the cache, so any
+    worker that (re)computes sample i gets the same release and nothing beyond that one release is revealed. Layers
+    with ``secure=True`` keep their own per-call OS entropy instead and need ``cache_dir``, whose files are created
+    atomically: the first release stored wins.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        layer: _DPLayer,
+        *,
+        cache_dir: str | Path | None = None,
+        dataset_id: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if not isinstance(layer, _DPLayer):
+            raise TypeError(f"layer must be a DPPixelize or RegionAdaptiveDPPixelize, got {type(layer).__name__}")
+        region = getattr(layer, "region", None)
+        if region == "mask":
+            raise ValueError("ReleasedOnce does not take region='mask' layers: their mask travels with each sample")
+        if region == "previous":
+            raise ValueError(
+                "ReleasedOnce does not take region='previous' layers: sample i's cells would depend on the sample "
+                "released before it in the same process, so workers and epochs would release it differently"
+            )
+        if layer.guarantee.secure and cache_dir is None:
+            raise ValueError(
+                "a secure layer draws fresh OS entropy on every call: give cache_dir= to keep its releases"
+            )
+        if cache_dir is not None and (not isinstance(dataset_id, str) or not dataset_id):
+            raise TypeError(f"cache_dir needs dataset_id=, a non-empty name for the dataset, got {dataset_id!r}")
+        self.dataset, self.layer, self.transform = dataset, layer, transform
+        self.dataset_id = dataset_id
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self._bind_cache()
+        self._secret = KeyStream.from_os_entropy()
+        self._memory: dict[int, NoisyGrid] = {}
+
+    @property
+    def guarantee(self) -> str:
+        """The per-sample guarantee: the layer's, spent once per sample whatever the number of epochs."""
+        return f"{self.layer.guarantee}; released once per sample and reused in every epoch: ε is spent once"
+
+    releases_per_sample = 1
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        index = self._normalised(index)
+        sample = self.dataset[index]
+        rest = None
+        if isinstance(sample, (tuple, list)):
+            image, rest = sample[0], sample[1:]
+        else:
+            image = sample
+        released = _like(self._release(index, _as_tensor(image)).restore(), image)
+        out = released if rest is None else type(sample)([released, *rest])
+        return self.transform(out) if self.transform is not None else out
+
+    def _normalised(self, index: object) -> int:
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"ReleasedOnce takes integer indices, got {type(index).__name__}") from None
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for {n} samples")
+        return i % n
+
+    def _manifest(self) -> dict:
+        kind = type(self.dataset)
+        manifest = {
+            "format": 1,
+            "dataset_id": self.dataset_id,
+            "dataset_type": f"{kind.__module__}.{kind.__qualname__}",
+            "length": len(self.dataset),
+            "guarantee": asdict(self.layer.guarantee),
+            "value_range": self.layer.value_range,
+        }
+        return json.loads(json.dumps(manifest))  # as it reads back: tuples become lists
+
+    def _bind_cache(self) -> None:
+        expected = self._manifest()
+        data = json.dumps(expected, sort_keys=True).encode()
+        stored = json.loads(_store_first(self.cache_dir / MANIFEST, data))
+        differ = [key for key in sorted(set(expected) | set(stored)) if expected.get(key) != stored.get(key)]
+        if differ:
+            details = "; ".join(f"{key}: stored {stored.get(key)!r}, now {expected.get(key)!r}" for key in differ)
+            raise ValueError(
+                f"{str(self.cache_dir)!r} was written under other settings ({details}). Serving its records would "
+                "misstate their privacy, so nothing is served: use another cache_dir"
+            )
+
+    def _release(self, index: int, x: torch.Tensor) -> NoisyGrid:
+        if index in self._memory:
+            return self._memory[index]
+        path = None if self.cache_dir is None else self.cache_dir / f"{index}.dpxg"
+        if path is not None and path.exists():
+            grid = self._checked(NoisyGrid.load(path), index, x)
+        else:
+            stream = None if self.layer.guarantee.secure else self._secret.derive("sample", index)
+            grid = self.layer.release(x, storage="exact", generator=stream)
+            if path is not None:
+                data = grid.to_bytes()
+                stored = _store_first(path, data)
+                if stored != data:  # another worker stored this sample first: only that release is ever served
+                    grid = self._checked(NoisyGrid.from_bytes(stored), index, x)
+        self._memory[index] = grid
+        return grid
+
+    def _checked(self, grid: NoisyGrid, index: int, x: torch.Tensor) -> NoisyGrid:
+        """``grid`` if it is a release of a sample like ``x`` under this layer's guarantee; else raise."""
+        bounds = check_value_range(self.layer.value_range, x.dtype)
+        problems = [
+            f"{what} {got} (expected {want})"
+            for what, got, want in (
+                ("guarantee", grid.guarantee, self.layer.guarantee),
+                ("shape", grid.shape, tuple(x.shape)),
+                ("dtype", grid.dtype, x.dtype),
+                ("value range", grid.value_range, bounds),
+            )
+            if got != want
+        ]
+        if problems:
+            raise ValueError(
+                f"the cached release of sample {index} does not fit: {'; '.join(problems)}. It is not served, and the "
+                "sample is not released again (that would spend ε twice): remove the record or use another cache_dir"
+            )
+        return grid
+
+
+def _as_tensor(image: Any) -> torch.Tensor:
+    if isinstance(image, PIL.Image.Image):
+        return TF.pil_to_tensor(image)
+    if isinstance(image, torch.Tensor):
+        return image.as_subclass(torch.Tensor)
+    raise TypeError(f"the sample's image must be a tensor, tv_tensors.Image or PIL image, got {type(image).__name__}")
+
+
+def _like(released: torch.Tensor, image: Any) -> Any:
+    if isinstance(image, PIL.Image.Image):
+        return TF.to_pil_image(released, mode=image.mode)
+    if isinstance(image, tv_tensors.TVTensor):
+        return tv_tensors.wrap(released, like=image)
+    return released
+
+
+def _store_first(path: Path, data: bytes) -> bytes:
+    """Store ``data`` at ``path`` unless a file is already there; return what is stored (atomic on POSIX)."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+        f.write(data)
+    try:
+        os.link(f.name, path)  # fails if another worker stored this file first
+    except FileExistsError:
+        data = path.read_bytes()  # ours is discarded unseen
+    finally:
+        os.unlink(f.name)
+    return data
