@@ -28,14 +28,3 @@ def test_secure_mode_on_cuda():
     x = torch.full((4, 3, 64, 64), 128, dtype=torch.uint8, device="cuda")
     a, b = DPPixelize(1.0, 4, secure=True)(x), DPPixelize(1.0, 4, secure=True)(x)
     assert a.device.type == "cuda" and not torch.equal(a, b)
-
-
-def test_1080p_batch_on_cuda_matches_cpu_statistics():
-    """Same mechanism on both devices: the variance of released means agrees (not bit-equality)."""
-    eps, b = 3 * 255 / 40.0, 8  # scale 40 on each sum: released-mean std = 40·sqrt(2)/64
-    x = torch.full((8, 3, 1080, 1920), 128, dtype=torch.uint8)
-    cpu = DPPixelize(eps, b, noise="laplace", seed=0)(x)[..., ::b, ::b].double()
-    gpu = DPPixelize(eps, b, noise="laplace", seed=0)(x.cuda())[..., ::b, ::b].double().cpu()
-    want = 2 * 40.0**2 / 64**2 + 1 / 12
-    for out in (cpu, gpu):
-        assert abs(out.var().item() / want - 1) < 0.02  # n = 777,600: 5 standard errors is 1.3%
