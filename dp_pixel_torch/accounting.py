@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import itertools
 import json
 import math
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,20 +192,12 @@ class PrivacyAccountant:
         self.ledger = None if ledger is None else Path(ledger)
         self._history = _Runs() if ledger is None else _Ledger(self.ledger, self._settings())
         self._owner: int | None = os.getpid()  # the one process whose in-memory charges count
-        self._lock = threading.Lock()
 
     def _settings(self) -> dict:
         return {"cap": self.cap, "window": self.window, "window_cap": self.window_cap, "fps": self.fps}
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        state["_owner"] = None  # an in-memory copy may read but never charge
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        return {**self.__dict__, "_owner": None}  # an in-memory copy may read but never charge
 
     def charge(self, epsilon: float, frames: int = 1) -> None:
         """Record ``frames`` consecutive releases of ``epsilon`` each, or raise before recording any of them."""
@@ -218,7 +212,7 @@ class PrivacyAccountant:
             )
         if frames == 0:
             return
-        with self._lock, self._history.transaction() as history:
+        with self._history.transaction() as history:
             self._check(history, epsilon, frames)
             history.append(epsilon, frames)
 
@@ -269,7 +263,9 @@ class PrivacyAccountant:
 
     @classmethod
     def from_json(cls, text: str) -> PrivacyAccountant:
-        """An in-memory accountant with the settings and history of :meth:`to_json` (of either kind)."""
+        """A new in-memory accountant with the settings and history of :meth:`to_json` (of either kind), to resume a
+        job. It is independent of the accountant that was saved: charges to one never reach the other (only a
+        ledger shares a budget)."""
         state = json.loads(text)
         if not isinstance(state, dict) or state.get("version") != 1:
             raise ValueError("not a saved PrivacyAccountant (version 1)")
@@ -322,10 +318,18 @@ class _Runs:
     def __init__(self) -> None:
         self._runs: list[tuple[float, int]] = []
         self.frames, self.spent = 0, 0.0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Runs]:
-        yield self  # the accountant's lock makes check-and-append atomic
+        with self._lock:  # check and append are one step for the threads of this process
+            yield self
 
     def append(self, epsilon: float, frames: int) -> None:
         if self._runs and self._runs[-1][0] == epsilon:
@@ -358,7 +362,9 @@ class _Ledger:
 
     A charge is ``BEGIN IMMEDIATE`` (which takes the database's write lock, so concurrent charges queue), a read of the
     totals and recent runs, the checks, the update and ``COMMIT``: check and record are one atomic step for all
-    processes together. With ``synchronous=FULL`` the commit is on disk when :meth:`charge` returns.
+    processes together. With ``synchronous=FULL`` the commit is on disk when the charge returns. SQLite connections
+    must never cross a fork, so every open ledger closes its connection before this process forks (and each process
+    opens its own); a lock file next to the ledger serialises the first opening, when the schema is made.
     """
 
     SCHEMA = """
@@ -373,40 +379,65 @@ class _Ledger:
         self.path = path
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._lock = threading.RLock()
+        _OPEN_LEDGERS.add(self)
         with self.transaction() as ledger:
             ledger._write_settings(settings)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_connection": None, "_pid": None}  # each process opens its own connection
+        return {"path": self.path}  # each process opens its own connection
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], None)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the modules it needs may be gone
+            self.close()
+
+    def close(self) -> None:
+        """Close this process's connection (the next use opens a new one)."""
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection, self._pid = None, None
 
     def _db(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # a connection never crosses a fork
-            self._connection = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=FULL")
+        if self._pid != os.getpid():
+            with open(f"{self.path}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(self.SCHEMA)
+            db.execute("PRAGMA synchronous=FULL")
             # Checkpoint the write-ahead log every 64 pages and cut it back to 256 KiB: the files stay small.
-            self._connection.execute("PRAGMA wal_autocheckpoint=64")
-            self._connection.execute(f"PRAGMA journal_size_limit={256 * 1024}")
-            self._connection.executescript(self.SCHEMA)
-            self._pid = os.getpid()
+            db.execute("PRAGMA wal_autocheckpoint=64")
+            db.execute(f"PRAGMA journal_size_limit={256 * 1024}")
+            self._connection, self._pid = db, os.getpid()
         return self._connection
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Ledger]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
-    def _write_settings(self, settings: dict) -> None:
+    def _write_settings(self, settings: dict | None) -> None:
         db = self._db()
-        db.execute("INSERT OR IGNORE INTO settings VALUES (0, :cap, :window, :window_cap, :fps)", settings)
-        db.execute("INSERT OR IGNORE INTO totals VALUES (0, 0, 0.0)")
-        stored = dict(zip(settings, db.execute("SELECT cap, window, window_cap, fps FROM settings").fetchone()))
+        stored = db.execute("SELECT cap, window, window_cap, fps FROM settings").fetchone()
+        if settings is None:  # unpickled: the ledger exists and keeps its settings
+            return
+        if stored is None:
+            db.execute("INSERT INTO settings VALUES (0, :cap, :window, :window_cap, :fps)", settings)
+            db.execute("INSERT INTO totals VALUES (0, 0, 0.0)")
+            stored = tuple(settings.values())
+        stored = dict(zip(settings, stored))
         if stored != settings:
             raise ValueError(
                 f"ledger {str(self.path)!r} was created with {stored}, not {settings}: a ledger keeps its budget; "
@@ -415,11 +446,13 @@ class _Ledger:
 
     @property
     def frames(self) -> int:
-        return self._db().execute("SELECT frames FROM totals").fetchone()[0]
+        with self._lock:
+            return self._db().execute("SELECT frames FROM totals").fetchone()[0]
 
     @property
     def spent(self) -> float:
-        return self._db().execute("SELECT spent FROM totals").fetchone()[0]
+        with self._lock:
+            return self._db().execute("SELECT spent FROM totals").fetchone()[0]
 
     def append(self, epsilon: float, frames: int) -> None:
         db = self._db()
@@ -434,4 +467,16 @@ class _Ledger:
         return _cut_tail(self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id DESC"), frames)
 
     def runs(self) -> list[tuple[float, int]]:
-        return [tuple(row) for row in self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id")]
+        with self._lock:
+            return [tuple(row) for row in self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id")]
+
+
+_OPEN_LEDGERS: weakref.WeakSet[_Ledger] = weakref.WeakSet()
+
+
+def _close_ledgers_before_fork() -> None:
+    for ledger in list(_OPEN_LEDGERS):
+        ledger.close()
+
+
+os.register_at_fork(before=_close_ledgers_before_fork)

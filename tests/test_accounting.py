@@ -8,6 +8,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -159,6 +160,28 @@ def test_copies_of_an_in_memory_accountant_refuse_to_charge():
     assert acc.spent == 1.0
 
 
+def test_a_shallow_copy_of_a_ledger_accountant_charges_safely_from_threads(tmp_path):
+    acc = PrivacyAccountant(cap=1.0, ledger=tmp_path / "b.sqlite")
+    twins, accepted, errors = [acc, copy.copy(acc)], [], []
+
+    def run(a):
+        for _ in range(60):
+            try:
+                a.charge(0.01)
+                accepted.append(1)
+            except BudgetExceededError:
+                pass
+            except Exception as error:  # reported to the test
+                errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(twins[i % 2],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(accepted) == 100 == acc.frames
+
+
 def test_a_ledger_is_shared_by_dataloader_workers(tmp_path):
     ledger = tmp_path / "budget.sqlite"
     acc = PrivacyAccountant(cap=2.0, ledger=ledger)
@@ -197,6 +220,72 @@ def test_four_processes_share_one_ledger_and_one_cap(tmp_path):
     assert sum(counts) == 120, counts
     acc = PrivacyAccountant(cap=cap, ledger=ledger)
     assert acc.frames == 120 and acc.spent == cap
+
+
+FORKED_POOL = """
+import gc, multiprocessing, sys
+from dp_pixel_torch import BudgetExceededError, PrivacyAccountant
+
+def charge_sixty(ledger):
+    acc, accepted = PrivacyAccountant(cap=1.0, ledger=ledger), 0
+    for i in range(60):
+        try:
+            acc.charge(0.01)
+            accepted += 1
+        except BudgetExceededError:
+            pass
+        if i == 2:
+            gc.collect()  # collects what the parent dropped: with it, any connection inherited across the fork
+    return accepted
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    video = PrivacyAccountant(cap=1.0, ledger=folder + "/video.sqlite")  # another ledger in use in this process
+    video.charge(0.9)
+    video.charge(0.1)
+    for trial in range(4):
+        ledger = f"{folder}/train{trial}.sqlite"
+        dropped = PrivacyAccountant(cap=1.0, ledger=ledger)  # e.g. made to create the ledger, then dropped; a cycle
+        dropped.cycle = dropped  # keeps it (and its connection) alive until the garbage collector runs
+        del dropped
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            accepted = sum(pool.map(charge_sixty, [ledger] * 4))
+        print(accepted, PrivacyAccountant(cap=1.0, ledger=ledger).frames)
+"""
+
+
+def test_forked_processes_keep_the_cap_after_an_accountant_was_dropped(tmp_path):
+    """A dropped accountant's SQLite connection lives until the garbage collector runs; forked children inherited it
+    and lost each other's charges (160 accepted under a cap of 100). Ledgers now close before every fork. Run in a
+    fresh interpreter, as a user's script would be."""
+    script = tmp_path / "pool.py"
+    script.write_text(FORKED_POOL)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["100", "100"] * 4, done.stdout
+
+
+def open_new_ledger(ledger: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        PrivacyAccountant(cap=1.0, ledger=ledger).charge(0.01)
+        results.put("ok")
+    except Exception as error:  # reported to the test
+        results.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_that_create_a_ledger_at_once_all_succeed(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for trial in range(5):
+        ledger, barrier, results = str(tmp_path / f"new{trial}.sqlite"), context.Barrier(4), context.Queue()
+        workers = [context.Process(target=open_new_ledger, args=(ledger, barrier, results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        outcomes = [results.get(timeout=60) for _ in workers]
+        for w in workers:
+            w.join()
+        assert outcomes == ["ok"] * 4
+        assert PrivacyAccountant(cap=1.0, ledger=ledger).frames == 4
 
 
 KILLED_STREAM = """
