@@ -23,8 +23,10 @@ size) to a key, and streams per sample, worker or copy are keyed by BLAKE2b of t
 from __future__ import annotations
 
 import hashlib
+import multiprocessing.context
 import os
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -104,7 +106,8 @@ class KeyStream:
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
-            raise TypeError(f"a KeyStream key must be {KEY_BYTES} bytes, got {type(key).__name__} of {len(key)!r}")
+            got = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
+            raise TypeError(f"a KeyStream key is {KEY_BYTES} bytes, got {got}")
         self._key = key
         self._calls = 0
         self._lock = threading.Lock()
@@ -210,10 +213,12 @@ class NoiseSource:
       noise, and a pickled layer does not reveal the noise of its past calls.
 
     A seed or generator is copied with the **same state** into every DataLoader worker. In a worker the layer
-    therefore switches to a stream derived from its own key (for a torch generator: a hash of its state) and the
-    worker's seed, which DataLoader draws anew for every worker of every epoch. Workers then draw independent streams
-    that stay reproducible under a seeded DataLoader. Copies of a seeded layer outside DataLoader workers
-    (``copy.deepcopy``, other processes) replay its stream, as a copied seed would.
+    therefore switches to a stream derived from its own key (for a torch generator: a hash of its state), its
+    position, how many processes it was sent to before this one (counted at each fork and each pickle for a spawned
+    process), and the worker's seed, which DataLoader draws anew for every worker of every epoch. Workers then draw
+    independent streams, also when one layer serves two loaders seeded alike, and stay reproducible from run to run
+    of a seeded program. Copies of a seeded layer outside DataLoader workers (``copy.deepcopy``, other processes)
+    replay its stream, as a copied seed would.
     """
 
     def __init__(self, *, generator: Randomness = None, seed: int | None = None, secure: bool = False):
@@ -229,8 +234,12 @@ class NoiseSource:
         self._stream = KeyStream.from_seed(seed) if seed is not None else generator
         self._worker_seed: int | None = None
         self._pid: int | None = None  # the process that keyed a fresh stream
+        self._sent = 0  # processes this source was forked or pickled into, to be started
+        _SOURCES.add(self)
 
     def __getstate__(self) -> dict:
+        if multiprocessing.context.get_spawning_popen() is not None:  # pickled for a process being started
+            self._sent += 1
         state = self.__dict__.copy()
         if self._fresh:
             state["_stream"], state["_pid"] = None, None  # never travels: a copy keys itself
@@ -244,6 +253,7 @@ class NoiseSource:
         if isinstance(state["_stream"], tuple):
             state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
+        _SOURCES.add(self)
 
     def generator_for(self) -> KeyStream | torch.Generator:
         """The randomness of this call's noise."""
@@ -256,8 +266,20 @@ class NoiseSource:
         info = get_worker_info()
         if info is not None and info.seed != self._worker_seed:
             parent = self._stream if isinstance(self._stream, KeyStream) else _generator_key(self._stream)
-            self._stream, self._worker_seed = parent.derive("worker", info.seed, parent.position), info.seed
+            self._stream = parent.derive("worker", info.seed, parent.position, self._sent)
+            self._worker_seed = info.seed
         return self._stream
+
+
+_SOURCES: weakref.WeakSet[NoiseSource] = weakref.WeakSet()
+
+
+def _count_fork() -> None:
+    for source in list(_SOURCES):
+        source._sent += 1
+
+
+os.register_at_fork(before=_count_fork)
 
 
 def check_randomness(generator: object) -> None:

@@ -94,6 +94,21 @@ def test_workers_started_by_spawn_unpickle_the_layer_and_split_streams():
     assert_uncorrelated(items[0], items[1])
 
 
+@pytest.mark.parametrize("context", [None, "spawn"], ids=["fork", "spawn"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: DPPixelize(EPS, 1, seed=5), lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5))],
+    ids=["seed", "generator"],
+)
+def test_one_layer_in_two_loaders_seeded_alike_draws_independent_noise(make, context):
+    """A train and a val loader built with the same generator hand their workers the same seeds; the one layer they
+    share was derived into the same worker streams, so train item k and val item k shared their noise."""
+    layer = make()
+    train, val = release_through_workers(layer, context), release_through_workers(layer, context)
+    for a, b in zip(train, val):
+        assert_uncorrelated(a, b)
+
+
 def test_seeded_dataloader_is_reproducible_across_runs():
     first = release_through_workers(DPPixelize(EPS, 1, seed=3))
     second = release_through_workers(DPPixelize(EPS, 1, seed=3))
