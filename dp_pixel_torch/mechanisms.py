@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import math
+import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,14 +58,7 @@ class _DPLayer(Transform):
                 f"{type(self).__name__} found no image to release: expected a torch.Tensor [..., C, H, W], "
                 f"tv_tensors.Image/Video or a PIL image, got {found}"
             )
-        raw = [type(i).__name__ for i, n in zip(flat_inputs, needs) if not n and _image_like(i)]
-        if raw:
-            raise TypeError(
-                f"{type(self).__name__} would pass through unreleased {len(raw)} image-like input(s) of this sample "
-                f"({', '.join(raw)}): it releases one plain tensor, or every tv_tensors.Image/Video and PIL image. "
-                "Wrap each image as tv_tensors.Image, or pass other data as tv_tensors (Mask, BoundingBoxes), "
-                "integer tensors or Python values"
-            )
+        check_nothing_raw([i for i, n in zip(flat_inputs, needs) if not n], type(self).__name__)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
@@ -101,15 +97,35 @@ class _DPLayer(Transform):
             self.accountant.charge_release(self._guarantee, x.shape[-3], math.prod(x.shape[:-3]))
 
 
-def _image_like(value: Any) -> bool:
-    """Data that may be an image: PIL images, and float or uint8 arrays and plain tensors of rank >= 2."""
-    if isinstance(value, PIL.Image.Image):
-        return True
-    if isinstance(value, torch.Tensor) and not isinstance(value, tv_tensors.TVTensor):
-        return value.ndim >= 2 and (value.is_floating_point() or value.dtype == torch.uint8)
-    if isinstance(value, np.ndarray):
-        return value.ndim >= 2 and (np.issubdtype(value.dtype, np.floating) or value.dtype == np.uint8)
-    return False
+#: tv_tensors that annotate an image (public metadata); any other TVTensor may be image data.
+_ANNOTATIONS = (tv_tensors.BoundingBoxes, tv_tensors.Mask, tv_tensors.KeyPoints)
+#: Values that cannot hold an image.
+_SCALARS = (numbers.Number, str, bytes, type(None), os.PathLike, enum.Enum, torch.dtype, torch.device)
+
+
+def may_hold_image(value: Any) -> bool:
+    """Whether a value that the layer does not release may be (or hold) an image, so that passing it on would be a raw
+    release: PIL images; tv_tensors other than annotations (BoundingBoxes, Mask, KeyPoints); tensors and arrays of
+    any dtype and layout (CHW, HWC) with two or more dimensions of size >= 8 (label vectors, landmarks ``[5, 2]`` and
+    boxes ``[K, 4]`` pass; give many keypoints as tv_tensors.KeyPoints); and any object the layer cannot look into.
+    Numbers, strings, paths and enums pass."""
+    if isinstance(value, tv_tensors.TVTensor):
+        return not isinstance(value, _ANNOTATIONS)
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return sum(n >= 8 for n in value.shape) >= 2
+    return not isinstance(value, _SCALARS)
+
+
+def check_nothing_raw(values: list[Any], owner: str) -> None:
+    """Raise TypeError when any of ``values`` (which ``owner`` passes on without releasing) may hold an image."""
+    raw = [type(v).__name__ for v in values if may_hold_image(v)]
+    if raw:
+        raise TypeError(
+            f"{owner} would pass through unreleased {len(raw)} input(s) of this sample that may hold an image "
+            f"({', '.join(raw)}): it releases one plain tensor, or every tv_tensors.Image/Video and PIL image. Wrap "
+            "each image as tv_tensors.Image; give annotations as tv_tensors (BoundingBoxes, Mask, KeyPoints), small "
+            "tensors (labels, boxes [K, 4], landmarks), numbers or strings"
+        )
 
 
 class DPPixelize(_DPLayer):

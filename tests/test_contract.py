@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import types
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -112,14 +114,51 @@ def test_pure_tensor_with_extra_tensors_only_first_is_released():
         lambda: (image(torch.uint8, 3, 8, 8), np.zeros((8, 8, 3), dtype=np.uint8)),
         lambda: (PIL.Image.new("RGB", (8, 8)), image(torch.uint8, 3, 8, 8)),
         lambda: (image(torch.uint8, 3, 8, 8), image(torch.float32, 8, 8)),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), image(torch.uint8, 3, 8, 8).to(torch.int32) * 257),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), np.zeros((8, 8), dtype=np.uint16)),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), Depth(image(torch.float32, 1, 8, 8))),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), types.SimpleNamespace(raw=image(torch.uint8, 3, 8, 8))),
     ],
-    ids=["two-tensors", "image-and-tensor", "dict", "numpy", "pil-and-tensor", "2d-tensor"],
+    ids=[
+        "two-tensors",
+        "image-and-tensor",
+        "dict",
+        "numpy",
+        "pil-and-tensor",
+        "2d-tensor",
+        "int32",
+        "uint16-numpy",
+        "custom-tv-tensor",
+        "object",
+    ],
 )
 def test_an_image_that_torchvision_would_pass_through_raises(sample):
     """torchvision v2 transforms one plain tensor per sample and passes the others through: for a privacy layer that
-    is a raw release, so any image-like input it would not release is an error."""
+    is a raw release, so any input it would not release that may hold an image is an error."""
     with pytest.raises(TypeError, match="pass through unreleased"):
         DPPixelize(1.0, 4, seed=0)(sample())
+
+
+class Depth(tv_tensors.TVTensor):
+    """A user's own tv_tensor type: the layer cannot know it is not an image."""
+
+
+def test_annotations_and_labels_pass_through_next_to_the_image():
+    x = tv_tensors.Image(image(torch.uint8, 3, 16, 16))
+    target = {
+        "label": 3,
+        "labels": torch.tensor([1, 2]),
+        "one_hot": torch.zeros(1000),
+        "landmarks": torch.rand(5, 2) * 16,
+        "keypoints": torch.rand(2, 17, 3),
+        "many_keypoints": tv_tensors.KeyPoints(torch.rand(12, 17, 2), canvas_size=(16, 16)),
+        "boxes": torch.rand(4, 4) * 16,
+        "mask": tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.uint8)),
+        "path": Path("img_0001.jpg"),
+        "name": "img_0001",
+    }
+    out, out_target = DPPixelize(1.0, 4, seed=0)(x, target)
+    assert not torch.equal(out, x) and all(out_target[k] is target[k] for k in target)
 
 
 def test_output_never_requires_grad_and_layer_has_no_parameters():
