@@ -7,7 +7,9 @@ later read, in every epoch and every DataLoader worker, so a sample costs ε onc
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing.context
 import operator
 import os
 import tempfile
@@ -18,12 +20,13 @@ from typing import Any
 
 import PIL.Image
 import torch
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ._validation import check_value_range
-from .mechanisms import _DPLayer
+from .mechanisms import _DPLayer, check_nothing_raw
 from .noise import KeyStream
 from .storage import NoisyGrid
 
@@ -51,11 +54,20 @@ class ReleasedOnce(Dataset):
             the release would make every epoch a new release.
 
     Determinism: sample i's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
-    entropy when the wrapper is made and the index i (negative indices count from the end, so ``ds[-1]`` is
-    ``ds[len(ds) - 1]``). The secret travels with the wrapper into workers and is never written to the cache, so any
-    worker that (re)computes sample i gets the same release and nothing beyond that one release is revealed. Layers
-    with ``secure=True`` keep their own per-call OS entropy instead and need ``cache_dir``, whose files are created
-    atomically: the first release stored wins.
+    entropy when the wrapper is made, the index i (negative indices count from the end, so ``ds[-1]`` is
+    ``ds[len(ds) - 1]``) and a digest of the image. Any worker that (re)computes sample i gets the same release, so
+    nothing beyond that one release is revealed; a dataset that returns another image for i gets independent noise,
+    never the same noise on two images (whose difference would be the exact difference of the images), and a
+    process that sees it raises. The secret travels only into DataLoader workers (pickled while a worker process is
+    being started); any other pickle or copy of the wrapper carries no secret, serves the releases it already holds
+    and refuses to release more. It is never written to the cache. Layers with ``secure=True`` keep their own
+    per-call OS entropy instead and need ``cache_dir``, whose files are created atomically: the first release stored
+    wins.
+
+    Each wrapper is one release of its samples. Without ``cache_dir``, a new wrapper over the same data (a restart,
+    another DDP rank) releases them again at another ε; use one ``cache_dir`` for all of them.
+    Everything of a sample but its image (labels, boxes) passes through unchanged, so it must not hold an image:
+    such a sample raises TypeError, as the layers do.
     """
 
     def __init__(
@@ -89,13 +101,20 @@ class ReleasedOnce(Dataset):
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._bind_cache()
-        self._secret = KeyStream.from_os_entropy()
-        self._memory: dict[int, NoisyGrid] = {}
+        self._secret: KeyStream | None = KeyStream.from_os_entropy()
+        self._memory: dict[int, tuple[bytes, NoisyGrid]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if multiprocessing.context.get_spawning_popen() is None:  # not a worker being started: a checkpoint, a copy
+            state["_secret"] = None  # whoever holds the pickle must not recompute (and subtract) the noise
+        return state
 
     @property
     def guarantee(self) -> str:
         """The per-sample guarantee: the layer's, spent once per sample whatever the number of epochs."""
-        return f"{self.layer.guarantee}; released once per sample and reused in every epoch: ε is spent once"
+        again = "" if self.cache_dir is not None else " (a new wrapper without cache_dir releases again)"
+        return f"{self.layer.guarantee}; released once per sample and reused in every epoch: ε is spent once{again}"
 
     releases_per_sample = 1
 
@@ -108,6 +127,7 @@ class ReleasedOnce(Dataset):
         rest = None
         if isinstance(sample, (tuple, list)):
             image, rest = sample[0], sample[1:]
+            check_nothing_raw(tree_leaves(list(rest)), "ReleasedOnce")
         else:
             image = sample
         released = _like(self._release(index, _as_tensor(image)).restore(), image)
@@ -138,8 +158,19 @@ class ReleasedOnce(Dataset):
 
     def _bind_cache(self) -> None:
         expected = self._manifest()
-        data = json.dumps(expected, sort_keys=True).encode()
-        stored = json.loads(_store_first(self.cache_dir / MANIFEST, data))
+        path = self.cache_dir / MANIFEST
+        if not path.exists() and any(self.cache_dir.glob("*.dpxg")):
+            raise ValueError(
+                f"{str(self.cache_dir)!r} holds releases but no {MANIFEST} (written by an older version, another "
+                "tool, or its manifest was removed): nothing says under which guarantee they were made, so they are "
+                "not served. Use another cache_dir"
+            )
+        try:
+            stored = json.loads(_store_first(path, json.dumps(expected, sort_keys=True).encode()))
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict):
+            raise ValueError(f"{str(path)!r} is not a ReleasedOnce manifest: use another cache_dir")
         differ = [key for key in sorted(set(expected) | set(stored)) if expected.get(key) != stored.get(key)]
         if differ:
             details = "; ".join(f"{key}: stored {stored.get(key)!r}, now {expected.get(key)!r}" for key in differ)
@@ -149,20 +180,35 @@ class ReleasedOnce(Dataset):
             )
 
     def _release(self, index: int, x: torch.Tensor) -> NoisyGrid:
+        digest = _digest(x)
         if index in self._memory:
-            return self._memory[index]
+            seen, grid = self._memory[index]
+            if seen != digest:
+                raise ValueError(
+                    f"the dataset returned another image for index {index} than before: ReleasedOnce releases each "
+                    "index once, so the dataset must return the same image for it (random augmentations go in "
+                    "transform=, after the release)"
+                )
+            return grid
         path = None if self.cache_dir is None else self.cache_dir / f"{index}.dpxg"
         if path is not None and path.exists():
             grid = self._checked(NoisyGrid.load(path), index, x)
         else:
-            stream = None if self.layer.guarantee.secure else self._secret.derive("sample", index)
+            stream = None
+            if not self.layer.guarantee.secure:
+                if self._secret is None:
+                    raise RuntimeError(
+                        "this ReleasedOnce is a pickled copy and carries no secret (only DataLoader workers get it), "
+                        f"so it cannot release sample {index}: release it in the original, or use cache_dir="
+                    )
+                stream = self._secret.derive("sample", index, digest)
             grid = self.layer.release(x, storage="exact", generator=stream)
             if path is not None:
                 data = grid.to_bytes()
                 stored = _store_first(path, data)
                 if stored != data:  # another worker stored this sample first: only that release is ever served
                     grid = self._checked(NoisyGrid.from_bytes(stored), index, x)
-        self._memory[index] = grid
+        self._memory[index] = digest, grid
         return grid
 
     def _checked(self, grid: NoisyGrid, index: int, x: torch.Tensor) -> NoisyGrid:
@@ -184,6 +230,13 @@ class ReleasedOnce(Dataset):
                 "sample is not released again (that would spend ε twice): remove the record or use another cache_dir"
             )
         return grid
+
+
+def _digest(x: torch.Tensor) -> bytes:
+    """BLAKE2b of an image's shape, dtype and values; it keys the sample's noise and never leaves the process."""
+    data = x.detach().cpu().contiguous()
+    meta = f"{tuple(data.shape)}{data.dtype}".encode()
+    return hashlib.blake2b(meta + data.view(torch.uint8).numpy().tobytes(), digest_size=32).digest()
 
 
 def _as_tensor(image: Any) -> torch.Tensor:

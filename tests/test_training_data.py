@@ -1,5 +1,7 @@
 """ReleasedOnce: each sample is released once and served identically in every epoch and worker."""
 
+import pickle
+
 import PIL.Image
 import pytest
 import torch
@@ -10,6 +12,8 @@ from torchvision.transforms import v2
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
 from dp_pixel_torch import ReleasedOnce
 from dp_pixel_torch.storage import NoisyGridFormatError
+
+from conftest import assert_uncorrelated, generator, grey
 
 
 class Faces(Dataset):
@@ -166,3 +170,76 @@ def test_a_cached_record_that_does_not_fit_the_sample_raises(tmp_path):
 def test_a_disk_cache_needs_a_dataset_id(tmp_path):
     with pytest.raises(TypeError, match="dataset_id"):
         ReleasedOnce(Faces(), DPPixelize(1.0, 4), cache_dir=tmp_path)
+
+
+def test_rest_of_a_sample_that_holds_an_image_raises():
+    class Pairs(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+            return image, {"raw": image.clone(), "label": 1}
+
+    with pytest.raises(TypeError, match="pass through unreleased"):
+        ReleasedOnce(Pairs(), DPPixelize(1.0, 4))[0]
+
+
+def test_a_pickled_copy_carries_no_secret():
+    """A checkpoint of the wrapper must not let its holder recompute the noise of past releases."""
+    data = ReleasedOnce(Faces(), DPPixelize(1.0, 4))
+    first = data[0][0]
+    copy = pickle.loads(pickle.dumps(data))
+    assert torch.equal(copy[0][0], first)  # what was released is served
+    with pytest.raises(RuntimeError, match="no secret"):
+        copy[1]  # what was not cannot be released from the copy
+    assert data._secret.key not in pickle.dumps(data)
+
+
+def test_spawned_workers_get_the_secret_and_serve_one_release():
+    loader = DataLoader(
+        ReleasedOnce(Faces(), DPPixelize(1.0, 4)), batch_size=4, num_workers=2, multiprocessing_context="spawn"
+    )
+    first, second = [torch.cat([images for images, _ in loader]) for _ in range(2)]
+    assert torch.equal(first, second)
+
+
+class Varying(Dataset):
+    """Returns another image for the same index on every read (a random crop inside the dataset): a misuse."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        seed = int(torch.randint(2**31, ()))
+        return grey(1, 64, 64) + torch.randint(0, 20, (1, 64, 64), generator=generator("cpu", seed)).to(
+            torch.uint8
+        ), seed
+
+
+def test_a_dataset_that_changes_an_image_never_gets_the_same_noise_twice():
+    """Noise keyed by the index alone put the same noise on two crops: their releases' difference was the exact
+    difference of the crops. The noise is keyed by the image too, and a process that sees the change raises."""
+    data = ReleasedOnce(Varying(), DPPixelize(255 / 20.0, 1))
+    loader = DataLoader(data, batch_size=None, num_workers=1)  # a new worker process, and a new image, per epoch
+    noise = []
+    for _ in range(2):
+        ((released, seed),) = list(loader)
+        raw = grey(1, 64, 64) + torch.randint(0, 20, (1, 64, 64), generator=generator("cpu", seed)).to(torch.uint8)
+        noise.append(released.double() - raw.double() + 128)
+    assert_uncorrelated(*noise)
+    data[0]
+    with pytest.raises(ValueError, match="another image for index 0"):
+        data[0]
+
+
+def test_a_cache_without_manifest_or_with_a_broken_one_is_refused(tmp_path):
+    DPPixelize(1.0, 4, seed=0).release(Faces()[0][0]).save(tmp_path / "0.dpxg")  # an old cache: records only
+    with pytest.raises(ValueError, match="no released_once.json"):
+        ReleasedOnce(Faces(), DPPixelize(1.0, 4), cache_dir=tmp_path, dataset_id="faces")
+    for text in ("not json", "[1, 2]"):
+        broken = tmp_path / text.replace(" ", "_")
+        broken.mkdir()
+        (broken / "released_once.json").write_text(text)
+        with pytest.raises(ValueError, match="not a ReleasedOnce manifest"):
+            ReleasedOnce(Faces(), DPPixelize(1.0, 4), cache_dir=broken, dataset_id="faces")
