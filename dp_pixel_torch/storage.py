@@ -282,6 +282,9 @@ def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
             f"invalid value_range {value_range!r}: two finite numbers lo < hi ([0, 255] for uint8 images)"
         )
     value_range = (float(value_range[0]), float(value_range[1]))
+    in_dtype = torch.tensor(value_range, dtype=torch.float64).to(dtype)
+    if not (math.isfinite(value_range[1] - value_range[0]) and torch.isfinite(in_dtype).all()):
+        raise NoisyGridFormatError(f"invalid value_range {value_range}: its ends and span must be finite in {dtype}")
     fields = meta["guarantee"]
     if not isinstance(fields, dict):
         raise NoisyGridFormatError("invalid guarantee: a JSON object")

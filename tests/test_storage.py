@@ -192,7 +192,16 @@ def float_record(values: list[float], **changes) -> bytes:
     )
     header["guarantee"] = dict(header["guarantee"], b=2)
     header.update(changes)
-    return record(header, np.array(values, dtype=np.float32).tobytes())
+    return record(header, np.array(values, dtype=header["storage"]).tobytes())
+
+
+def json_text_record(data: bytes, old: str, new: str) -> bytes:
+    """``data`` with ``old`` replaced by ``new`` in its JSON header text, and the CRC and lengths made valid again."""
+    header_len = struct.unpack_from("<I", data, 6)[0]
+    head = data[22 : 22 + header_len].decode().replace(old, new).encode()
+    payload = data[22 + header_len :]
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return struct.pack("<4sHIQI", b"DPXG", 1, len(head), len(payload), crc) + head + payload
 
 
 HOSTILE = {
@@ -203,6 +212,11 @@ HOSTILE = {
     "inverted-value-range": lambda: float_record([0.5] * 4, value_range=[1.0, 0.0]),
     "short-value-range": lambda: float_record([0.5] * 4, value_range=[0.0]),
     "string-value-range": lambda: float_record([0.5] * 4, value_range=["0", "1"]),
+    "overflowing-value-range": lambda: json_text_record(
+        float_record([0.5] * 4, value_range=[0.0, 7.5]), "7.5", "1e400"
+    ),
+    "value-range-beyond-float16": lambda: float_record([0.5] * 4, dtype="float16", value_range=[0.0, 1e6]),
+    "value-range-span-overflows": lambda: float_record([0.5] * 4, value_range=[-1e300, 1e300], storage="float64"),
     "nan-payload": lambda: float_record([0.5, float("nan"), 0.5, 0.5]),
     "inf-payload": lambda: float_record([0.5, 0.5, float("inf"), 0.5]),
     "payload-out-of-range": lambda: float_record([0.5, 0.5, 0.5, 1.5]),
