@@ -91,11 +91,7 @@ def main() -> None:
         grid = layer.release(x, **kwargs)
         light = layer.release(x.float() / 255, **kwargs)  # float images store float16 by default
         released = grid.restore()[0]
-        cells = (
-            sum(int(v.numel()) for v in grid.values)
-            if not grid.is_adaptive
-            else int(sum(r.sum() for r in grid._released())) * 3
-        )
+        cells = sum(int(v.numel()) for v in grid.values)  # adaptive records hold their released cells only
         bgr = to_bgr(released)
         png = len(cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1])  # the smallest PNG
         jpeg = len(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
