@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dp_pixel_torch import DPPixelize, dp_pixelize
+from dp_pixel_torch import DPPixelize, KeyStream, dp_pixelize
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]
 
@@ -28,3 +28,12 @@ def test_secure_mode_on_cuda():
     x = torch.full((4, 3, 64, 64), 128, dtype=torch.uint8, device="cuda")
     a, b = DPPixelize(1.0, 4, secure=True)(x), DPPixelize(1.0, 4, secure=True)(x)
     assert a.device.type == "cuda" and not torch.equal(a, b)
+
+
+def test_a_keystream_draws_its_uniforms_on_cuda_exactly():
+    """The keystream is made on the CPU and converted on the GPU: integer shifts and a power-of-two scale are exact,
+    so the uniforms are the CPU's, and seeded layers keep every bit of their seed on CUDA too."""
+    cpu, gpu = KeyStream(bytes(32)).uniform((1000, 3)), KeyStream(bytes(32)).uniform((1000, 3), "cuda")
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    x = torch.full((1, 1, 64, 64), 128, dtype=torch.uint8, device="cuda")
+    assert not torch.equal(DPPixelize(1.0, 1, seed=0x123456789ABCDEF0)(x), DPPixelize(1.0, 1, seed=0x9ABCDEF0)(x))
