@@ -363,8 +363,10 @@ class _Ledger:
     A charge is ``BEGIN IMMEDIATE`` (which takes the database's write lock, so concurrent charges queue), a read of the
     totals and recent runs, the checks, the update and ``COMMIT``: check and record are one atomic step for all
     processes together. With ``synchronous=FULL`` the commit is on disk when the charge returns. SQLite connections
-    must never cross a fork, so every open ledger closes its connection before this process forks (and each process
-    opens its own); a lock file next to the ledger serialises the first opening, when the schema is made.
+    must never cross a fork: before this process forks, every open ledger waits for its current use by other threads,
+    closes its connection and stays locked until the fork is done, so the child inherits neither a connection nor a
+    held lock (each process opens its own connection). A lock file next to the ledger serialises the opening of a
+    connection, when the schema may still be made.
     """
 
     SCHEMA = """
@@ -380,7 +382,8 @@ class _Ledger:
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
         self._lock = threading.RLock()
-        _OPEN_LEDGERS.add(self)
+        with _REGISTRY:
+            _OPEN_LEDGERS.add(self)
         with self.transaction() as ledger:
             ledger._write_settings(settings)
 
@@ -397,9 +400,12 @@ class _Ledger:
     def close(self) -> None:
         """Close this process's connection (the next use opens a new one)."""
         with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection, self._pid = None, None
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.close()
+        self._connection, self._pid = None, None
 
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -472,11 +478,24 @@ class _Ledger:
 
 
 _OPEN_LEDGERS: weakref.WeakSet[_Ledger] = weakref.WeakSet()
+_REGISTRY = threading.Lock()  # guards _OPEN_LEDGERS, and is held with every ledger's lock across a fork
+_HELD: list[_Ledger] = []
 
 
-def _close_ledgers_before_fork() -> None:
+def _lock_ledgers_for_fork() -> None:
+    _REGISTRY.acquire()
     for ledger in list(_OPEN_LEDGERS):
-        ledger.close()
+        ledger._lock.acquire()  # waits for another thread's charge or query to finish
+        ledger._close_locked()
+        _HELD.append(ledger)
 
 
-os.register_at_fork(before=_close_ledgers_before_fork)
+def _unlock_ledgers_after_fork() -> None:
+    while _HELD:
+        _HELD.pop()._lock.release()
+    _REGISTRY.release()
+
+
+os.register_at_fork(
+    before=_lock_ledgers_for_fork, after_in_parent=_unlock_ledgers_after_fork, after_in_child=_unlock_ledgers_after_fork
+)

@@ -235,7 +235,8 @@ class NoiseSource:
         self._worker_seed: int | None = None
         self._pid: int | None = None  # the process that keyed a fresh stream
         self._sent = 0  # processes this source was forked or pickled into, to be started
-        _SOURCES.add(self)
+        with _REGISTRY:
+            _SOURCES.add(self)
 
     def __getstate__(self) -> dict:
         if multiprocessing.context.get_spawning_popen() is not None:  # pickled for a process being started
@@ -253,7 +254,8 @@ class NoiseSource:
         if isinstance(state["_stream"], tuple):
             state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
-        _SOURCES.add(self)
+        with _REGISTRY:
+            _SOURCES.add(self)
 
     def generator_for(self) -> KeyStream | torch.Generator:
         """The randomness of this call's noise."""
@@ -272,11 +274,13 @@ class NoiseSource:
 
 
 _SOURCES: weakref.WeakSet[NoiseSource] = weakref.WeakSet()
+_REGISTRY = threading.Lock()  # guards _SOURCES
 
 
 def _count_fork() -> None:
-    for source in list(_SOURCES):
-        source._sent += 1
+    with _REGISTRY:
+        for source in list(_SOURCES):
+            source._sent += 1
 
 
 os.register_at_fork(before=_count_fork)

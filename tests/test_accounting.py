@@ -223,7 +223,7 @@ def test_four_processes_share_one_ledger_and_one_cap(tmp_path):
 
 
 FORKED_POOL = """
-import gc, multiprocessing, sys
+import gc, multiprocessing, sys, threading
 from dp_pixel_torch import BudgetExceededError, PrivacyAccountant
 
 def charge_sixty(ledger):
@@ -243,21 +243,32 @@ if __name__ == "__main__":
     video = PrivacyAccountant(cap=1.0, ledger=folder + "/video.sqlite")  # another ledger in use in this process
     video.charge(0.9)
     video.charge(0.1)
+    watched = [video]
+
+    def monitor():  # a thread that keeps using the ledgers while the main thread forks
+        while True:
+            for accountant in list(watched):
+                accountant.frames
+
+    threading.Thread(target=monitor, daemon=True).start()
     for trial in range(4):
         ledger = f"{folder}/train{trial}.sqlite"
         dropped = PrivacyAccountant(cap=1.0, ledger=ledger)  # e.g. made to create the ledger, then dropped; a cycle
         dropped.cycle = dropped  # keeps it (and its connection) alive until the garbage collector runs
+        watched.append(PrivacyAccountant(cap=1.0, ledger=ledger))
         del dropped
         with multiprocessing.get_context("fork").Pool(4) as pool:
-            accepted = sum(pool.map(charge_sixty, [ledger] * 4))
+            accepted = sum(pool.map_async(charge_sixty, [ledger] * 4).get(timeout=60))  # a hung child fails
         print(accepted, PrivacyAccountant(cap=1.0, ledger=ledger).frames)
 """
 
 
 def test_forked_processes_keep_the_cap_after_an_accountant_was_dropped(tmp_path):
     """A dropped accountant's SQLite connection lives until the garbage collector runs; forked children inherited it
-    and lost each other's charges (160 accepted under a cap of 100). Ledgers now close before every fork. Run in a
-    fresh interpreter, as a user's script would be."""
+    and lost each other's charges (160 accepted under a cap of 100). A thread using a ledger while the main thread
+    forks could reopen a connection that then crossed the fork, or leave the child a lock it never gets back (hung
+    children). Ledgers now close before every fork and stay locked across it. Run in a fresh interpreter, as a user's
+    script would be."""
     script = tmp_path / "pool.py"
     script.write_text(FORKED_POOL)
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
