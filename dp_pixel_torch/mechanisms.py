@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 import math
 import numbers
@@ -99,21 +100,39 @@ class _DPLayer(Transform):
 
 #: tv_tensors that annotate an image (public metadata); any other TVTensor may be image data.
 _ANNOTATIONS = (tv_tensors.BoundingBoxes, tv_tensors.Mask, tv_tensors.KeyPoints)
-#: Values that cannot hold an image.
-_SCALARS = (numbers.Number, str, bytes, type(None), os.PathLike, enum.Enum, torch.dtype, torch.device)
+#: Values that cannot hold an image (bytes can: an encoded PNG or JPEG).
+_SCALARS = (
+    numbers.Number,
+    np.generic,
+    str,
+    type(None),
+    os.PathLike,
+    enum.Enum,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    torch.dtype,
+    torch.device,
+)
 
 
 def may_hold_image(value: Any) -> bool:
     """Whether a value that the layer does not release may be (or hold) an image, so that passing it on would be a raw
     release: PIL images; tv_tensors other than annotations (BoundingBoxes, Mask, KeyPoints); tensors and arrays of
-    any dtype and layout (CHW, HWC) with two or more dimensions of size >= 8 (label vectors, landmarks ``[5, 2]`` and
-    boxes ``[K, 4]`` pass; give many keypoints as tv_tensors.KeyPoints); and any object the layer cannot look into.
-    Numbers, strings, paths and enums pass."""
+    any dtype and layout (CHW, HWC) with two or more dimensions of size >= 8 or 4096 values or more, object arrays
+    and nested tensors (label vectors, landmarks ``[5, 2]`` and boxes ``[K, 4]`` pass; give many keypoints as
+    tv_tensors.KeyPoints); bytes (an encoded image); and any object the layer cannot look into. Numbers, strings,
+    dates, paths and enums pass. Large non-image arrays (audio, label matrices) raise too: apply the layer to the image
+    alone. Not recognised: an image spelled out as nested Python lists of numbers."""
     if isinstance(value, tv_tensors.TVTensor):
         return not isinstance(value, _ANNOTATIONS)
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        return True
     if isinstance(value, (torch.Tensor, np.ndarray)):
-        return sum(n >= 8 for n in value.shape) >= 2
-    return not isinstance(value, _SCALARS)
+        if value.dtype == object:
+            return True
+        return sum(n >= 8 for n in value.shape) >= 2 or math.prod(value.shape) >= 4096
+    return not isinstance(value, _SCALARS) or isinstance(value, np.void)  # a structured scalar can hold arrays
 
 
 def check_nothing_raw(values: list[Any], owner: str) -> None:

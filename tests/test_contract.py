@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import datetime
 import types
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def test_pure_tensor_with_extra_tensors_only_first_is_released():
         lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), np.zeros((8, 8), dtype=np.uint16)),
         lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), Depth(image(torch.float32, 1, 8, 8))),
         lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), types.SimpleNamespace(raw=image(torch.uint8, 3, 8, 8))),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), {"bytes": b"\x89PNG...", "path": "a.png"}),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), image(torch.uint8, 3, 64, 64).flatten()),
+        lambda: (tv_tensors.Image(image(torch.uint8, 3, 8, 8)), np.array([np.zeros((2, 2)), np.zeros((3, 3))], object)),
     ],
     ids=[
         "two-tensors",
@@ -130,6 +134,9 @@ def test_pure_tensor_with_extra_tensors_only_first_is_released():
         "uint16-numpy",
         "custom-tv-tensor",
         "object",
+        "encoded-bytes",
+        "flattened",
+        "object-array",
     ],
 )
 def test_an_image_that_torchvision_would_pass_through_raises(sample):
@@ -156,6 +163,8 @@ def test_annotations_and_labels_pass_through_next_to_the_image():
         "mask": tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.uint8)),
         "path": Path("img_0001.jpg"),
         "name": "img_0001",
+        "flag": np.bool_(True),
+        "taken": datetime.date(2009, 1, 1),
     }
     out, out_target = DPPixelize(1.0, 4, seed=0)(x, target)
     assert not torch.equal(out, x) and all(out_target[k] is target[k] for k in target)
