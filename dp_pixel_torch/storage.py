@@ -157,7 +157,7 @@ class NoisyGrid:
     def _decode(self, v: torch.Tensor) -> torch.Tensor:
         if v.dtype == torch.uint8 and self.dtype != torch.uint8:
             lo, hi = self.value_range
-            return (v.double() * ((hi - lo) / 255) + lo).to(self.dtype)
+            return (v.double() * ((hi - lo) / 255) + lo).clamp_(lo, hi).to(self.dtype)  # rounding stays in range
         return v.to(self.dtype)
 
     # --- serialisation -------------------------------------------------------------------------------------------

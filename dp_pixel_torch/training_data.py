@@ -56,13 +56,16 @@ class ReleasedOnce(Dataset):
     Determinism: sample i's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
     entropy when the wrapper is made, the index i (negative indices count from the end, so ``ds[-1]`` is
     ``ds[len(ds) - 1]``) and a digest of the image. Any worker that (re)computes sample i gets the same release, so
-    nothing beyond that one release is revealed; a dataset that returns another image for i gets independent noise,
-    never the same noise on two images (whose difference would be the exact difference of the images), and a
-    process that sees it raises. The secret travels only into DataLoader workers (pickled while a worker process is
-    being started); any other pickle or copy of the wrapper carries no secret, serves the releases it already holds
-    and refuses to release more. It is never written to the cache. Layers with ``secure=True`` keep their own
-    per-call OS entropy instead and need ``cache_dir``, whose files are created atomically: the first release stored
-    wins.
+    nothing beyond that one release is revealed. The dataset must return the same image for the same index: one that
+    returns another image (a random crop inside the dataset) gets independent noise for it, never the same noise on
+    two images (whose difference would be the exact difference of the images), but that is a second release at
+    another ε, and only a process that reads both raises. DataLoader workers are new processes every epoch unless
+    ``persistent_workers=True``, so without ``cache_dir`` such a dataset is released again every epoch; with
+    ``cache_dir`` the first release of each index is served. The secret travels only into DataLoader workers (pickled
+    while a worker process is being started); any other pickle or copy of the wrapper carries no secret, serves the
+    releases it already holds and refuses to release more. Neither the secret nor a digest of an image is ever
+    written anywhere. Layers with ``secure=True`` keep their own per-call OS entropy instead and need ``cache_dir``,
+    whose files are created atomically: the first release stored wins.
 
     Each wrapper is one release of its samples. Without ``cache_dir``, a new wrapper over the same data (a restart,
     another DDP rank) releases them again at another ε; use one ``cache_dir`` for all of them.
@@ -102,12 +105,13 @@ class ReleasedOnce(Dataset):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self._bind_cache()
         self._secret: KeyStream | None = KeyStream.from_os_entropy()
-        self._memory: dict[int, tuple[bytes, NoisyGrid]] = {}
+        self._memory: dict[int, tuple[bytes | None, NoisyGrid]] = {}  # index -> (keyed image tag, release)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         if multiprocessing.context.get_spawning_popen() is None:  # not a worker being started: a checkpoint, a copy
             state["_secret"] = None  # whoever holds the pickle must not recompute (and subtract) the noise
+            state["_memory"] = {index: (None, grid) for index, (_, grid) in self._memory.items()}
         return state
 
     @property
@@ -167,7 +171,7 @@ class ReleasedOnce(Dataset):
             )
         try:
             stored = json.loads(_store_first(path, json.dumps(expected, sort_keys=True).encode()))
-        except ValueError:
+        except (ValueError, RecursionError, OSError):
             stored = None
         if not isinstance(stored, dict):
             raise ValueError(f"{str(path)!r} is not a ReleasedOnce manifest: use another cache_dir")
@@ -181,9 +185,12 @@ class ReleasedOnce(Dataset):
 
     def _release(self, index: int, x: torch.Tensor) -> NoisyGrid:
         digest = _digest(x)
+        # What is remembered of the image is keyed by the secret: a digest alone would let whoever reads this object
+        # confirm a guessed image exactly.
+        tag = None if self._secret is None else self._secret.derive("image", index, digest).key
         if index in self._memory:
             seen, grid = self._memory[index]
-            if seen != digest:
+            if seen is not None and tag is not None and seen != tag:
                 raise ValueError(
                     f"the dataset returned another image for index {index} than before: ReleasedOnce releases each "
                     "index once, so the dataset must return the same image for it (random augmentations go in "
@@ -208,7 +215,7 @@ class ReleasedOnce(Dataset):
                 stored = _store_first(path, data)
                 if stored != data:  # another worker stored this sample first: only that release is ever served
                     grid = self._checked(NoisyGrid.from_bytes(stored), index, x)
-        self._memory[index] = digest, grid
+        self._memory[index] = tag, grid
         return grid
 
     def _checked(self, grid: NoisyGrid, index: int, x: torch.Tensor) -> NoisyGrid:
@@ -233,7 +240,7 @@ class ReleasedOnce(Dataset):
 
 
 def _digest(x: torch.Tensor) -> bytes:
-    """BLAKE2b of an image's shape, dtype and values; it keys the sample's noise and never leaves the process."""
+    """BLAKE2b of an image's shape, dtype and values: only ever hashed again under the secret, never kept."""
     data = x.detach().cpu().contiguous()
     meta = f"{tuple(data.shape)}{data.dtype}".encode()
     return hashlib.blake2b(meta + data.view(torch.uint8).numpy().tobytes(), digest_size=32).digest()

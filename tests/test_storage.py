@@ -238,6 +238,14 @@ def test_headers_that_lie_raise_the_format_error(name):
         NoisyGrid.from_bytes(HOSTILE[name]()).restore()
 
 
+def test_uint8_coded_values_restore_inside_a_range_at_the_edge_of_the_dtype():
+    """(hi - lo)/255 · 255 + lo can round past hi; at float16's edge that was inf."""
+    for dtype, hi in (("float16", 65519.99804687499), ("float32", 3.4028235677973362e38)):
+        header = dict(good_header(), shape=[1, 1, 4, 4], dtype=dtype, storage="uint8", value_range=[0.0, hi])
+        header["guarantee"] = dict(header["guarantee"], b=2)
+        assert torch.isfinite(NoisyGrid.from_bytes(record(header, bytes([255, 255, 0, 128]))).restore()).all()
+
+
 def test_a_valid_float_record_still_loads():
     grid = NoisyGrid.from_bytes(float_record([0.0, 0.25, 0.5, 1.0]))
     assert grid.restore()[0, 0, ::2, ::2].tolist() == [[0.0, 0.25], [0.5, 1.0]]

@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
 from dp_pixel_torch import ReleasedOnce
 from dp_pixel_torch.storage import NoisyGridFormatError
+from dp_pixel_torch.training_data import _digest
 
 from conftest import assert_uncorrelated, generator, grey
 
@@ -193,7 +194,10 @@ def test_a_pickled_copy_carries_no_secret():
     assert torch.equal(copy[0][0], first)  # what was released is served
     with pytest.raises(RuntimeError, match="no secret"):
         copy[1]  # what was not cannot be released from the copy
-    assert data._secret.key not in pickle.dumps(data)
+    pickled = pickle.dumps(data)
+    assert data._secret.key not in pickled
+    # Nor a digest of a raw image, which would let the holder confirm a guessed image exactly.
+    assert _digest(Faces()[0][0]) not in pickled and _digest(Faces()[0][0]) not in pickle.dumps(copy)
 
 
 def test_spawned_workers_get_the_secret_and_serve_one_release():
