@@ -1,7 +1,9 @@
-"""Functional core: uniform DP pixelization as pure tensor functions (the paper's Algorithm 2, SPEC §2).
+"""Functional core: uniform (the paper's Algorithm 2, SPEC §2) and region-adaptive (SPEC §3) DP pixelization as pure
+tensor functions; the layers of :mod:`.mechanisms` are thin shells over them.
 
 The data flows one way: image -> exact cell sums -> noisy cell values (the only thing that depends on the noise) ->
-restored image. Everything after the noise is post-processing and costs no budget.
+restored image. Everything after the noise is post-processing and costs no budget. ``backend`` picks the compiled
+passes of :mod:`.kernels` or the eager ones; both give the same output from the same noise.
 """
 
 from __future__ import annotations
@@ -10,10 +12,22 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_cells, check_generator_device, check_image, check_input
+from . import kernels
+from ._validation import check_cells, check_choice, check_generator_device, check_image, check_input
 from .accounting import PrivacyGuarantee
-from .noise import KeyStream, Randomness, check_randomness, discrete_laplace_noise, laplace_noise
-from .partitions import GridPartition, MultiLevelGrid, cell_contrast
+from .kernels import Compiled, check_backend, use_compiled
+from .noise import (
+    KeyStream,
+    Randomness,
+    check_randomness,
+    discrete_laplace_from_words,
+    discrete_laplace_noise,
+    half_one_plus_a,
+    laplace_from_words,
+    laplace_noise,
+    noise_words,
+)
+from .partitions import GridPartition, MultiLevelGrid, cell_contrast, region_cells, split_where
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
 LEVELS = 255
@@ -43,11 +57,14 @@ def noisy_values(
     dtype: torch.dtype,
     value_range: tuple[float, float],
     generator: Randomness,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Noise the cell sums ``[..., C, rows, cols]`` of ``partition`` and return clipped means in ``dtype``'s range.
 
-    Each sum gets its own draw of scale ``guarantee.noise_scale(C, R)``. The mean divides by the true cell area
-    (``border="area"``) or by ``cell_side²`` (``"zero_pad"``). Everything after the noise is post-processing.
+    Each sum gets its own draw of scale ``guarantee.noise_scale(C, R)``, from one word of ``generator``'s next call
+    (:func:`~dp_pixel_torch.noise.noise_words`). The mean divides by the true cell area (``border="area"``) or by
+    ``cell_side²`` (``"zero_pad"``). Everything after the noise is post-processing. ``compiled`` runs the cell pass
+    (noise, mean, clip, conversion) as one compiled kernel: the same function, the same words, the same output.
     """
     lo, hi = value_range
     if sums.numel() == 0:
@@ -56,12 +73,39 @@ def noisy_values(
     if sums.is_floating_point() and lo != 0.0:
         sums = sums - lo * counts  # sums of x - lo, so that padding and clipping refer to [0, R]
     scale = guarantee.noise_scale(sums.shape[-3], span)
-    sample = discrete_laplace_noise if guarantee.noise == "discrete" else laplace_noise
-    noisy = sample(sums.shape, scale, device=sums.device, generator=generator).add_(sums)
-    means = noisy.div_(counts if guarantee.border == "area" else cell_side**2).clamp_(0.0, span)
+    divisor = counts.double() if guarantee.border == "area" else torch.tensor(float(cell_side**2), dtype=torch.float64)
+    discrete = guarantee.noise == "discrete"
+    constants = torch.tensor(
+        [scale, half_one_plus_a(scale) if discrete else 0.0, span, (hi - lo) / span, lo], dtype=torch.float64
+    )
+    words = noise_words(tuple(sums.shape), sums.device, generator)
+    cell_pass = compiled_noisy_means if compiled else noisy_means
+    return cell_pass(sums, words, divisor.to(sums.device), constants.to(sums.device), discrete, dtype)
+
+
+def noisy_means(
+    sums: torch.Tensor,
+    words: torch.Tensor,
+    divisor: torch.Tensor,
+    constants: torch.Tensor,
+    discrete: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The cell pass: noise from ``words`` added to ``sums``, divided by ``divisor``, clipped to ``[0, span]`` and
+    mapped to ``dtype`` (rounded for uint8, else onto ``[lo, hi]``); ``constants`` holds ``(scale, (1+a)/2, span,
+    (hi-lo)/span, lo)`` as float64, so that new budgets do not recompile the fused version."""
+    scale, half_one_plus, span, to_range, lo = constants.unbind()
+    if discrete:
+        noise = discrete_laplace_from_words(words, scale, half_one_plus)
+    else:
+        noise = laplace_from_words(words, scale)
+    means = noise.add_(sums).div_(divisor).clamp_(min=0.0).minimum(span)
     if dtype == torch.uint8:
         return means.round_().to(torch.uint8)
-    return means.mul_((hi - lo) / span).add_(lo).to(dtype)
+    return means.mul_(to_range).add_(lo).to(dtype)
+
+
+compiled_noisy_means = Compiled(noisy_means)
 
 
 def noisy_cell_values(
@@ -70,37 +114,15 @@ def noisy_cell_values(
     partition: GridPartition,
     value_range: tuple[float, float],
     generator: Randomness,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """The released statistics of a uniform grid: clipped noisy cell means ``[..., C, rows, cols]`` in ``x``'s dtype.
 
-    ``x`` must already be validated.
+    ``x`` must already be validated; ``compiled`` takes the fused passes (:mod:`.kernels`).
     """
     levels, span = cell_levels(x, guarantee, value_range)
-    return noisy_values(
-        partition.cell_sums(levels), partition, guarantee.b, guarantee, span, x.dtype, value_range, generator
-    )
-
-
-def adaptive_cell_values(
-    sums: list[torch.Tensor],
-    grid: MultiLevelGrid,
-    guarantee: PrivacyGuarantee,
-    span: float,
-    dtype: torch.dtype,
-    value_range: tuple[float, float],
-    generator: Randomness,
-) -> list[torch.Tensor]:
-    """Noisy cell means at every level of ``grid`` from its exact sums (:meth:`MultiLevelGrid.cell_sums` of
-    :func:`cell_levels`), ``[..., C, rows_l, cols_l]`` in ``dtype``.
-
-    Every cell sum of every level gets the same noise scale (local noise scaling); only the cells the partition
-    releases are ever output, and every pixel lies in exactly one of them, so the release is ε-DP for any partition
-    that does not depend on the private image.
-    """
-    return [
-        noisy_values(s, grid.partition(level), grid.levels[level], guarantee, span, dtype, value_range, generator)
-        for level, s in enumerate(sums)
-    ]
+    sums = kernels.cell_sums(partition, levels, compiled)
+    return noisy_values(sums, partition, guarantee.b, guarantee, span, x.dtype, value_range, generator, compiled)
 
 
 @torch.no_grad()
@@ -117,6 +139,7 @@ def dp_pixelize(
     value_range: Sequence[float] | None = None,
     generator: torch.Generator | KeyStream | None = None,
     secure: bool = False,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Differentially private pixelization of ``x`` with ``b×b`` cells (or a ``grid=(rows, cols)`` of cells).
 
@@ -135,6 +158,7 @@ def dp_pixelize(
         generator: a :class:`~dp_pixel_torch.noise.KeyStream` or a torch.Generator on ``x.device`` for reproducible
             noise; None keys a ChaCha20 stream from 256 bits of OS entropy for this call.
         secure: key this call's ChaCha20 stream from OS entropy, and refuse ``generator`` (and continuous noise).
+        backend: ``"auto"``, ``"compiled"`` or ``"eager"`` (see :mod:`dp_pixel_torch.kernels`); no effect on the output.
 
     Returns:
         A new tensor with ``x``'s shape, dtype, device (and channels-last layout if ``x`` has it); never requires grad.
@@ -143,21 +167,21 @@ def dp_pixelize(
         epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
     )
     x, bounds = check_input(x, value_range)
-    check_randomness(generator)
-    if secure and generator is not None:
-        raise ValueError("secure=True keys its stream from OS entropy and refuses a generator")
-    return pixelize_validated(x, guarantee, bounds, KeyStream.from_os_entropy() if generator is None else generator)
-
-
-def pixelize_validated(
-    x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float], generator: Randomness
-) -> torch.Tensor:
-    """:func:`dp_pixelize` on input that has already passed the checks."""
+    generator = _call_randomness(generator, secure)
     if x.numel() == 0:
         return x.clone()
     check_generator_device(generator, x.device)
+    compiled = use_compiled(check_backend(backend), x)
     partition = GridPartition.for_cells(*x.shape[-2:], guarantee.b, guarantee.grid)
-    return like_layout(partition.fill(noisy_cell_values(x, guarantee, partition, value_range, generator)), x)
+    values = noisy_cell_values(x, guarantee, partition, bounds, generator, compiled)
+    return like_layout(kernels.fill(partition, values, compiled), x)
+
+
+def _call_randomness(generator: Randomness, secure: bool) -> KeyStream | torch.Generator:
+    check_randomness(generator)
+    if secure and generator is not None:
+        raise ValueError("secure=True keys its stream from OS entropy and refuses a generator")
+    return KeyStream.from_os_entropy() if generator is None else generator
 
 
 def like_layout(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -214,3 +238,224 @@ def complexity_scores(
         # A level-l cell holds about 2·n_c/b_0² pairs, each n_f·n_g ≈ b_0⁴ times a difference of means.
         scores.append(s / (2 * grid.partition(level).counts(s.device) * n_max * channels * span))
     return scores
+
+
+#: Where the cells of a region-adaptive release come from (SPEC §3).
+REGION_SOURCES = ("mask", "complexity", "previous")
+
+
+def adaptive_cell_values(
+    x: torch.Tensor,
+    guarantee: PrivacyGuarantee,
+    value_range: tuple[float, float],
+    generator: Randomness,
+    split: list[torch.Tensor] | None = None,
+    *,
+    split_threshold: float | None = None,
+    split_fraction: float | None = None,
+    compiled: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The released statistics of a region-adaptive grid: ``(values, split)``.
+
+    ``values[l]``: noisy cell means ``[..., C, rows_l, cols_l]`` in ``x``'s dtype at every level of
+    ``guarantee.levels``; ``split[l-1]``: bool ``[..., rows_l, cols_l]`` for levels 1..L. Give ``split`` when the
+    partition is public (:func:`region_split`, :func:`previous_split`); without it the partition comes from private
+    complexity scores paid with ``guarantee.partition_epsilon`` and cut by ``split_threshold`` or ``split_fraction``.
+
+    Every released cell sum gets the noise scale ``C·R·m/ε`` (local noise scaling); only the cells the partition
+    releases are output, and every pixel lies in exactly one of them, so the values are ε-DP for any partition that
+    does not depend on the private image (SPEC §3). ``x`` must already be validated.
+    """
+    grid = MultiLevelGrid(*x.shape[-2:], guarantee.levels)
+    levels, span = cell_levels(x, guarantee, value_range)
+    sums = grid.coarsen(kernels.cell_sums(grid.partition(0), levels, compiled))
+    if split is None:
+        scores = complexity_scores(
+            sums[0],
+            grid,
+            span,
+            m=guarantee.m,
+            partition_epsilon=guarantee.partition_epsilon,
+            noise=guarantee.noise,
+            generator=generator,
+        )
+        split = split_where(scores, split_threshold, split_fraction)
+    lead = tuple(x.shape[:-3])
+    split = [s.expand(*lead, *s.shape[-2:]) for s in split]
+    values = [
+        noisy_values(
+            s, grid.partition(level), grid.levels[level], guarantee, span, x.dtype, value_range, generator, compiled
+        )
+        for level, s in enumerate(sums)
+    ]
+    return values, split
+
+
+def region_split(
+    grid: MultiLevelGrid,
+    mask: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    lead: tuple[int, ...],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Split maps (levels 1..L) of a public region: every cell that touches ``mask``/``boxes`` is split down to
+    level 0 (see :func:`~dp_pixel_torch.partitions.region_cells`)."""
+    touched = region_cells(grid.partition(0), mask, boxes, lead).to(device)
+    return [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
+
+
+def previous_split(
+    previous: torch.Tensor | None,
+    grid: MultiLevelGrid,
+    guarantee: PrivacyGuarantee,
+    value_range: tuple[float, float],
+    split_threshold: float | None,
+    split_fraction: float | None,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Split maps (levels 1..L) from the released level-0 cell values ``previous [..., C, rows_0, cols_0]`` of the
+    previous frame: the complexity scores of a release, with no noise (post-processing). None: coarse cells only."""
+    if previous is None:
+        shapes = [grid.partition(level).shape for level in range(1, len(grid.levels))]
+        return [torch.zeros(shape, dtype=torch.bool, device=device) for shape in shapes]
+    levels, span = cell_levels(previous, guarantee, value_range)  # released level-0 means, as levels
+    counts = grid.partition(0).counts(device)
+    sums = levels * counts if levels.is_floating_point() else levels.long() * counts
+    return split_where(complexity_scores(sums, grid, span), split_threshold, split_fraction)
+
+
+def released_finest(grid: MultiLevelGrid, released: torch.Tensor) -> torch.Tensor:
+    """The level-0 cell values of a released frame ``[..., C, H, W]``: each level-0 cell lies inside one released
+    cell, whose value fills it, so its exact mean is that value."""
+    finest = grid.partition(0)
+    means = finest.cell_sums(released.contiguous()).double() / finest.counts(released.device)
+    return means.round_().to(released.dtype) if released.dtype == torch.uint8 else means.to(released.dtype)
+
+
+def restore_adaptive(
+    grid: MultiLevelGrid, values: list[torch.Tensor], split: list[torch.Tensor], compiled: bool = False
+) -> torch.Tensor:
+    """Paint every pixel with the value of the released cell that holds it: ``[..., C, H, W]``."""
+    return kernels.fill(grid.partition(0), grid.finest_values(grid.released(split), values), compiled)
+
+
+def check_split_rule(
+    region: str, partition_epsilon: float | None, split_threshold: float | None, split_fraction: float | None
+) -> tuple[float | None, float | None]:
+    """The split rule of ``region``: ``(threshold, fraction)``, the fraction 0.25 by default."""
+    check_choice(region, "region", REGION_SOURCES)
+    if region == "mask":
+        if split_threshold is not None or split_fraction is not None:
+            raise ValueError("split_threshold/split_fraction apply to region='complexity' or 'previous', not 'mask'")
+        return None, None
+    if split_threshold is not None and split_fraction is not None:
+        raise ValueError("give at most one of split_threshold and split_fraction")
+    if split_threshold is None and split_fraction is None:
+        split_fraction = 0.25
+    if split_fraction is not None and not 0.0 < float(split_fraction) < 1.0:
+        raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction!r}")
+    if split_threshold is not None and not float(split_threshold) >= 0.0:
+        raise ValueError(f"split_threshold must be >= 0 (a fraction of the value range), got {split_threshold!r}")
+    if region == "complexity" and partition_epsilon is None:
+        raise ValueError("region='complexity' reads the private image: give partition_epsilon > 0 for its scores")
+    return split_threshold, split_fraction
+
+
+def adaptive_guarantee(
+    epsilon: float,
+    m: int,
+    levels: Sequence[int],
+    region: str,
+    partition_epsilon: float | None,
+    noise: str,
+    border: str,
+    channel_rule: str,
+    secure: bool,
+) -> PrivacyGuarantee:
+    """The guarantee of a region-adaptive release (``partition_epsilon`` is spent by ``region="complexity"`` only)."""
+    return PrivacyGuarantee(
+        epsilon,
+        m,
+        None,
+        None,
+        channel_rule,
+        noise,
+        border,
+        secure,
+        levels=tuple(levels),
+        partition=region,
+        partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
+    )
+
+
+@torch.no_grad()
+def dp_pixelize_adaptive(
+    x: torch.Tensor,
+    epsilon: float,
+    m: int = 1,
+    *,
+    levels: Sequence[int] = (8, 16, 32),
+    region: str = "mask",
+    mask: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
+    partition_epsilon: float | None = None,
+    split_threshold: float | None = None,
+    split_fraction: float | None = None,
+    noise: str = "discrete",
+    border: str = "area",
+    channel_rule: str = "joint",
+    value_range: Sequence[float] | None = None,
+    generator: torch.Generator | KeyStream | None = None,
+    secure: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Region-adaptive DP pixelization of ``x [..., C, H, W]``: fine cells where the partition splits, coarse cells
+    elsewhere, on the aligned grid ``levels = (b_0 < … < b_L)`` (SPEC §3). Returns the same as :func:`dp_pixelize`.
+
+    Args:
+        region: ``"mask"``: split the cells that touch the public ``mask [..., H, W]`` or XYXY pixel ``boxes
+            [K, 4]`` (no budget). ``"complexity"``: private complexity scores paid with ``partition_epsilon`` (total
+            ε = ``partition_epsilon + epsilon``). ``"previous"``: the scores of ``previous``, the previous *released*
+            frame (same shape and dtype as ``x``; None: coarse cells only; no budget).
+        split_threshold / split_fraction: for ``"complexity"`` and ``"previous"``: split a cell whose score exceeds
+            the threshold (a fraction of R), or the top fraction of each image's cells per level (default 0.25).
+        Other arguments as :func:`dp_pixelize`; every released cell sum gets noise of scale ``C·R·m/epsilon``.
+    """
+    split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
+    guarantee = adaptive_guarantee(epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure)
+    x, bounds = check_input(x, value_range)
+    generator = _call_randomness(generator, secure)
+    if region != "mask" and (mask is not None or boxes is not None):
+        raise ValueError(f"mask/boxes are only used with region='mask', not region={region!r}")
+    if region != "previous" and previous is not None:
+        raise ValueError(f"previous is only used with region='previous', not region={region!r}")
+    if x.numel() == 0:
+        return x.clone()
+    check_generator_device(generator, x.device)
+    compiled = use_compiled(check_backend(backend), x)
+    grid = MultiLevelGrid(*x.shape[-2:], guarantee.levels)
+    split = None
+    if region == "mask":
+        split = region_split(grid, mask, boxes, tuple(x.shape[:-3]), x.device)
+    elif region == "previous":
+        if previous is not None:
+            previous = check_input(previous, value_range, "previous")[0]
+            if previous.shape != x.shape or previous.dtype != x.dtype:
+                raise ValueError(
+                    f"previous must be a released frame of x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                    f"got {tuple(previous.shape)} {previous.dtype}"
+                )
+            previous = released_finest(grid, previous.to(x.device))
+        split = previous_split(previous, grid, guarantee, bounds, split_threshold, split_fraction, x.device)
+    values, split = adaptive_cell_values(
+        x,
+        guarantee,
+        bounds,
+        generator,
+        split,
+        split_threshold=split_threshold,
+        split_fraction=split_fraction,
+        compiled=compiled,
+    )
+    return like_layout(restore_adaptive(grid, values, split, compiled), x)

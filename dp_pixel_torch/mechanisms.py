@@ -18,15 +18,25 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from ._validation import check_choice, check_generator_device, check_input, check_value_range
+from . import kernels
+from ._validation import check_generator_device, check_input, check_value_range
 from .accounting import PrivacyAccountant, PrivacyGuarantee
-from .functional import adaptive_cell_values, cell_levels, complexity_scores, like_layout, noisy_cell_values
+from .functional import (
+    adaptive_cell_values,
+    adaptive_guarantee,
+    check_split_rule,
+    like_layout,
+    noisy_cell_values,
+    previous_split,
+    region_split,
+    restore_adaptive,
+)
+from .kernels import check_backend, use_compiled
 from .noise import KeyStream, NoiseSource, Randomness, check_randomness
-from .partitions import GridPartition, MultiLevelGrid, region_cells, split_where
+from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid
 
 _PIL_MODES = ("L", "RGB", "RGBA")
-REGION_SOURCES = ("mask", "complexity", "previous")
 
 
 class _DPLayer(Transform):
@@ -34,8 +44,9 @@ class _DPLayer(Transform):
 
     _transformed_types = (is_pure_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
 
-    def __init__(self, guarantee: PrivacyGuarantee, value_range, secure, generator, seed, accountant) -> None:
+    def __init__(self, guarantee: PrivacyGuarantee, value_range, secure, generator, seed, accountant, backend) -> None:
         super().__init__()
+        self.backend = check_backend(backend)
         if accountant is not None and not isinstance(accountant, PrivacyAccountant):
             raise TypeError(f"accountant must be a PrivacyAccountant or None, got {type(accountant).__name__}")
         self.accountant = accountant
@@ -73,7 +84,11 @@ class _DPLayer(Transform):
     def _pixelize(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         if x.numel() == 0:  # an empty batch: nothing to release
             return check_input(x, self.value_range, "input")[0].clone()
-        return like_layout(self.release(x, **params, storage="exact").restore(), x)
+        return like_layout(self.released_image(x, **params), x)
+
+    def released_image(self, x: torch.Tensor, **params: Any) -> torch.Tensor:
+        """The released image of ``x``, painted straight from the noisy cell values (no NoisyGrid)."""
+        raise NotImplementedError
 
     def _checked(
         self, x: torch.Tensor, generator: Randomness
@@ -170,6 +185,8 @@ class DPPixelize(_DPLayer):
             seed reveals the noise: use seeds and generators for experiments, ``secure=True`` in deployment.
         accountant: a :class:`~dp_pixel_torch.accounting.PrivacyAccountant` charged for every frame before its noise
             is drawn; a call that would pass its cap raises and releases nothing.
+        backend: ``"auto"`` (compiled kernels where they work), ``"compiled"`` or ``"eager"``; the output is the same
+            (see :mod:`dp_pixel_torch.kernels`).
 
     Accepts ``[..., C, H, W]`` tensors, ``tv_tensors.Image``/``Video`` and PIL images (modes L, RGB, RGBA) and returns
     the same type, shape, dtype and device. Bounding boxes, masks and labels in a sample pass through unchanged.
@@ -193,11 +210,12 @@ class DPPixelize(_DPLayer):
         generator: torch.Generator | KeyStream | None = None,
         seed: int | None = None,
         accountant: PrivacyAccountant | None = None,
+        backend: str = "auto",
     ) -> None:
         guarantee = PrivacyGuarantee(
             epsilon, m, b, None if grid is None else tuple(grid), channel_rule, noise, border, secure
         )
-        super().__init__(guarantee, value_range, secure, generator, seed, accountant)
+        super().__init__(guarantee, value_range, secure, generator, seed, accountant, backend)
 
     @torch.no_grad()
     def release(self, x: torch.Tensor, storage: str | None = None, *, generator: Randomness = None) -> NoisyGrid:
@@ -206,12 +224,21 @@ class DPPixelize(_DPLayer):
         ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
         (not for secure layers).
         """
+        x, bounds, _, values, _ = self._cells(x, generator)
+        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, self._guarantee, [values], [], storage)
+
+    @torch.no_grad()
+    def released_image(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, partition, values, compiled = self._cells(x, None)
+        return kernels.fill(partition, values, compiled)
+
+    def _cells(self, x: torch.Tensor, generator: Randomness):
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
+        compiled = use_compiled(self.backend, x)
         self._charge(x)
-        values = [noisy_cell_values(x, g, partition, bounds, generator)]
-        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, [], storage)
+        return x, bounds, partition, noisy_cell_values(x, g, partition, bounds, generator, compiled), compiled
 
     def extra_repr(self) -> str:
         g = self._guarantee
@@ -260,37 +287,13 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         generator: torch.Generator | KeyStream | None = None,
         seed: int | None = None,
         accountant: PrivacyAccountant | None = None,
+        backend: str = "auto",
     ) -> None:
-        check_choice(region, "region", REGION_SOURCES)
-        if region != "mask":
-            if split_threshold is not None and split_fraction is not None:
-                raise ValueError("give at most one of split_threshold and split_fraction")
-            if split_threshold is None and split_fraction is None:
-                split_fraction = 0.25
-            if split_fraction is not None and not 0.0 < float(split_fraction) < 1.0:
-                raise ValueError(f"split_fraction must lie in (0, 1), got {split_fraction!r}")
-            if split_threshold is not None and not float(split_threshold) >= 0.0:
-                raise ValueError(
-                    f"split_threshold must be >= 0 (a fraction of the value range), got {split_threshold!r}"
-                )
-        elif split_threshold is not None or split_fraction is not None:
-            raise ValueError("split_threshold/split_fraction apply to region='complexity' or 'previous', not 'mask'")
-        if region == "complexity" and partition_epsilon is None:
-            raise ValueError("region='complexity' reads the private image: give partition_epsilon > 0 for its scores")
-        guarantee = PrivacyGuarantee(
-            epsilon,
-            m,
-            None,
-            None,
-            channel_rule,
-            noise,
-            border,
-            secure,
-            levels=tuple(levels),
-            partition=region,
-            partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
+        split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
+        guarantee = adaptive_guarantee(
+            epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure
         )
-        super().__init__(guarantee, value_range, secure, generator, seed, accountant)
+        super().__init__(guarantee, value_range, secure, generator, seed, accountant, backend)
         self.region = region
         self.split_threshold = split_threshold
         self.split_fraction = split_fraction
@@ -345,50 +348,55 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
         (not for secure layers).
         """
+        x, bounds, _, values, split, _ = self._cells(x, mask, boxes, generator)
+        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, self._guarantee, values, split, storage)
+
+    @torch.no_grad()
+    def released_image(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        _, _, grid, values, split, compiled = self._cells(x, mask, boxes, None)
+        return restore_adaptive(grid, values, split, compiled)
+
+    def _cells(self, x, mask, boxes, generator):
+        """Checks, the public partition, the charge, then :func:`~dp_pixel_torch.functional.adaptive_cell_values`."""
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         if self.region != "mask" and (mask is not None or boxes is not None):
             raise ValueError(f"mask/boxes are only used with region='mask', this layer has region={self.region!r}")
         grid = MultiLevelGrid(*x.shape[-2:], g.levels)
-        lead = tuple(x.shape[:-3])
-        levels, span = cell_levels(x, g, bounds)
-        sums = grid.cell_sums(levels)
+        split = None
         if self.region == "mask":
-            touched = region_cells(grid.partition(0), mask, boxes, lead).to(x.device)
-            split = [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
+            split = region_split(grid, mask, boxes, tuple(x.shape[:-3]), x.device)
         elif self.region == "previous":
             split = self._split_from_previous(x, grid, bounds)
+        compiled = use_compiled(self.backend, x)
         self._charge(x)  # every check is done; nothing random has been drawn yet
-        if self.region == "complexity":
-            scores = complexity_scores(
-                sums[0], grid, span, m=g.m, partition_epsilon=g.partition_epsilon, noise=g.noise, generator=generator
-            )
-            split = split_where(scores, self.split_threshold, self.split_fraction)
-        split = [s.expand(*lead, *s.shape[-2:]) for s in split]
-        values = adaptive_cell_values(sums, grid, g, span, x.dtype, bounds, generator)
-        released = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, values, split, storage)
+        values, split = adaptive_cell_values(
+            x,
+            g,
+            bounds,
+            generator,
+            split,
+            split_threshold=self.split_threshold,
+            split_fraction=self.split_fraction,
+            compiled=compiled,
+        )
         if self.region == "previous":  # what frame t+1 may see of frame t: its released level-0 cell values
             self._previous = grid.finest_values(grid.released(split), values)
-        return released
+        return x, bounds, grid, values, split, compiled
 
     def _split_from_previous(self, x, grid, bounds) -> list[torch.Tensor]:
         previous = self._previous
-        if previous is None:
-            return [
-                torch.zeros(grid.partition(level).shape, dtype=torch.bool, device=x.device)
-                for level in range(1, len(grid.levels))
-            ]
         expected = (*x.shape[:-2], *grid.partition(0).shape)
-        if tuple(previous.shape) != expected or previous.device != x.device:
+        if previous is not None and (tuple(previous.shape) != expected or previous.device != x.device):
             raise ValueError(
                 f"frame of shape {tuple(x.shape)} on {x.device} does not continue the previous stream "
                 f"(released cells {tuple(previous.shape)} on {previous.device}); call reset() first"
             )
-        levels, span = cell_levels(previous, self._guarantee, bounds)  # released level-0 means, as levels
-        counts = grid.partition(0).counts(x.device)
-        sums = levels * counts if levels.is_floating_point() else levels.long() * counts
-        scores = complexity_scores(sums, grid, span)
-        return split_where(scores, self.split_threshold, self.split_fraction)
+        return previous_split(
+            previous, grid, self._guarantee, bounds, self.split_threshold, self.split_fraction, x.device
+        )
 
     def extra_repr(self) -> str:
         g = self._guarantee

@@ -4,10 +4,12 @@ Both samplers turn one float64 uniform per value into noise by an inverse CDF. T
 :class:`KeyStream` (a ChaCha20 keystream under a 256-bit key) or from an explicit :class:`torch.Generator`, so the same
 key or generator state gives the same noise on the same device.
 
-Precision. Uniforms are float64 (53 random bits); float32 would truncate the tail at about 17 scales. The tail variable
-``q`` is kept in ``[2**-53, 1]`` because CPU uniforms can be exactly 0 and CUDA uniforms exactly 1 (log would give
-inf). The largest magnitude is therefore about 36.7 scales: the sampled law differs from the exact one only on events of
-probability below ``2**-52`` per value. That is the only gap between the implementation and pure ε-DP.
+Precision. Each noise value uses 53 random bits of one int64 word (:func:`noise_words`): bit 52 is the sign, and bits
+0-51 fill a float64 mantissa, which gives ``q`` uniform on (0, 1] in steps of ``2**-52`` with no rounding (float32
+would truncate the tail at about 17 scales). ``q`` is never 0, so no log is infinite; the largest magnitude is about
+36 scales, and the sampled law differs from the exact one only on events of probability below ``2**-52`` per value.
+That is the only gap between the implementation and pure ε-DP. The inverse CDFs are pure tensor functions of the words
+(:func:`laplace_from_words`, :func:`discrete_laplace_from_words`), shared by the eager and the fused paths.
 
 * ``laplace_noise``: continuous Laplace in float64. Like every textbook floating-point Laplace sampler it is open to
   the attack of Mironov (CCS 2012) on the low-order bits; use it for reproduction and speed, not for hostile settings.
@@ -33,19 +35,51 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from torch.utils.data import get_worker_info
 
-_TINY = 2.0**-54
+from . import keystream_cuda
+
+_MANTISSA = (1 << 52) - 1
+_ONE = 0x3FF0000000000000  # the bits of 1.0: with 52 random mantissa bits, a float64 uniform on [1, 2)
 
 
-def _sign_and_tail(shape: tuple[int, ...], device: torch.device, generator: Randomness):
-    """From one float64 uniform u: a sign carrier ``u - 1/2`` and an independent ``min(u, 1-u)``, uniform on
-    ``[2**-54, 1/2]``; ``generator=None`` keys a fresh stream from OS entropy. (The inverse-CDF passes below are
-    memory-bound, so they are written in place.)"""
+def noise_words(
+    shape: tuple[int, ...], device: torch.device | str = "cpu", generator: Randomness = None
+) -> torch.Tensor:
+    """int64 random words of the given shape whose low 53 bits are uniform: the only randomness a noise value uses.
+
+    A :class:`KeyStream` gives 8 keystream bytes per word (``None``: a fresh OS-keyed stream); a torch generator
+    gives ``random_(0, 2**53)``."""
     if isinstance(generator, torch.Generator):
-        u = torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
-    else:
-        u = (generator or KeyStream.from_os_entropy()).uniform(shape, device)
-    half_tail = torch.minimum(u, 1.0 - u).clamp_(min=_TINY)
-    return u.sub_(0.5), half_tail
+        return torch.empty(shape, dtype=torch.int64, device=device).random_(0, 1 << 53, generator=generator)
+    return (generator or KeyStream.from_os_entropy()).words(shape, device)
+
+
+def _tail_and_sign(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the low 53 bits of each word: ``q`` uniform on (0, 1] in steps of ``2**-52`` (bits 0-51, through the
+    float64 mantissa: exact, no rounding) and an independent fair sign (bit 52, True for minus)."""
+    q = torch.sub(2.0, (words & _MANTISSA).bitwise_or_(_ONE).view(torch.float64))
+    return q, (words >> 52).bitwise_and_(1).bool()
+
+
+def laplace_from_words(words: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Continuous Laplace(0, ``scale``) noise, float64, one value per word: ``±scale·(-log q)``.
+
+    A pure function of the words: :func:`laplace_noise` and the fused kernels of :mod:`.kernels` both call it, so
+    they compute the same noise from the same words."""
+    q, negative = _tail_and_sign(words)
+    magnitude = q.log_().mul_(-scale)
+    return torch.where(negative, -magnitude, magnitude)
+
+
+def discrete_laplace_from_words(
+    words: torch.Tensor, scale: float | torch.Tensor, half_one_plus_a: float | torch.Tensor
+) -> torch.Tensor:
+    """Discrete Laplace noise (exact integers in float64), one value per word, for ``half_one_plus_a = (1+a)/2``,
+    ``a = exp(-1/scale)``: ``±floor(-scale·log(q(1+a)/2))``. A pure function of the words, like
+    :func:`laplace_from_words`."""
+    q, negative = _tail_and_sign(words)
+    # q(1+a)/2 < 1, so the magnitude is >= 0; clamp only guards rounding at absurd scales.
+    magnitude = q.mul_(half_one_plus_a).log_().mul_(-scale).floor_().clamp_(min=0.0)
+    return torch.where(negative, -magnitude, magnitude)
 
 
 def laplace_noise(
@@ -56,8 +90,7 @@ def laplace_noise(
     generator: Randomness = None,
 ) -> torch.Tensor:
     """Continuous Laplace(0, ``scale``) noise, float64 of the given shape: ``±scale·(-log q)``, q uniform on (0, 1]."""
-    sign, half_tail = _sign_and_tail(tuple(shape), torch.device(device), generator)
-    return half_tail.mul_(2.0).log_().mul_(-scale).copysign_(sign)
+    return laplace_from_words(noise_words(tuple(shape), device, generator), scale)
 
 
 def discrete_laplace_noise(
@@ -72,11 +105,12 @@ def discrete_laplace_noise(
     Inverse CDF of the magnitude: ``P(|K| >= k) = 2a^k/(1+a)`` for k >= 1, so ``|K| = floor(-scale·log(q(1+a)/2))``
     for q uniform on (0, 1]; an independent fair sign completes it. The variance is ``2a/(1-a)^2`` (≈ 2·scale²).
     """
-    a = float(np.exp(-1.0 / scale))
-    sign, half_tail = _sign_and_tail(tuple(shape), torch.device(device), generator)
-    # q(1+a)/2 = half_tail·(1+a) < 1, so the magnitude is >= 0; clamp only guards rounding at absurd scales.
-    magnitude = half_tail.mul_(1.0 + a).log_().mul_(-scale).floor_().clamp_(min=0.0)
-    return magnitude.copysign_(sign)
+    return discrete_laplace_from_words(noise_words(tuple(shape), device, generator), scale, half_one_plus_a(scale))
+
+
+def half_one_plus_a(scale: float) -> float:
+    """``(1 + a)/2`` for ``a = exp(-1/scale)``, the constant of :func:`discrete_laplace_from_words`."""
+    return (1.0 + float(np.exp(-1.0 / scale))) / 2.0
 
 
 def discrete_laplace_variance(scale: float) -> float:
@@ -89,6 +123,7 @@ def discrete_laplace_variance(scale: float) -> float:
 KEY_BYTES = 32
 _PERSON = b"dp_pixel_torch"  # BLAKE2b personalisation: this library's keys are apart from any other use of the hash
 _ZEROS = bytes(1 << 20)  # ChaCha20 encrypts zeros into its keystream, a MiB at a time
+_MAX_WORDS = 8 << 32  # 2^32 blocks of 64 bytes per nonce
 
 
 class KeyStream:
@@ -140,20 +175,32 @@ class KeyStream:
             hashlib.blake2b(_encode(*labels), key=self._key, digest_size=KEY_BYTES, person=_PERSON).digest()
         )
 
-    def uniform(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """float64 uniforms on ``[0, 1)``, multiples of ``2**-53``, of the given shape, on ``device``."""
+    def words(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The next call's keystream as int64 words (8 bytes each, little-endian) of the given shape, on ``device``.
+
+        On the CPU OpenSSL writes it; on a CUDA device with Triton a ChaCha20 kernel writes it on the GPU
+        (:mod:`dp_pixel_torch.keystream_cuda`), bit for bit the same words, so seeded noise does not depend on it."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = int(np.prod(shape, dtype=np.int64))
+        if n > _MAX_WORDS:
+            raise ValueError(f"one call draws at most {_MAX_WORDS} words (a 32-bit ChaCha20 block counter), got {n}")
         with self._lock:
             call, self._calls = self._calls, self._calls + 1
+        device = torch.device(device)
+        if device.type == "cuda" and keystream_cuda.available():
+            return keystream_cuda.chacha20_words(self._key, call, n, device).reshape(shape)
         words = torch.empty(n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
         out = memoryview(words.numpy()).cast("B")
         encryptor = Cipher(algorithms.ChaCha20(self._key, bytes(4) + call.to_bytes(12, "little")), None).encryptor()
         for start in range(0, 8 * n, len(_ZEROS)):
             encryptor.update_into(memoryview(_ZEROS)[: min(len(_ZEROS), 8 * n - start)], out[start:])
+        return words[:n].reshape(shape).to(device)
+
+    def uniform(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """float64 uniforms on ``[0, 1)``, multiples of ``2**-53``, from the next call's :meth:`words`."""
         # An arithmetic shift keeps 53 uniform bits as a signed integer in [-2^52, 2^52): scaled and shifted by 1/2,
-        # exactly the lattice uniform on [0, 1). Converting on the target device moves 8 bytes per value either way.
-        return words[:n].to(device).bitwise_right_shift_(11).double().mul_(2.0**-53).add_(0.5).reshape(shape)
+        # exactly the lattice uniform on [0, 1).
+        return self.words(shape, device).bitwise_right_shift_(11).double().mul_(2.0**-53).add_(0.5)
 
     def __getstate__(self) -> dict:
         return {"key": self._key, "calls": self._calls}

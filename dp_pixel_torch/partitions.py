@@ -54,6 +54,13 @@ class GridPartition:
     def image_shape(self) -> tuple[int, int]:
         return sum(self.row_sizes), sum(self.col_sizes)
 
+    @cached_property
+    def block_side(self) -> int | None:
+        """b when the cells are ``b×b`` blocks from the top-left corner (the last row and column cut short), else None."""
+        b = max(self.row_sizes[0], self.col_sizes[0])
+        fits = all(sizes[-1] <= b and all(s == b for s in sizes[:-1]) for sizes in (self.row_sizes, self.col_sizes))
+        return b if fits else None
+
     def counts(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Real pixels per cell, ``n_c``: int64 ``[rows, cols]`` (a shared tensor: do not modify it)."""
         key = str(torch.device(device) if device is not None else torch.device("cpu"))

@@ -1,0 +1,181 @@
+"""Fused pixel passes: the compiled fast path of the layers, and the choice between it and the eager path.
+
+The pixels are read once (exact integer cell sums) and written once (the fill); between the two, every cell's noise and
+mean is one fused pass over the cells. ``torch.compile`` generates the kernels: C++ with OpenMP on the CPU, Triton on
+CUDA. The compiled functions are the eager ones (:func:`block_sums`, :func:`fill_blocks` and the cell pass of
+:func:`~dp_pixel_torch.functional.noisy_values`), so with the same noise words both paths give bit-identical output;
+the tests check this for every dtype, border rule and level set.
+
+``backend`` (of the layers and functions):
+
+* ``"auto"``: compiled where it works (CUDA with Triton; a CPU with a C++ compiler), unless compilation is disabled
+  (``TORCH_COMPILE_DISABLE=1``) or the input has fewer than :data:`AUTO_MIN_VALUES` values, where a kernel launch
+  costs more than it saves and a first-call compile would not pay back.
+* ``"compiled"``: always compiled; raises where no compiler is found.
+* ``"eager"``: plain torch operations.
+
+Every compiled function specialises on its shapes (``dynamic=False``: the fastest code), so each new batch size or
+resolution compiles once (a few seconds on the CPU). At most :data:`MAX_SHAPES` shapes per function are compiled; later
+ones run eagerly, with one warning, so a stream of changing shapes never recompiles without bound (this stays under
+``torch._dynamo.config.recompile_limit``, 8 by default). On the CPU the fill stays eager: ``repeat_interleave`` already
+writes at the speed of a copy there, and the compiled gather measured slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .partitions import GridPartition
+
+BACKENDS = ("auto", "compiled", "eager")
+#: Inputs with fewer values than this run eagerly under ``backend="auto"``.
+AUTO_MIN_VALUES = 1 << 18
+#: Shapes compiled per function; more run eagerly.
+MAX_SHAPES = 8
+#: Block sides whose sums are one pass over b² shifted views; larger blocks sum rows first, then columns.
+_ONE_PASS_MAX_B = 8
+
+
+def check_backend(backend: object) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def use_compiled(backend: str, x: torch.Tensor) -> bool:
+    """Whether ``x`` takes the compiled path under ``backend``."""
+    if backend == "eager":
+        return False
+    if backend == "compiled":
+        if not compiler_available(x.device):
+            raise RuntimeError(
+                f"backend='compiled' needs torch.compile on {x.device.type}: "
+                + ("Triton and a CUDA device" if x.device.type == "cuda" else "a C++ compiler (g++ or clang++)")
+                + "; use backend='auto' to fall back to the eager path"
+            )
+        return True
+    return x.numel() >= AUTO_MIN_VALUES and compiler_available(x.device)
+
+
+def compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can generate kernels for ``device`` in this process."""
+    if os.environ.get("TORCH_COMPILE_DISABLE", "") not in ("", "0") or torch._dynamo.config.disable:
+        return False
+    return _can_compile_for(device.type)
+
+
+@functools.cache
+def _can_compile_for(device_type: str) -> bool:
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return torch.cuda.is_available() and has_triton()
+    if device_type != "cpu":
+        return False
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - any failure to find a compiler means: no compiled CPU kernels
+        return False
+    return True
+
+
+class Compiled:
+    """``fn`` compiled by ``torch.compile(dynamic=False)``, for at most :data:`MAX_SHAPES` argument signatures
+    (shapes, dtypes, devices and plain values); other signatures run ``fn`` eagerly."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self._compiled: Callable | None = None
+        self._signatures: set[tuple] = set()
+        self._lock = threading.Lock()
+        self._warned = False
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        signature = tuple(
+            (tuple(a.shape), a.dtype, a.device.type, a.device.index) if isinstance(a, torch.Tensor) else a for a in args
+        )
+        with self._lock:
+            known = signature in self._signatures
+            if not known and len(self._signatures) < MAX_SHAPES:
+                self._signatures.add(signature)
+                known = True
+        if known:
+            if self._compiled is None:  # made on first use: importing torch._dynamo takes a while
+                self._compiled = torch.compile(self.fn, dynamic=False)
+            return self._compiled(*args)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{self.fn.__name__}: {MAX_SHAPES} shapes are compiled already; new shapes run eagerly "
+                "(same output, slower). Pad or resize inputs to a few shapes to keep the compiled path.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return self.fn(*args)
+
+
+def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:
+    """Exact sums of the ``b×b`` cells of uint8 ``x [N, H, W]`` from the top-left corner: int32 ``[N, ⌈H/b⌉, ⌈W/b⌉]``.
+
+    Cut-short border cells sum their real pixels: zero padding adds nothing to an integer sum. One pass over the
+    pixels: each cell adds its b² pixels (or, for large b, its b row-sums) in registers.
+    """
+    n, height, width = x.shape
+    rows, cols = -(-height // b), -(-width // b)
+    cells = F.pad(x, (0, cols * b - width, 0, rows * b - height)).view(n, rows, b, cols, b)
+    if b <= _ONE_PASS_MAX_B:
+        total = cells[:, :, 0, :, 0].to(torch.int32)
+        for i in range(b):
+            for j in range(b):
+                if i or j:
+                    total = total + cells[:, :, i, :, j]
+        return total
+    row_sums = cells[:, :, 0].to(torch.int32)
+    for i in range(1, b):
+        row_sums = row_sums + cells[:, :, i]
+    total = row_sums[..., 0]
+    for j in range(1, b):
+        total = total + row_sums[..., j]
+    return total
+
+
+def fill_blocks(values: torch.Tensor, b: int, height: int, width: int) -> torch.Tensor:
+    """Paint ``b×b`` cells: ``values [N, rows, cols]`` -> ``[N, height, width]``, each pixel its cell's value (one
+    gather per output pixel)."""
+    rows = torch.arange(height, device=values.device) // b
+    cols = torch.arange(width, device=values.device) // b
+    return values[:, rows[:, None], cols[None, :]]
+
+
+compiled_block_sums = Compiled(block_sums)
+compiled_fill_blocks = Compiled(fill_blocks)
+
+
+def cell_sums(partition: GridPartition, x: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """:meth:`GridPartition.cell_sums` of ``x [..., H, W]``, by the compiled :func:`block_sums` when ``compiled``, ``x``
+    is uint8 and the cells are square blocks (the same integers, as int32)."""
+    b = partition.block_side
+    if not compiled or b is None or x.dtype != torch.uint8:
+        return partition.cell_sums(x)
+    flat = x.reshape(-1, *x.shape[-2:]).contiguous()
+    return compiled_block_sums(flat, b).reshape(*x.shape[:-2], *partition.shape)
+
+
+def fill(partition: GridPartition, values: torch.Tensor, compiled: bool) -> torch.Tensor:
+    """:meth:`GridPartition.fill`, by the compiled :func:`fill_blocks` when ``compiled``, the cells are square blocks
+    and the values are on CUDA (on the CPU the eager fill is the faster)."""
+    b = partition.block_side
+    if not compiled or b is None or values.device.type != "cuda":
+        return partition.fill(values)
+    flat = values.reshape(-1, *values.shape[-2:]).contiguous()
+    return compiled_fill_blocks(flat, b, *partition.image_shape).reshape(*values.shape[:-2], *partition.image_shape)
