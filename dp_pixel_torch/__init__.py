@@ -1,8 +1,8 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
-from . import functional, reference
+from . import functional, kernels, reference
 from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
-from .functional import dp_pixelize
+from .functional import dp_pixelize, dp_pixelize_adaptive
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .noise import KeyStream
 from .partitions import GridPartition, MultiLevelGrid
@@ -22,7 +22,9 @@ __all__ = [
     "RegionAdaptiveDPPixelize",
     "ReleasedOnce",
     "dp_pixelize",
+    "dp_pixelize_adaptive",
     "functional",
+    "kernels",
     "load_video",
     "reference",
     "save_video",

@@ -24,8 +24,8 @@ def quarter(a, b, c, d):
 
 
 @triton.jit
-def chacha20(state_ptr, out_ptr, n_blocks, BLOCK: tl.constexpr):
-    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def chacha20(state_ptr, out_ptr, first_block, n_blocks, BLOCK: tl.constexpr):
+    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: 16 words per block overflow int32
     inside = index < n_blocks
     zero = tl.zeros([BLOCK], dtype=tl.uint32)
     i0 = zero + tl.load(state_ptr + 0)
@@ -40,7 +40,7 @@ def chacha20(state_ptr, out_ptr, n_blocks, BLOCK: tl.constexpr):
     i9 = zero + tl.load(state_ptr + 9)
     i10 = zero + tl.load(state_ptr + 10)
     i11 = zero + tl.load(state_ptr + 11)
-    i12 = index.to(tl.uint32)  # the block counter
+    i12 = (index + first_block).to(tl.uint32)  # the block counter
     i13 = zero + tl.load(state_ptr + 12)
     i14 = zero + tl.load(state_ptr + 13)
     i15 = zero + tl.load(state_ptr + 14)

@@ -31,6 +31,8 @@ from .partitions import GridPartition, MultiLevelGrid, cell_contrast, region_cel
 
 #: Integer levels used by the discrete mechanism for float images: they are rounded to the 1/255 grid first.
 LEVELS = 255
+#: Noise words per piece of a CPU cell pass (8 MiB): below glibc's mmap threshold, so the buffer is reused.
+_CHUNK_WORDS = 1 << 20
 
 
 def cell_levels(x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float]):
@@ -78,9 +80,24 @@ def noisy_values(
     constants = torch.tensor(
         [scale, half_one_plus_a(scale) if discrete else 0.0, span, (hi - lo) / span, lo], dtype=torch.float64
     )
-    words = noise_words(tuple(sums.shape), sums.device, generator)
     cell_pass = compiled_noisy_means if compiled else noisy_means
-    return cell_pass(sums, words, divisor.to(sums.device), constants.to(sums.device), discrete, dtype)
+    divisor, constants = divisor.to(sums.device), constants.to(sums.device)
+    shape = tuple(sums.shape)
+    rows = sums.reshape(-1, *shape[-2:])  # one row per image and channel
+    per_row = shape[-2] * shape[-1]
+    step = max(1, _CHUNK_WORDS // per_row)
+    if isinstance(generator, torch.Generator) or sums.device.type != "cpu" or step >= len(rows):
+        return cell_pass(sums, noise_words(shape, sums.device, generator), divisor, constants, discrete, dtype)
+    # On the CPU the keystream is written in pieces of a few MiB, each consumed at once by the cell pass: the same
+    # words as one piece (KeyStream.words_at), without faulting in a fresh buffer of 8 bytes per cell.
+    stream = generator or KeyStream.from_os_entropy()
+    call = stream.reserve(len(rows) * per_row)
+    out = torch.empty(rows.shape, dtype=dtype)
+    for lo in range(0, len(rows), step):
+        hi = min(lo + step, len(rows))
+        words = stream.words_at(call, lo * per_row, (hi - lo) * per_row).view(hi - lo, *shape[-2:])
+        out[lo:hi] = cell_pass(rows[lo:hi], words, divisor, constants, discrete, dtype)
+    return out.reshape(shape)
 
 
 def noisy_means(

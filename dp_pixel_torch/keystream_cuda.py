@@ -33,9 +33,9 @@ def _triton():
     return triton
 
 
-def chacha20_words(key: bytes, call: int, n: int, device: torch.device | str) -> torch.Tensor:
+def chacha20_words(key: bytes, call: int, first_block: int, n: int, device: torch.device | str) -> torch.Tensor:
     """``n`` int64 words of the ChaCha20 keystream of ``key`` under nonce ``call`` (12 bytes, little-endian), from
-    block 0: the words :meth:`KeyStream.words` makes with OpenSSL."""
+    block ``first_block``: the words :meth:`KeyStream.words_at` makes with OpenSSL."""
     triton = _triton()
     blocks = -(-n // 8)
     state = torch.tensor(
@@ -44,5 +44,7 @@ def chacha20_words(key: bytes, call: int, n: int, device: torch.device | str) ->
     out = torch.empty(blocks * 16, dtype=torch.uint32, device=device)
     from ._chacha20_kernel import chacha20
 
-    chacha20[(triton.cdiv(blocks, _BLOCKS_PER_PROGRAM),)](state.to(device), out, blocks, BLOCK=_BLOCKS_PER_PROGRAM)
+    chacha20[(triton.cdiv(blocks, _BLOCKS_PER_PROGRAM),)](
+        state.to(device), out, first_block, blocks, BLOCK=_BLOCKS_PER_PROGRAM
+    )
     return out.view(torch.int64)[:n]

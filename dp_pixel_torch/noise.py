@@ -176,25 +176,37 @@ class KeyStream:
         )
 
     def words(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The next call's keystream as int64 words (8 bytes each, little-endian) of the given shape, on ``device``.
-
-        On the CPU OpenSSL writes it; on a CUDA device with Triton a ChaCha20 kernel writes it on the GPU
-        (:mod:`dp_pixel_torch.keystream_cuda`), bit for bit the same words, so seeded noise does not depend on it."""
+        """The next call's keystream as int64 words (8 bytes each, little-endian) of the given shape, on ``device``."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = int(np.prod(shape, dtype=np.int64))
+        return self.words_at(self.reserve(n), 0, n, device).reshape(shape)
+
+    def reserve(self, n: int) -> int:
+        """Take the next call for ``n`` words and return its number; :meth:`words_at` reads it in pieces."""
         if n > _MAX_WORDS:
             raise ValueError(f"one call draws at most {_MAX_WORDS} words (a 32-bit ChaCha20 block counter), got {n}")
         with self._lock:
             call, self._calls = self._calls, self._calls + 1
+        return call
+
+    def words_at(self, call: int, start: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Words ``start .. start+n-1`` of call ``call``'s keystream (nonce ``call``, from block ``start // 8``): any
+        split of a call into pieces reads the same words as one piece.
+
+        On the CPU OpenSSL writes them; on a CUDA device with Triton a ChaCha20 kernel writes them on the GPU
+        (:mod:`dp_pixel_torch.keystream_cuda`), bit for bit the same words."""
         device = torch.device(device)
+        first, skip = divmod(start, 8)
         if device.type == "cuda" and keystream_cuda.available():
-            return keystream_cuda.chacha20_words(self._key, call, n, device).reshape(shape)
-        words = torch.empty(n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
+            return keystream_cuda.chacha20_words(self._key, call, first, skip + n, device)[skip:]
+        words = torch.empty(skip + n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
         out = memoryview(words.numpy()).cast("B")
-        encryptor = Cipher(algorithms.ChaCha20(self._key, bytes(4) + call.to_bytes(12, "little")), None).encryptor()
-        for start in range(0, 8 * n, len(_ZEROS)):
-            encryptor.update_into(memoryview(_ZEROS)[: min(len(_ZEROS), 8 * n - start)], out[start:])
-        return words[:n].reshape(shape).to(device)
+        nonce = first.to_bytes(4, "little") + call.to_bytes(12, "little")
+        encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), None).encryptor()
+        size = 8 * (skip + n)
+        for offset in range(0, size, len(_ZEROS)):
+            encryptor.update_into(memoryview(_ZEROS)[: min(len(_ZEROS), size - offset)], out[offset:])
+        return words[skip : skip + n].to(device)
 
     def uniform(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
         """float64 uniforms on ``[0, 1)``, multiples of ``2**-53``, from the next call's :meth:`words`."""

@@ -1,0 +1,230 @@
+"""The compiled fast path (dp_pixel_torch.kernels): bit-identical to the eager path with the same noise, chosen
+automatically with a safe fallback, and bounded in how often it compiles."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dp_pixel_torch import (
+    DPPixelize,
+    KeyStream,
+    RegionAdaptiveDPPixelize,
+    dp_pixelize,
+    dp_pixelize_adaptive,
+    functional,
+    kernels,
+)
+from dp_pixel_torch.noise import discrete_laplace_from_words, laplace_from_words
+from dp_pixel_torch.partitions import GridPartition
+
+needs_compiler = pytest.mark.skipif(
+    not kernels.compiler_available(torch.device("cpu")), reason="no C++ compiler for torch.compile"
+)
+
+#: Shapes whose sides do not divide by the cell sides used below, and one that does.
+SHAPES = [(2, 3, 37, 53), (1, 1, 64, 48)]
+
+
+@pytest.fixture(autouse=True)
+def room_to_compile(monkeypatch):
+    """Every signature of these tests compiles (the default budget of 8 shapes would send most of them eager)."""
+    monkeypatch.setattr(kernels, "MAX_SHAPES", 10_000)
+
+
+def image(shape, dtype, seed=0):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if dtype == torch.uint8:
+        return (x * 255).round().to(torch.uint8)
+    return x.to(dtype)
+
+
+def compiled_calls() -> int:
+    return sum(len(f._signatures) for f in (kernels.compiled_block_sums, functional.compiled_noisy_means))
+
+
+def both_paths(release):
+    """``release(backend)`` under both backends with the same seed: asserts the compiled path really compiled."""
+    fast = release("compiled")
+    assert compiled_calls() > 0
+    return fast, release("eager")
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    ("dtype", "noise", "border"),
+    [
+        (torch.uint8, "discrete", "area"),
+        (torch.uint8, "discrete", "zero_pad"),
+        (torch.uint8, "laplace", "area"),
+        (torch.float16, "discrete", "area"),
+        (torch.bfloat16, "discrete", "area"),
+        (torch.float32, "discrete", "area"),
+        (torch.float32, "discrete", "zero_pad"),
+        (torch.float32, "laplace", "area"),
+        (torch.float64, "discrete", "area"),
+        (torch.float64, "laplace", "zero_pad"),
+    ],
+)
+def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border):
+    x = image(shape, dtype)
+    for b in (3, 8, 16):
+        fast, eager = both_paths(
+            lambda backend: dp_pixelize(
+                x, 0.5, b, noise=noise, border=border, generator=KeyStream.from_seed(b), backend=backend
+            )
+        )
+        assert fast.dtype == dtype and torch.equal(fast, eager), (b, dtype, noise, border)
+
+
+@needs_compiler
+def test_grids_that_are_not_square_blocks_take_the_eager_sums_and_stay_identical():
+    x = image((2, 3, 37, 53), torch.uint8)
+    fast, eager = both_paths(
+        lambda backend: dp_pixelize(x, 1.0, grid=(5, 7), generator=KeyStream.from_seed(1), backend=backend)
+    )
+    assert torch.equal(fast, eager)
+
+
+@needs_compiler
+@pytest.mark.parametrize("levels", [(4, 8), (8, 16, 32), (2, 6, 12)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("region", ["mask", "complexity", "previous"])
+def test_adaptive_fast_path_is_bit_identical_to_eager(levels, dtype, region):
+    x = image((2, 3, 45, 70), dtype)
+    options = {"mask": {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]])}, "complexity": {"partition_epsilon": 0.3}}
+    options["previous"] = {"previous": dp_pixelize_adaptive(x, 2.0, levels=levels, boxes=options["mask"]["boxes"])}
+    fast, eager = both_paths(
+        lambda backend: dp_pixelize_adaptive(
+            x, 1.0, levels=levels, region=region, generator=KeyStream.from_seed(3), backend=backend, **options[region]
+        )
+    )
+    assert torch.equal(fast, eager)
+
+
+@needs_compiler
+def test_the_cpu_cell_pass_in_pieces_draws_the_same_words_as_in_one(monkeypatch):
+    x = image((4, 3, 40, 40), torch.uint8)
+    whole = dp_pixelize(x, 1.0, 4, generator=KeyStream.from_seed(5), backend="compiled")
+    monkeypatch.setattr(functional, "_CHUNK_WORDS", 150)  # 100 cells per row: one row per piece
+    assert torch.equal(dp_pixelize(x, 1.0, 4, generator=KeyStream.from_seed(5), backend="compiled"), whole)
+    assert torch.equal(dp_pixelize(x, 1.0, 4, generator=KeyStream.from_seed(5), backend="eager"), whole)
+
+
+def test_the_layers_are_shells_over_the_functional_core():
+    x = image((2, 3, 45, 70), torch.uint8)
+    boxes = torch.tensor([[10.0, 5.0, 30.0, 20.0]])
+    assert torch.equal(DPPixelize(1.0, 8, seed=4)(x), dp_pixelize(x, 1.0, 8, generator=KeyStream.from_seed(4)))
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), seed=4)
+    released = layer.release(x, boxes=boxes).restore()
+    assert torch.equal(
+        released, dp_pixelize_adaptive(x, 1.0, levels=(4, 8), boxes=boxes, generator=KeyStream.from_seed(4))
+    )
+    video = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="previous", seed=6)
+    first, second = video(x), video(x)
+    stream = KeyStream.from_seed(6)
+    again = dp_pixelize_adaptive(x, 1.0, levels=(4, 8), region="previous", generator=stream)
+    assert torch.equal(again, first)
+    assert torch.equal(
+        dp_pixelize_adaptive(x, 1.0, levels=(4, 8), region="previous", previous=first, generator=stream), second
+    )
+
+
+@needs_compiler
+def test_a_new_shape_past_the_budget_runs_eagerly_with_one_warning(monkeypatch):
+    monkeypatch.setattr(kernels, "MAX_SHAPES", 2)
+    fn = kernels.Compiled(kernels.block_sums)
+    shapes = [(1, 16, 16), (2, 16, 16), (3, 16, 16), (4, 16, 16)]
+    outs = []
+    with pytest.warns(RuntimeWarning, match="2 shapes are compiled already") as caught:
+        for shape in shapes:
+            x = image(shape, torch.uint8)
+            outs.append((fn(x, 4), GridPartition.blocks(16, 16, 4).cell_sums(x)))
+    assert len(caught) == 1 and len(fn._signatures) == 2
+    assert all(torch.equal(a, b) for a, b in outs)
+    fn(image(shapes[0], torch.uint8), 4)  # a known shape stays compiled, without a new warning
+    assert len(fn._signatures) == 2
+
+
+def test_auto_falls_back_to_eager_where_compiling_does_not_pay_or_work(monkeypatch):
+    small, large = torch.zeros(3, 16, 16, dtype=torch.uint8), torch.zeros(3, 512, 512, dtype=torch.uint8)
+    assert not kernels.use_compiled("auto", small) and not kernels.use_compiled("eager", large)
+    assert kernels.use_compiled("auto", large) == kernels.compiler_available(large.device)
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    assert not kernels.use_compiled("auto", large)
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE")
+    monkeypatch.setattr(kernels, "_can_compile_for", lambda device_type: False)  # no C++ compiler, no Triton
+    assert not kernels.use_compiled("auto", large)
+    with pytest.raises(RuntimeError, match="backend='compiled' needs torch.compile on cpu"):
+        DPPixelize(1.0, 8, backend="compiled")(large)
+    assert DPPixelize(1.0, 8, backend="auto")(large).shape == large.shape
+    with pytest.raises(ValueError, match="backend must be one of"):
+        DPPixelize(1.0, 8, backend="fast")
+
+
+def test_float_sums_are_not_compiled():
+    partition = GridPartition.blocks(20, 20, 4)
+    x = image((3, 20, 20), torch.float64)
+    assert torch.equal(kernels.cell_sums(partition, x, True), partition.cell_sums(x))
+
+
+@needs_compiler
+def test_the_compiled_fill_paints_every_pixel_with_its_cell():
+    """The fill is compiled on CUDA only (eager is faster on the CPU); its kernel is checked here on the CPU."""
+    for height, width, b in [(37, 53, 8), (32, 48, 16), (5, 7, 3)]:
+        partition = GridPartition.blocks(height, width, b)
+        values = image((2, *partition.shape), torch.uint8)
+        assert torch.equal(kernels.compiled_fill_blocks(values, b, height, width), partition.fill(values))
+
+
+def test_noise_extremes_of_the_words():
+    """Tail bits all 0 give q = 1 (magnitude 0); all 1 give q = 2^-52, the largest magnitude, 52·ln 2 ≈ 36 scales.
+    Bit 52 is the sign; the bits above it are not used."""
+    low, high, sign = 0, (1 << 52) - 1, 1 << 52
+    words = torch.tensor([low, high, high | sign, high | (0x3FF << 53), high - (1 << 63)], dtype=torch.int64)
+    laplace = laplace_from_words(words, 2.0)
+    bound = 2.0 * 52 * torch.log(torch.tensor(2.0, dtype=torch.float64))
+    assert laplace[0] == 0 and torch.allclose(laplace[1:], torch.stack([bound, -bound, bound, bound]))
+    discrete = discrete_laplace_from_words(words, 2.0, (1 + torch.exp(torch.tensor(-0.5, dtype=torch.float64))) / 2)
+    assert discrete[0] == 0 and discrete[1] == -discrete[2] == discrete[3] == discrete[4] > 0
+    assert torch.isfinite(laplace).all() and torch.equal(discrete, discrete.round())
+
+
+def test_keystream_pieces_read_the_same_words_as_one_call():
+    stream = KeyStream(bytes(range(32)))
+    call = stream.reserve(3000)
+    whole = KeyStream(bytes(range(32))).words_at(call, 0, 3000)
+    pieces = torch.cat(
+        [stream.words_at(call, 0, 13), stream.words_at(call, 13, 1000), stream.words_at(call, 1013, 1987)]
+    )
+    assert torch.equal(pieces, whole) and stream.position == 1
+    assert torch.equal(KeyStream(bytes(range(32))).words(3000), KeyStream(bytes(range(32))).words_at(0, 0, 3000))
+
+
+def test_the_triton_chacha20_kernel_writes_openssl_keystream():
+    """The GPU keystream kernel, run by Triton's interpreter on the CPU, against OpenSSL at several offsets."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from dp_pixel_torch import keystream_cuda
+        from dp_pixel_torch.noise import KeyStream
+        key = bytes(range(7, 39))
+        stream = KeyStream(key)
+        call = stream.reserve(5000)
+        whole = stream.words_at(call, 0, 5000)
+        for first, n in [(0, 5000), (0, 1), (3, 77), (600, 24)]:
+            got = keystream_cuda.chacha20_words(key, call, first, n, "cpu")
+            assert got.dtype == torch.int64 and torch.equal(got, whole[8 * first : 8 * first + n]), (first, n)
+        big = 2**70 + 12345  # every byte of the 96-bit nonce is used
+        assert torch.equal(keystream_cuda.chacha20_words(key, big, 0, 64, "cpu"), KeyStream(key).words_at(big, 0, 64))
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
