@@ -63,8 +63,8 @@ def _tail_and_sign(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def laplace_from_words(words: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Continuous Laplace(0, ``scale``) noise, float64, one value per word: ``±scale·(-log q)``.
 
-    A pure function of the words: :func:`laplace_noise` and the fused kernels of :mod:`.kernels` both call it, so
-    they compute the same noise from the same words."""
+    A pure function of the words: :func:`laplace_noise` and the fused kernels of :mod:`.kernels` both call it (their
+    float64 ``log`` implementations may differ in the last bit)."""
     q, negative = _tail_and_sign(words)
     magnitude = q.log_().mul_(-scale)
     return torch.where(negative, -magnitude, magnitude)

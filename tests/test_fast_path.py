@@ -71,6 +71,10 @@ def both_paths(release):
     ],
 )
 def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border):
+    """Equal bits for every dtype under discrete noise, and under continuous noise wherever the output dtype is
+    narrower than float64. With float64 images and ``noise="laplace"`` the noise itself is a float64 ``log``: eager
+    torch takes it from MKL's vector math, the compiled kernel from Sleef, and the two differ in the last bit for about
+    0.7% of values (measured on 1080p), so there the outputs agree to one unit in the last place."""
     x = image(shape, dtype)
     for b in (3, 8, 16):
         fast, eager = both_paths(
@@ -78,7 +82,11 @@ def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border
                 x, 0.5, b, noise=noise, border=border, generator=KeyStream.from_seed(b), backend=backend
             )
         )
-        assert fast.dtype == dtype and torch.equal(fast, eager), (b, dtype, noise, border)
+        assert fast.dtype == dtype
+        if dtype == torch.float64 and noise == "laplace":
+            assert (fast - eager).abs().max() <= 2.0**-52, (b, dtype, noise, border)  # values in [0, 1]
+            continue
+        assert torch.equal(fast, eager), (b, dtype, noise, border)
 
 
 @needs_compiler
