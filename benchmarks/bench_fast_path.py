@@ -59,6 +59,21 @@ def frames(n: int, device: str = "cpu") -> torch.Tensor:
     return frame.expand(n, -1, -1, -1).contiguous().to(device)
 
 
+def adaptive_vs_uniform(b: int, batches, threads: int) -> list[tuple[float, float]]:
+    """(uniform ms, adaptive ms) per batch: the layer at b against levels (b, 2b, 4b) with the face box as its mask."""
+    boxes = torch.tensor(FACE)
+    uniform = DPPixelize(1.0, b, seed=0, backend="compiled")
+    adaptive = RegionAdaptiveDPPixelize(1.0, levels=(b, 2 * b, 4 * b), seed=0, backend="compiled")
+    times = []
+    for data in batches:
+        first_call_s(adaptive, data, boxes=boxes)
+        first_call_s(uniform, data)
+        t_u = median_ms("layer.released_image(x)", threads, layer=uniform, x=data)
+        t_a = median_ms("layer.released_image(x, boxes=boxes)", threads, layer=adaptive, x=data, boxes=boxes)
+        times.append((t_u, t_a))
+    return times
+
+
 def cpu_section(threads: list[int], batch: int, sizes: list[int]) -> None:
     first = threads[0]
     torch.set_num_threads(first)
@@ -91,17 +106,8 @@ def cpu_section(threads: list[int], batch: int, sizes: list[int]) -> None:
     print(f"\nRegion-adaptive (levels b, 2b, 4b; one face box) vs uniform at b, compiled, {first} threads\n")
     print("| b | uniform, batch ms | adaptive, batch ms | ratio | uniform, 1 frame ms | adaptive, 1 frame ms | ratio |")
     print("|---|---|---|---|---|---|---|")
-    boxes = torch.tensor(FACE)
     for b in sizes:
-        uniform = DPPixelize(1.0, b, seed=0, backend="compiled")
-        adaptive = RegionAdaptiveDPPixelize(1.0, levels=(b, 2 * b, 4 * b), seed=0, backend="compiled")
-        row = []
-        for data in (x, one):
-            first_call_s(adaptive, data, boxes=boxes)
-            first_call_s(uniform, data)
-            t_u = median_ms("layer.released_image(x)", first, layer=uniform, x=data)
-            t_a = median_ms("layer.released_image(x, boxes=boxes)", first, layer=adaptive, x=data, boxes=boxes)
-            row += [f"{t_u:.1f}", f"{t_a:.1f}", f"{t_a / t_u:.2f}×"]
+        row = [f"{t_u:.1f} | {t_a:.1f} | {t_a / t_u:.2f}×" for t_u, t_a in adaptive_vs_uniform(b, (x, one), first)]
         print(f"| {b} | {' | '.join(row)} |", flush=True)
 
     more = [t for t in threads[1:] if t <= (os.cpu_count() or 1)]
@@ -147,18 +153,9 @@ def gpu_section(batch: int, sizes: list[int], threads: int) -> None:
     naive_one = median_ms("f(x, 1.0, 8)", threads, f=naive_dp_pix, x=one)
     print(f"\nOne frame at b=8: {t_one * 1e3:.0f} µs (naive {naive_one * 1e3:.0f} µs)")
 
-    boxes = torch.tensor(FACE)
     print("\n| b | adaptive / uniform, batch of 16 | adaptive / uniform, 1 frame |\n|---|---|---|")
     for b in sizes:
-        uniform = DPPixelize(1.0, b, seed=0)
-        adaptive = RegionAdaptiveDPPixelize(1.0, levels=(b, 2 * b, 4 * b), seed=0)
-        ratios = []
-        for data in (x16, one):
-            first_call_s(adaptive, data, boxes=boxes)
-            first_call_s(uniform, data)
-            t_u = median_ms("layer.released_image(x)", threads, layer=uniform, x=data)
-            t_a = median_ms("layer.released_image(x, boxes=boxes)", threads, layer=adaptive, x=data, boxes=boxes)
-            ratios.append(f"{t_a / t_u:.2f}×")
+        ratios = [f"{t_a / t_u:.2f}×" for t_u, t_a in adaptive_vs_uniform(b, (x16, one), threads)]
         print(f"| {b} | {' | '.join(ratios)} |", flush=True)
 
     x64 = frames(64, "cuda")
