@@ -33,6 +33,9 @@ from .partitions import GridPartition, MultiLevelGrid, cell_contrast, region_cel
 LEVELS = 255
 #: Noise words per piece of a CPU cell pass (8 MiB): below glibc's mmap threshold, so the buffer is reused.
 _CHUNK_WORDS = 1 << 20
+#: Cell passes over fewer cells run eagerly even on the compiled path: a compiled call's fixed cost (about 0.4 ms of
+#: guards and dispatch on the CPU) exceeds their work. The coarse levels of an adaptive grid are such passes.
+_COMPILED_MIN_CELLS = 1 << 16
 
 
 def cell_levels(x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple[float, float]):
@@ -80,7 +83,7 @@ def noisy_values(
     constants = torch.tensor(
         [scale, half_one_plus_a(scale) if discrete else 0.0, span, (hi - lo) / span, lo], dtype=torch.float64
     )
-    cell_pass = compiled_noisy_means if compiled else noisy_means
+    cell_pass = compiled_noisy_means if compiled and sums.numel() >= _COMPILED_MIN_CELLS else noisy_means
     divisor, constants = divisor.to(sums.device), constants.to(sums.device)
     shape = tuple(sums.shape)
     rows = sums.reshape(-1, *shape[-2:])  # one row per image and channel

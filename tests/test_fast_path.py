@@ -31,8 +31,10 @@ SHAPES = [(2, 3, 37, 53), (1, 1, 64, 48)]
 
 @pytest.fixture(autouse=True)
 def room_to_compile(monkeypatch):
-    """Every signature of these tests compiles (the default budget of 8 shapes would send most of them eager)."""
+    """Every signature of these small inputs compiles (by default a budget of shapes, and a floor of cells for the
+    cell pass, would send many of them eager)."""
     monkeypatch.setattr(kernels, "MAX_SHAPES", 10_000)
+    monkeypatch.setattr(functional, "_COMPILED_MIN_CELLS", 0)
 
 
 def image(shape, dtype, seed=0):
