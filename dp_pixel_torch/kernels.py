@@ -44,6 +44,9 @@ AUTO_MIN_VALUES = 1 << 18
 MAX_SHAPES = 16
 #: Block sides whose sums are one pass over b² shifted views; larger blocks sum rows first, then columns.
 _ONE_PASS_MAX_B = 8
+#: The largest block side summed by a compiled kernel: its loops are unrolled (compile time grows with b), and int32
+#: holds b²·255 far beyond it. Larger cells take the eager sums, which widen to int64 as needed.
+_COMPILED_MAX_B = 64
 
 
 def check_backend(backend: object) -> str:
@@ -182,9 +185,9 @@ compiled_fill_blocks = Compiled(fill_blocks)
 
 def cell_sums(partition: GridPartition, x: torch.Tensor, compiled: bool) -> torch.Tensor:
     """:meth:`GridPartition.cell_sums` of ``x [..., H, W]``, by the compiled :func:`block_sums` when ``compiled``, ``x``
-    is uint8 and the cells are square blocks (the same integers, as int32)."""
+    is uint8 and the cells are square blocks of side <= 64 (the same integers, as int32)."""
     b = partition.block_side
-    if not compiled or b is None or x.dtype != torch.uint8:
+    if not compiled or b is None or b > _COMPILED_MAX_B or x.dtype != torch.uint8:
         return partition.cell_sums(x)
     flat = x.reshape(-1, *x.shape[-2:]).contiguous()
     return compiled_block_sums(flat, b).reshape(*x.shape[:-2], *partition.shape)

@@ -176,10 +176,15 @@ def test_auto_falls_back_to_eager_where_compiling_does_not_pay_or_work(monkeypat
         DPPixelize(1.0, 8, backend="fast")
 
 
-def test_float_sums_are_not_compiled():
+def test_float_sums_and_large_cells_are_not_compiled():
     partition = GridPartition.blocks(20, 20, 4)
     x = image((3, 20, 20), torch.float64)
     assert torch.equal(kernels.cell_sums(partition, x, True), partition.cell_sums(x))
+    big = GridPartition.blocks(250, 300, 100)  # unrolled over b: compile time would grow with the cell side
+    x = image((1, 250, 300), torch.uint8)
+    signatures = len(kernels.compiled_block_sums._signatures)
+    assert torch.equal(kernels.cell_sums(big, x, True), big.cell_sums(x))
+    assert len(kernels.compiled_block_sums._signatures) == signatures
 
 
 @needs_compiler
