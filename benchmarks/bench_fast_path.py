@@ -94,9 +94,7 @@ def cpu_section(threads: list[int], batch: int, sizes: list[int]) -> None:
         t_naive = median_ms("f(x, 1.0, b)", first, f=naive_dp_pix, x=x, b=b)
         first_call_s(fast, one)
         t_one = median_ms("layer(x)", first, layer=fast, x=one)
-        t_seq = median_ms(
-            "f(image, 1.0, b, 1, rng)", first, 0.0, f=dp_pixelize_sequential, image=image, b=b, rng=rng
-        )
+        t_seq = median_ms("f(image, 1.0, b, 1, rng)", first, 0.0, f=dp_pixelize_sequential, image=image, b=b, rng=rng)
         print(
             f"| {b} | {t_fast:.1f} | {t_eager:.1f} | {t_naive:.1f} | {clone:.1f} | {t_fast / clone:.2f}× | "
             f"{t_naive / t_fast:.2f}× | {t_eager / t_fast:.2f}× | {t_seq:.0f} | {t_seq / t_one:.0f}× | {compile_s:.1f} |",

@@ -96,10 +96,10 @@ def noisy_values(
     stream = generator or KeyStream.from_os_entropy()
     call = stream.reserve(len(rows) * per_row)
     out = torch.empty(rows.shape, dtype=dtype)
-    for lo in range(0, len(rows), step):
-        hi = min(lo + step, len(rows))
-        words = stream.words_at(call, lo * per_row, (hi - lo) * per_row).view(hi - lo, *shape[-2:])
-        out[lo:hi] = cell_pass(rows[lo:hi], words, divisor, constants, discrete, dtype)
+    for first in range(0, len(rows), step):
+        stop = min(first + step, len(rows))
+        words = stream.words_at(call, first * per_row, (stop - first) * per_row).view(stop - first, *shape[-2:])
+        out[first:stop] = cell_pass(rows[first:stop], words, divisor, constants, discrete, dtype)
     return out.reshape(shape)
 
 

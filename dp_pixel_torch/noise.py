@@ -1,6 +1,6 @@
 """Noise samplers and the randomness they draw on (SPEC §4).
 
-Both samplers turn one float64 uniform per value into noise by an inverse CDF. The uniforms come from a
+Both samplers turn one random 64-bit word per value into noise by an inverse CDF. The words come from a
 :class:`KeyStream` (a ChaCha20 keystream under a 256-bit key) or from an explicit :class:`torch.Generator`, so the same
 key or generator state gives the same noise on the same device.
 
@@ -194,7 +194,10 @@ class KeyStream:
         split of a call into pieces reads the same words as one piece.
 
         On the CPU OpenSSL writes them; on a CUDA device with Triton a ChaCha20 kernel writes them on the GPU
-        (:mod:`dp_pixel_torch.keystream_cuda`), bit for bit the same words."""
+        (:mod:`dp_pixel_torch.keystream_cuda`), bit for bit the same words. Words read twice are the same noise twice:
+        take every call from :meth:`reserve` and read each of its words once."""
+        if start < 0 or n < 0 or start + n > _MAX_WORDS:
+            raise ValueError(f"words {start}..{start + n - 1} lie outside one call's {_MAX_WORDS} words")
         device = torch.device(device)
         first, skip = divmod(start, 8)
         if device.type == "cuda" and keystream_cuda.available():

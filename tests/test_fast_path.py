@@ -217,6 +217,10 @@ def test_keystream_pieces_read_the_same_words_as_one_call():
         [stream.words_at(call, 0, 13), stream.words_at(call, 13, 1000), stream.words_at(call, 1013, 1987)]
     )
     assert torch.equal(pieces, whole) and stream.position == 1
+    with pytest.raises(ValueError, match="outside one call"):
+        stream.words_at(call, -8, 16)
+    with pytest.raises(ValueError, match="outside one call"):
+        stream.words_at(call, 8 << 32, 1)  # past the 32-bit block counter
     assert torch.equal(KeyStream(bytes(range(32))).words(3000), KeyStream(bytes(range(32))).words_at(0, 0, 3000))
 
 
