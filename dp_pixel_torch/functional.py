@@ -192,9 +192,28 @@ def dp_pixelize(
         return x.clone()
     check_generator_device(generator, x.device)
     compiled = use_compiled(check_backend(backend), x)
+    return like_layout(uniform_release(x, guarantee, bounds, generator, compiled), x)
+
+
+def uniform_release(
+    x: torch.Tensor,
+    guarantee: PrivacyGuarantee,
+    value_range: tuple[float, float],
+    generator: KeyStream | torch.Generator,
+    compiled: bool,
+) -> torch.Tensor:
+    """The released image of validated ``x`` under a uniform ``guarantee``: one Triton launch where
+    :func:`~dp_pixel_torch.kernels.fused_applies` (CUDA, uint8, discrete noise, a KeyStream), else the cell values
+    and the fill. Both draw the same words, so they release the same image."""
+    if kernels.fused_applies(x, guarantee.b, guarantee.noise, generator, compiled):
+        scale = guarantee.noise_scale(x.shape[-3], float(LEVELS))
+        released = kernels.fused_dp_pixelize(x, guarantee.b, scale, guarantee.border == "area", generator)
+        if released is not None:
+            return released
     partition = GridPartition.for_cells(*x.shape[-2:], guarantee.b, guarantee.grid)
-    values = noisy_cell_values(x, guarantee, partition, bounds, generator, compiled)
-    return like_layout(kernels.fill(partition, values, compiled), x)
+    return kernels.fill(
+        partition, noisy_cell_values(x, guarantee, partition, value_range, generator, compiled), compiled
+    )
 
 
 def _call_randomness(generator: Randomness, secure: bool) -> KeyStream | torch.Generator:

@@ -16,12 +16,16 @@ differ in the last bit for about 0.7% of cells, and so do those outputs (by one 
 * ``"compiled"``: always compiled; raises where no compiler is found.
 * ``"eager"``: plain torch operations.
 
-Every compiled function specialises on its shapes (``dynamic=False``: the fastest code), so each new batch size or
-resolution compiles once (a few seconds on the CPU; the cell pass compiles once per resolution for every batch size). At
-most :data:`MAX_SHAPES` shapes per function are compiled; later ones run eagerly, with one warning, so a stream of
-changing shapes never recompiles without bound (Dynamo's ``recompile_limit``, 8 by default, is raised to that budget
-during these calls only). On the CPU the fill stays eager: ``repeat_interleave`` already
-writes at the speed of a copy there, and the compiled gather measured slower.
+Every compiled function specialises on its shapes (``dynamic=False``: the fastest code, and the code whose ``log``
+matches eager torch), so each new batch size or resolution compiles once: 3.5-15 s on 2 CPU cores with a cold cache,
+0.2-2 s from Inductor's cache. At most :data:`MAX_SHAPES` shapes per function are compiled; later ones run eagerly,
+with one warning, so a stream of changing shapes never recompiles without bound (Dynamo's ``recompile_limit``, 8 by
+default, is raised to that budget during these calls only). On the CPU the fill stays eager: ``repeat_interleave``
+already writes at the speed of a copy there, and the compiled gather measured slower.
+
+On CUDA a release of a few uint8 frames under discrete noise (one video frame, say) is one Triton launch
+(:func:`fused_dp_pixelize`): sums, keystream, noise, rounding and fill in one kernel, with no intermediate tensors,
+instead of the four launches of the compiled path. It draws the same keystream words, so it releases the same image.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import keystream_cuda
+from .noise import KeyStream, half_one_plus_a
 from .partitions import GridPartition
 
 BACKENDS = ("auto", "compiled", "eager")
@@ -201,3 +207,52 @@ def fill(partition: GridPartition, values: torch.Tensor, compiled: bool) -> torc
         return partition.fill(values)
     flat = values.reshape(-1, *values.shape[-2:]).contiguous()
     return compiled_fill_blocks(flat, b, *partition.image_shape).reshape(*values.shape[:-2], *partition.image_shape)
+
+
+#: The largest cell side of the single-launch kernel: one program holds next_pow2(b)² pixels per cell.
+FUSED_MAX_B = 32
+#: The most cells the single-launch kernel serves (a few 1080p frames). It computes one ChaCha20 block per cell, 8×
+#: the keystream kernel's work, so larger batches take the compiled path until a GPU measures which is faster.
+FUSED_MAX_CELLS = 1 << 20
+
+
+def fused_applies(x: torch.Tensor, b: int | None, noise: str, generator: object, compiled: bool) -> bool:
+    """Whether :func:`fused_dp_pixelize` serves this release: the compiled path on CUDA with Triton, uint8 square
+    cells of side <= 32, at most :data:`FUSED_MAX_CELLS` cells, discrete noise and a KeyStream (a torch generator
+    draws its own words)."""
+    return (
+        compiled
+        and x.device.type == "cuda"
+        and keystream_cuda.available()
+        and x.dtype == torch.uint8
+        and noise == "discrete"
+        and b is not None
+        and b <= FUSED_MAX_B
+        and x.numel() <= FUSED_MAX_CELLS * b * b
+        and isinstance(generator, KeyStream)
+    )
+
+
+def fused_dp_pixelize(x: torch.Tensor, b: int, scale: float, area: bool, stream: KeyStream) -> torch.Tensor | None:
+    """Uniform DP-Pix of uint8 ``x [..., C, H, W]`` with ``b×b`` cells in **one kernel launch** (Triton): each cell's
+    exact sum, the keystream word of its index (the next call of ``stream``, the same words as
+    :meth:`KeyStream.words` gives the other paths), discrete Laplace noise of ``scale``, the clipped mean rounded half
+    to even, divided by the cell's area (``area``) or by b², and the fill. For one frame this replaces the keystream,
+    sums, cell and fill launches (and their intermediate tensors) of the compiled path. None if the kernel does not
+    build here (see :func:`~dp_pixel_torch.keystream_cuda.launch`): the caller then takes the compiled path."""
+    from ._triton_kernels import dp_pixelize_uint8
+
+    height, width = x.shape[-2:]
+    planes = x.reshape(-1, height, width).contiguous()
+    rows, cols = -(-height // b), -(-width // b)
+    n_cells = planes.shape[0] * rows * cols
+    side = 1 << (b - 1).bit_length()  # the next power of two
+    block = max(1, 4096 // (side * side))  # cells per program
+    out = torch.empty_like(planes)
+    state = keystream_cuda.state_words(stream.key, stream.reserve(n_cells), x.device)
+    grid = (-(-n_cells // block),)
+    launched = keystream_cuda.launch(
+        dp_pixelize_uint8, grid, planes, out, state, n_cells, height, width, rows, cols, scale,
+        half_one_plus_a(scale), B=b, BB=side, AREA=area, BLOCK=block,
+    )  # fmt: skip
+    return out.reshape(x.shape) if launched else None

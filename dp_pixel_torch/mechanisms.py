@@ -18,7 +18,6 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from . import kernels
 from ._validation import check_generator_device, check_input, check_value_range
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .functional import (
@@ -30,6 +29,7 @@ from .functional import (
     previous_split,
     region_split,
     restore_adaptive,
+    uniform_release,
 )
 from .kernels import check_backend, use_compiled
 from .noise import KeyStream, NoiseSource, Randomness, check_randomness
@@ -224,21 +224,20 @@ class DPPixelize(_DPLayer):
         ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
         (not for secure layers).
         """
-        x, bounds, _, values, _ = self._cells(x, generator)
-        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, self._guarantee, [values], [], storage)
-
-    @torch.no_grad()
-    def released_image(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, partition, values, compiled = self._cells(x, None)
-        return kernels.fill(partition, values, compiled)
-
-    def _cells(self, x: torch.Tensor, generator: Randomness):
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
         compiled = use_compiled(self.backend, x)
         self._charge(x)
-        return x, bounds, partition, noisy_cell_values(x, g, partition, bounds, generator, compiled), compiled
+        values = noisy_cell_values(x, g, partition, bounds, generator, compiled)
+        return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, [values], [], storage)
+
+    @torch.no_grad()
+    def released_image(self, x: torch.Tensor) -> torch.Tensor:
+        x, bounds, generator = self._checked(x, None)
+        compiled = use_compiled(self.backend, x)
+        self._charge(x)
+        return uniform_release(x, self._guarantee, bounds, generator, compiled)
 
     def extra_repr(self) -> str:
         g = self._guarantee

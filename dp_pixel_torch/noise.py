@@ -201,7 +201,9 @@ class KeyStream:
         device = torch.device(device)
         first, skip = divmod(start, 8)
         if device.type == "cuda" and keystream_cuda.available():
-            return keystream_cuda.chacha20_words(self._key, call, first, skip + n, device)[skip:]
+            words = keystream_cuda.chacha20_words(self._key, call, first, skip + n, device)
+            if words is not None:
+                return words[skip:]
         words = torch.empty(skip + n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
         out = memoryview(words.numpy()).cast("B")
         nonce = first.to_bytes(4, "little") + call.to_bytes(12, "little")

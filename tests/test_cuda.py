@@ -65,3 +65,14 @@ def test_the_compiled_cuda_path_is_bit_identical_to_eager(dtype):
     assert torch.equal(
         fast, dp_pixelize_adaptive(x, 1.0, boxes=boxes, generator=KeyStream.from_seed(1), backend="eager")
     )
+
+
+def test_uint8_frames_on_cuda_take_the_single_launch_kernel():
+    from dp_pixel_torch import keystream_cuda
+
+    x = torch.randint(0, 256, (1, 3, 1080, 1920), dtype=torch.uint8, device="cuda")
+    layer = DPPixelize(1.0, 8, seed=3)
+    released = layer(x)
+    assert "dp_pixelize_uint8" in keystream_cuda._LAUNCHED and not keystream_cuda._FAILED
+    assert torch.equal(released, dp_pixelize(x, 1.0, 8, generator=KeyStream.from_seed(3), backend="eager"))
+    assert torch.equal(released, DPPixelize(1.0, 8, seed=3, backend="compiled").release(x).restore())

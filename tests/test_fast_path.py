@@ -224,6 +224,53 @@ def test_keystream_pieces_read_the_same_words_as_one_call():
     assert torch.equal(KeyStream(bytes(range(32))).words(3000), KeyStream(bytes(range(32))).words_at(0, 0, 3000))
 
 
+def test_the_single_launch_kernel_releases_what_the_eager_path_releases():
+    """The one-launch Triton kernel of CUDA frames (sums, keystream, noise, rounding, fill), run by Triton's
+    interpreter on the CPU, against the eager path with the same seed: equal bits, border cells and both border rules
+    included."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from dp_pixel_torch import KeyStream, dp_pixelize, kernels
+        cases = [((2, 3, 37, 53), 3, "area"), ((1, 3, 37, 53), 8, "zero_pad"), ((2, 1, 40, 64), 8, "area"),
+                 ((1, 3, 70, 50), 16, "area"), ((1, 1, 9, 9), 32, "area"), ((1, 3, 33, 47), 5, "zero_pad")]
+        for shape, b, border in cases:
+            x = (torch.rand(shape, generator=torch.Generator().manual_seed(b)) * 256).to(torch.uint8)
+            for epsilon in (0.5, 50.0):
+                eager = dp_pixelize(x, epsilon, b, border=border, generator=KeyStream.from_seed(b), backend="eager")
+                scale = shape[-3] * 255.0 / epsilon
+                stream = KeyStream.from_seed(b)
+                fused = kernels.fused_dp_pixelize(x, b, scale, border == "area", stream)
+                assert fused is not None and stream.position == 1
+                assert torch.equal(fused, eager), (shape, b, border, epsilon, int((fused != eager).sum()))
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_a_triton_kernel_that_does_not_build_turns_the_gpu_kernels_off(monkeypatch):
+    from dp_pixel_torch import keystream_cuda
+
+    class Broken:
+        def fn(self):
+            pass
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                raise RuntimeError("ptxas: unsupported GPU")
+
+            return run
+
+    monkeypatch.setattr(keystream_cuda, "_FAILED", [])
+    with pytest.warns(RuntimeWarning, match="failed to build .* torch path instead"):
+        assert keystream_cuda.launch(Broken(), (1,)) is False
+    assert keystream_cuda._FAILED == ["fn"] and not keystream_cuda.available()
+
+
 def test_the_triton_chacha20_kernel_writes_openssl_keystream():
     """The GPU keystream kernel, run by Triton's interpreter on the CPU, against OpenSSL at several offsets."""
     pytest.importorskip("triton")
