@@ -101,18 +101,13 @@ def _can_compile_for(device_type: str) -> bool:
 
 
 class Compiled:
-    """``fn`` compiled by ``torch.compile``, for at most :data:`MAX_SHAPES` argument signatures (shapes, dtypes,
-    devices and plain values); other signatures run ``fn`` eagerly, with one warning.
+    """``fn`` compiled by ``torch.compile(dynamic=False)``, for at most :data:`MAX_SHAPES` argument signatures
+    (shapes, dtypes, devices and plain values); other signatures run ``fn`` eagerly, with one warning. Dynamo's own
+    ``recompile_limit`` is raised to the budget during these calls, so that the budget, not Dynamo, decides when to
+    stop compiling."""
 
-    Shapes are static (the fastest code), except the leading dimension of the arguments listed in ``dynamic_lead``
-    (an elementwise pass over rows of cells): one compiled kernel then serves every batch size and every piece of a
-    batch (size 1 aside, which torch specialises). Dynamo's own ``recompile_limit`` is raised to the budget during
-    these calls, so that the budget, not Dynamo, decides when to stop compiling.
-    """
-
-    def __init__(self, fn: Callable, dynamic_lead: tuple[int, ...] = ()) -> None:
+    def __init__(self, fn: Callable) -> None:
         self.fn = fn
-        self.dynamic_lead = dynamic_lead
         self._compiled: Callable | None = None
         self._signatures: set[tuple] = set()
         self._lock = threading.Lock()
@@ -120,7 +115,9 @@ class Compiled:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        signature = tuple(self._describe(i, a) for i, a in enumerate(args))
+        signature = tuple(
+            (tuple(a.shape), a.dtype, a.device.type, a.device.index) if isinstance(a, torch.Tensor) else a for a in args
+        )
         with self._lock:
             known = signature in self._signatures
             if not known and len(self._signatures) < MAX_SHAPES:
@@ -128,9 +125,7 @@ class Compiled:
                 known = True
         if known:
             if self._compiled is None:  # made on first use: importing torch._dynamo takes a while
-                self._compiled = torch.compile(self.fn, dynamic=None if self.dynamic_lead else False)
-            for i in self.dynamic_lead:
-                torch._dynamo.maybe_mark_dynamic(args[i], 0)
+                self._compiled = torch.compile(self.fn, dynamic=False)
             with torch._dynamo.config.patch(recompile_limit=MAX_SHAPES):
                 return self._compiled(*args)
         if not self._warned:
@@ -142,14 +137,6 @@ class Compiled:
                 stacklevel=3,
             )
         return self.fn(*args)
-
-    def _describe(self, index: int, arg: object) -> object:
-        if not isinstance(arg, torch.Tensor):
-            return arg
-        shape = tuple(arg.shape)
-        if index in self.dynamic_lead and shape and shape[0] != 1:
-            shape = (None, *shape[1:])
-        return shape, arg.dtype, arg.device.type, arg.device.index
 
 
 def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:
