@@ -29,12 +29,23 @@ needs_compiler = pytest.mark.skipif(
 SHAPES = [(2, 3, 37, 53), (1, 1, 64, 48)]
 
 
+#: Names of the compiled functions called, in order (filled by the fixture below).
+COMPILED_CALLS: list[str] = []
+
+
 @pytest.fixture(autouse=True)
 def room_to_compile(monkeypatch):
     """Every signature of these small inputs compiles (by default a budget of shapes, and a floor of cells for the
-    cell pass, would send many of them eager)."""
+    cell pass, would send many of them eager), and every call of a compiled function is recorded."""
     monkeypatch.setattr(kernels, "MAX_SHAPES", 10_000)
     monkeypatch.setattr(functional, "_COMPILED_MIN_CELLS", 0)
+    original = kernels.Compiled.__call__
+
+    def recorded(self, *args):
+        COMPILED_CALLS.append(self.fn.__name__)
+        return original(self, *args)
+
+    monkeypatch.setattr(kernels.Compiled, "__call__", recorded)
 
 
 def image(shape, dtype, seed=0):
@@ -44,15 +55,17 @@ def image(shape, dtype, seed=0):
     return x.to(dtype)
 
 
-def compiled_calls() -> int:
-    return sum(len(f._signatures) for f in (kernels.compiled_block_sums, functional.compiled_noisy_means))
-
-
 def both_paths(release):
-    """``release(backend)`` under both backends with the same seed: asserts the compiled path really compiled."""
+    """``release(backend)`` under both backends with the same seed; the compiled release must call the compiled cell
+    pass, and the eager one no compiled function. Also says whether the compiled release summed by a kernel."""
+    COMPILED_CALLS.clear()
     fast = release("compiled")
-    assert compiled_calls() > 0
-    return fast, release("eager")
+    assert "noisy_means" in COMPILED_CALLS
+    summed = "block_sums" in COMPILED_CALLS
+    COMPILED_CALLS.clear()
+    eager = release("eager")
+    assert not COMPILED_CALLS
+    return fast, eager, summed
 
 
 @needs_compiler
@@ -79,12 +92,12 @@ def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border
     0.7% of values (measured on 1080p), so there the outputs agree to one unit in the last place."""
     x = image(shape, dtype)
     for b in (3, 8, 16):
-        fast, eager = both_paths(
+        fast, eager, summed = both_paths(
             lambda backend: dp_pixelize(
                 x, 0.5, b, noise=noise, border=border, generator=KeyStream.from_seed(b), backend=backend
             )
         )
-        assert fast.dtype == dtype
+        assert fast.dtype == dtype and summed == (noise == "discrete" or dtype == torch.uint8)  # integer levels
         if dtype == torch.float64 and noise == "laplace":
             assert (fast - eager).abs().max() <= 2.0**-52, (b, dtype, noise, border)  # values in [0, 1]
             continue
@@ -94,10 +107,10 @@ def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border
 @needs_compiler
 def test_grids_that_are_not_square_blocks_take_the_eager_sums_and_stay_identical():
     x = image((2, 3, 37, 53), torch.uint8)
-    fast, eager = both_paths(
+    fast, eager, summed = both_paths(
         lambda backend: dp_pixelize(x, 1.0, grid=(5, 7), generator=KeyStream.from_seed(1), backend=backend)
     )
-    assert torch.equal(fast, eager)
+    assert not summed and torch.equal(fast, eager)
 
 
 @needs_compiler
@@ -108,12 +121,12 @@ def test_adaptive_fast_path_is_bit_identical_to_eager(levels, dtype, region):
     x = image((2, 3, 45, 70), dtype)
     options = {"mask": {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0]])}, "complexity": {"partition_epsilon": 0.3}}
     options["previous"] = {"previous": dp_pixelize_adaptive(x, 2.0, levels=levels, boxes=options["mask"]["boxes"])}
-    fast, eager = both_paths(
+    fast, eager, summed = both_paths(
         lambda backend: dp_pixelize_adaptive(
             x, 1.0, levels=levels, region=region, generator=KeyStream.from_seed(3), backend=backend, **options[region]
         )
     )
-    assert torch.equal(fast, eager)
+    assert summed and torch.equal(fast, eager)
 
 
 @needs_compiler
