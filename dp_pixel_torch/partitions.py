@@ -248,10 +248,10 @@ class MultiLevelGrid:
 
     def finest_values(self, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """The value of every level-0 cell, taken from the released cell that holds it: ``[..., C, rows_0, cols_0]``."""
-        level = self.level_map(released).unsqueeze(-3)
         finest = values[0]
         for lvl in range(1, len(self.levels)):
-            finest = torch.where(level == lvl, self.to_finest(values[lvl], lvl), finest)
+            inside = self.to_finest(released[lvl], lvl).unsqueeze(-3)  # level-0 cells of released level-lvl cells
+            finest = torch.where(inside, self.to_finest(values[lvl], lvl), finest)
         return finest
 
     def level_map(self, released: list[torch.Tensor]) -> torch.Tensor:
