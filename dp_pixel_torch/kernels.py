@@ -5,8 +5,9 @@ mean is one fused pass over the cells. ``torch.compile`` generates the kernels: 
 CUDA. The compiled functions are the eager ones (:func:`block_sums`, :func:`fill_blocks` and the cell pass of
 :func:`~dp_pixel_torch.functional.noisy_values`), so with the same noise words both paths give bit-identical output;
 the tests check this for every dtype, border rule and level set. One exception: float64 images with continuous noise
-(``noise="laplace"``), whose float64 ``log`` comes from MKL in eager torch and from Sleef in the compiled kernel; they
-differ in the last bit for about 0.7% of cells, and so do those outputs (by one unit in the last place).
+(``noise="laplace"``), whose float64 ``log`` comes from different vector-math routines in eager torch and in the
+compiled kernel; they differ in the last bit for about 0.7% of cells, and so do those outputs (by one unit in the last
+place).
 
 ``backend`` (of the layers and functions):
 

@@ -88,7 +88,7 @@ def both_paths(release):
 def test_uniform_fast_path_is_bit_identical_to_eager(shape, dtype, noise, border):
     """Equal bits for every dtype under discrete noise, and under continuous noise wherever the output dtype is
     narrower than float64. With float64 images and ``noise="laplace"`` the noise itself is a float64 ``log``: eager
-    torch takes it from MKL's vector math, the compiled kernel from Sleef, and the two differ in the last bit for about
+    torch and the compiled kernel take it from different vector-math routines, which differ in the last bit for about
     0.7% of values (measured on 1080p), so there the outputs agree to one unit in the last place."""
     x = image(shape, dtype)
     for b in (3, 8, 16):
