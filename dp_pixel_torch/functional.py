@@ -363,6 +363,32 @@ def previous_split(
     return split_where(complexity_scores(sums, grid, span), split_threshold, split_fraction)
 
 
+def public_split(
+    region: str,
+    grid: MultiLevelGrid,
+    guarantee: PrivacyGuarantee,
+    value_range: tuple[float, float],
+    lead: tuple[int, ...],
+    device: torch.device,
+    *,
+    mask: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    previous: torch.Tensor | None = None,
+    split_threshold: float | None = None,
+    split_fraction: float | None = None,
+) -> list[torch.Tensor] | None:
+    """The split maps of a partition that costs no budget: ``region="mask"`` (:func:`region_split` of ``mask``/
+    ``boxes``) or ``"previous"`` (:func:`previous_split` of the previous release's level-0 values ``previous``);
+    None for ``"complexity"``, whose partition is drawn from noisy scores with the values."""
+    if region != "mask" and (mask is not None or boxes is not None):
+        raise ValueError(f"mask/boxes are only used with region='mask', not region={region!r}")
+    if region == "mask":
+        return region_split(grid, mask, boxes, lead, device)
+    if region == "previous":
+        return previous_split(previous, grid, guarantee, value_range, split_threshold, split_fraction, device)
+    return None
+
+
 def released_finest(grid: MultiLevelGrid, released: torch.Tensor) -> torch.Tensor:
     """The level-0 cell values of a released frame ``[..., C, H, W]``: each level-0 cell lies inside one released
     cell, whose value fills it, so its exact mean is that value."""
@@ -465,8 +491,6 @@ def dp_pixelize_adaptive(
     guarantee = adaptive_guarantee(epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure)
     x, bounds = check_input(x, value_range)
     generator = _call_randomness(generator, secure)
-    if region != "mask" and (mask is not None or boxes is not None):
-        raise ValueError(f"mask/boxes are only used with region='mask', not region={region!r}")
     if region != "previous" and previous is not None:
         raise ValueError(f"previous is only used with region='previous', not region={region!r}")
     if x.numel() == 0:
@@ -474,19 +498,27 @@ def dp_pixelize_adaptive(
     check_generator_device(generator, x.device)
     compiled = use_compiled(check_backend(backend), x)
     grid = MultiLevelGrid(*x.shape[-2:], guarantee.levels)
-    split = None
-    if region == "mask":
-        split = region_split(grid, mask, boxes, tuple(x.shape[:-3]), x.device)
-    elif region == "previous":
-        if previous is not None:
-            previous = check_input(previous, value_range, "previous")[0]
-            if previous.shape != x.shape or previous.dtype != x.dtype:
-                raise ValueError(
-                    f"previous must be a released frame of x's shape {tuple(x.shape)} and dtype {x.dtype}, "
-                    f"got {tuple(previous.shape)} {previous.dtype}"
-                )
-            previous = released_finest(grid, previous.to(x.device))
-        split = previous_split(previous, grid, guarantee, bounds, split_threshold, split_fraction, x.device)
+    if previous is not None:
+        previous = check_input(previous, value_range, "previous")[0]
+        if previous.shape != x.shape or previous.dtype != x.dtype:
+            raise ValueError(
+                f"previous must be a released frame of x's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                f"got {tuple(previous.shape)} {previous.dtype}"
+            )
+        previous = released_finest(grid, previous.to(x.device))
+    split = public_split(
+        region,
+        grid,
+        guarantee,
+        bounds,
+        tuple(x.shape[:-3]),
+        x.device,
+        mask=mask,
+        boxes=boxes,
+        previous=previous,
+        split_threshold=split_threshold,
+        split_fraction=split_fraction,
+    )
     values, split = adaptive_cell_values(
         x,
         guarantee,

@@ -26,8 +26,7 @@ from .functional import (
     check_split_rule,
     like_layout,
     noisy_cell_values,
-    previous_split,
-    region_split,
+    public_split,
     restore_adaptive,
     uniform_release,
 )
@@ -361,14 +360,20 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         """Checks, the public partition, the charge, then :func:`~dp_pixel_torch.functional.adaptive_cell_values`."""
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
-        if self.region != "mask" and (mask is not None or boxes is not None):
-            raise ValueError(f"mask/boxes are only used with region='mask', this layer has region={self.region!r}")
         grid = MultiLevelGrid(*x.shape[-2:], g.levels)
-        split = None
-        if self.region == "mask":
-            split = region_split(grid, mask, boxes, tuple(x.shape[:-3]), x.device)
-        elif self.region == "previous":
-            split = self._split_from_previous(x, grid, bounds)
+        split = public_split(
+            self.region,
+            grid,
+            g,
+            bounds,
+            tuple(x.shape[:-3]),
+            x.device,
+            mask=mask,
+            boxes=boxes,
+            previous=self._continued(x, grid),
+            split_threshold=self.split_threshold,
+            split_fraction=self.split_fraction,
+        )
         compiled = use_compiled(self.backend, x)
         self._charge(x)  # every check is done; nothing random has been drawn yet
         values, split = adaptive_cell_values(
@@ -385,17 +390,16 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             self._previous = grid.finest_values(grid.released(split), values)
         return x, bounds, grid, values, split, compiled
 
-    def _split_from_previous(self, x, grid, bounds) -> list[torch.Tensor]:
-        previous = self._previous
+    def _continued(self, x: torch.Tensor, grid: MultiLevelGrid) -> torch.Tensor | None:
+        """The released level-0 values of the previous frame of this stream (``region="previous"``), if any."""
+        previous = self._previous if self.region == "previous" else None
         expected = (*x.shape[:-2], *grid.partition(0).shape)
         if previous is not None and (tuple(previous.shape) != expected or previous.device != x.device):
             raise ValueError(
                 f"frame of shape {tuple(x.shape)} on {x.device} does not continue the previous stream "
                 f"(released cells {tuple(previous.shape)} on {previous.device}); call reset() first"
             )
-        return previous_split(
-            previous, grid, self._guarantee, bounds, self.split_threshold, self.split_fraction, x.device
-        )
+        return previous
 
     def extra_repr(self) -> str:
         g = self._guarantee

@@ -130,6 +130,27 @@ def test_adaptive_fast_path_is_bit_identical_to_eager(levels, dtype, region):
 
 
 @needs_compiler
+def test_the_compiled_path_leaves_its_input_untouched_and_noises_every_frame_apart():
+    x = image((4, 3, 64, 64), torch.uint8)
+    x[:] = x[0]  # four identical frames: shared noise would give identical releases
+    before = x.clone()
+    for release in (
+        lambda: DPPixelize(1.0, 4, seed=9, backend="compiled")(x),
+        lambda: dp_pixelize_adaptive(
+            x,
+            1.0,
+            levels=(4, 8),
+            boxes=torch.tensor([[0.0, 0.0, 20.0, 20.0]]),
+            generator=KeyStream.from_seed(9),
+            backend="compiled",
+        ),
+    ):
+        out = release()
+        assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+        assert all(not torch.equal(out[i], out[j]) for i in range(4) for j in range(i))
+
+
+@needs_compiler
 def test_the_cpu_cell_pass_in_pieces_draws_the_same_words_as_in_one(monkeypatch):
     x = image((4, 3, 40, 40), torch.uint8)
     whole = dp_pixelize(x, 1.0, 4, generator=KeyStream.from_seed(5), backend="compiled")
