@@ -482,7 +482,8 @@ def dp_pixelize_adaptive(
         region: ``"mask"``: split the cells that touch the public ``mask [..., H, W]`` or XYXY pixel ``boxes
             [K, 4]`` (no budget). ``"complexity"``: private complexity scores paid with ``partition_epsilon`` (total
             ε = ``partition_epsilon + epsilon``). ``"previous"``: the scores of ``previous``, the previous *released*
-            frame (same shape and dtype as ``x``; None: coarse cells only; no budget).
+            frame (same shape and dtype as ``x``; None: coarse cells only; no budget). It is taken as public: a raw
+            frame here would choose the cells from private pixels for free.
         split_threshold / split_fraction: for ``"complexity"`` and ``"previous"``: split a cell whose score exceeds
             the threshold (a fraction of R), or the top fraction of each image's cells per level (default 0.25).
         Other arguments as :func:`dp_pixelize`; every released cell sum gets noise of scale ``C·R·m/epsilon``.
