@@ -29,6 +29,9 @@ _PARTITION_TEXT = {
     "complexity": "; partition: noisy complexity scores of the image",
     "previous": "; partition: derived from the previous released frame (post-processing, no extra budget)",
 }
+#: Where a region map comes from: given from outside the image ("public"), or found by a detector in the private image
+#: itself ("detector"), which discloses the region positions.
+REGION_ORIGINS = ("public", "detector")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ class PrivacyGuarantee:
         partition: where the cells come from: ``"uniform"``, or for ``levels`` ``"mask"`` (public region map),
             ``"complexity"`` (private scores, paid with ``partition_epsilon``) or ``"previous"`` (previous release).
         partition_epsilon: budget spent on choosing the partition (only ``"complexity"`` spends any).
+        protect: the region map (``partition="mask"``) marks regions to *protect* (SPEC §3, "Protected regions"): the
+            cells of the coarsest level ``b_L`` that meet a region are released whole with noise scale
+            ``C·R·protect_m/ε``; every other cell is released at the finest level ``b_0`` with ``C·R·m/ε``. The release
+            is then ε-DP for two relations at once: neighbours that differ in up to ``m`` pixels anywhere, and
+            neighbours that differ in up to ``protect_m`` pixels inside the protected cells (which hold the regions).
+            A change touching both costs up to 2ε. The protected cells and their scales are public.
+        protect_m: ``m_r``, the pixels that may differ inside the protected cells (at least ``m``). None: all of
+            them, so any change inside the protected cells of an image is hidden; the scale of each image then uses
+            the pixel count of its own protected cells (at least ``m``).
+        region_from: ``"public"`` (the map does not depend on the image: annotations, a fixed box) or
+            ``"detector"`` (found in the private image): the guarantee then holds *conditional on the disclosed
+            region positions*, and a region the detector misses gets only the ``m`` protection.
     """
 
     epsilon: float
@@ -64,6 +79,9 @@ class PrivacyGuarantee:
     levels: tuple[int, ...] | None = None
     partition: str = "uniform"
     partition_epsilon: float = 0.0
+    protect: bool = False
+    protect_m: int | None = None
+    region_from: str = "public"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the validated fields once, here
@@ -87,6 +105,19 @@ class PrivacyGuarantee:
             raise ValueError('border="zero_pad" divides by b² and needs b or levels; use border="area" with grid=')
         if not isinstance(self.secure, bool):
             raise TypeError(f"secure must be a bool, got {type(self.secure).__name__}")
+        if not isinstance(self.protect, bool):
+            raise TypeError(f"protect must be a bool, got {type(self.protect).__name__}")
+        check_choice(self.region_from, "region_from", REGION_ORIGINS)
+        if self.region_from != "public" and self.partition != "mask":
+            raise ValueError(f"region_from applies to a region map (partition='mask'), not {self.partition!r}")
+        if self.protect and self.partition != "mask":
+            raise ValueError(f"protect marks regions of a region map: it needs partition='mask', not {self.partition!r}")
+        if self.protect_m is not None:
+            if not self.protect:
+                raise ValueError("protect_m is the protected pixel count of protect=True; it has no meaning without it")
+            set_(self, "protect_m", check_positive_int(self.protect_m, "protect_m"))
+            if self.protect_m < self.m:
+                raise ValueError(f"protect_m must be at least m = {self.m} (m_r >= m), got {self.protect_m}")
         if self.secure and self.noise != "discrete":
             raise ValueError(
                 'secure=True requires noise="discrete": continuous floating-point Laplace is open to Mironov\'s attack'
@@ -98,10 +129,11 @@ class PrivacyGuarantee:
         cells = self.epsilon * channels if self.channel_rule == "per_channel" else self.epsilon
         return cells + self.partition_epsilon
 
-    def noise_scale(self, channels: int, value_range: float) -> float:
-        """Laplace scale on every cell sum: sensitivity ``C·R·m`` over ε (``C`` is 1 under ``per_channel``)."""
+    def noise_scale(self, channels: int, value_range: float, m: int | None = None) -> float:
+        """Laplace scale on every cell sum: sensitivity ``C·R·m`` over ε (``C`` is 1 under ``per_channel``); give
+        ``m`` for the protected cells' ``m_r``."""
         c = 1 if self.channel_rule == "per_channel" else channels
-        return c * value_range * self.m / self.epsilon
+        return c * value_range * (self.m if m is None else m) / self.epsilon
 
     def __str__(self) -> str:
         return self.report()
@@ -134,11 +166,35 @@ class PrivacyGuarantee:
             else:
                 total = f"{channels}·{eps} + {pe} = {self.total_epsilon(channels):g}"
             partition += f" with partition ε = {pe}; total ε = {total}"
+        if self.protect:
+            partition = self._protection_text()
+        elif self.region_from == "detector":
+            partition = (
+                "; partition: a region map found by a detector in the private image; the guarantee holds CONDITIONAL "
+                "on the disclosed region positions"
+            )
         noise = {"discrete": "discrete Laplace on integer sums", "laplace": "continuous Laplace (float64)"}[self.noise]
         seed = ", a ChaCha20 stream keyed with fresh OS entropy per call" if self.secure else ""
+        neighbours = f"neighbours differ in up to m = {self.m} pixel{'s' if self.m != 1 else ''}"
+        if self.protect:
+            m_r = "any number of" if self.protect_m is None else f"up to m_r = {self.protect_m}"
+            neighbours += f" anywhere, or in {m_r} pixels inside the protected regions (each relation at ε)"
+        return f"{budget}, δ = 0; {neighbours}; {cells}, border = {self.border}; noise: {noise}{seed}{partition}"
+
+    def _protection_text(self) -> str:
+        top, fine = self.levels[-1], self.levels[0]
+        m_r = "m_r = all pixels of the image's protected cells" if self.protect_m is None else f"m_r = {self.protect_m}"
+        if self.region_from == "detector":
+            origin = (
+                "found by a detector in the private image and DISCLOSED: the guarantee holds CONDITIONAL on the "
+                "disclosed region positions, and a region the detector misses gets only the m protection"
+            )
+        else:
+            origin = "given as PUBLIC (costs no budget)"
         return (
-            f"{budget}, δ = 0; neighbours differ in up to m = {self.m} pixel{'s' if self.m != 1 else ''}; "
-            f"{cells}, border = {self.border}; noise: {noise}{seed}{partition}"
+            f"; protected regions {origin}; cells meeting a region are released whole at b = {top} with noise scale "
+            f"C·R·m_r/ε ({m_r}), all other cells at b = {fine} with C·R·m/ε; region positions and per-cell scales are "
+            "public; a change touching both a region and the outside costs up to 2ε"
         )
 
 

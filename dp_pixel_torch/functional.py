@@ -63,12 +63,14 @@ def noisy_values(
     value_range: tuple[float, float],
     generator: Randomness,
     compiled: bool = False,
+    m: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Noise the cell sums ``[..., C, rows, cols]`` of ``partition`` and return clipped means in ``dtype``'s range.
 
-    Each sum gets its own draw of scale ``guarantee.noise_scale(C, R)``, from one word of ``generator``'s next call
-    (:func:`~dp_pixel_torch.noise.noise_words`). The mean divides by the true cell area (``border="area"``) or by
-    ``cell_side²`` (``"zero_pad"``). Everything after the noise is post-processing. ``compiled`` runs the cell pass
+    Each sum gets its own draw of scale ``guarantee.noise_scale(C, R, m)``, from one word of ``generator``'s next
+    call (:func:`~dp_pixel_torch.noise.noise_words`); ``m`` defaults to the guarantee's, and may be one pixel count
+    per image ``[...]`` (the protected cells' ``m_r``). The mean divides by the true cell area (``border="area"``) or
+    by ``cell_side²`` (``"zero_pad"``). Everything after the noise is post-processing. ``compiled`` runs the cell pass
     (noise, mean, clip, conversion) as one compiled kernel: the same function, the same words, the same output.
     """
     lo, hi = value_range
@@ -77,7 +79,9 @@ def noisy_values(
     counts = partition.counts(sums.device)
     if sums.is_floating_point() and lo != 0.0:
         sums = sums - lo * counts  # sums of x - lo, so that padding and clipping refer to [0, R]
-    scale = guarantee.noise_scale(sums.shape[-3], span)
+    shape = tuple(sums.shape)
+    per_image = isinstance(m, torch.Tensor)
+    scale = guarantee.noise_scale(shape[-3], span, None if per_image else m)
     divisor = counts.double() if guarantee.border == "area" else torch.tensor(float(cell_side**2), dtype=torch.float64)
     discrete = guarantee.noise == "discrete"
     constants = torch.tensor(
@@ -85,12 +89,17 @@ def noisy_values(
     )
     cell_pass = compiled_noisy_means if compiled and sums.numel() >= _COMPILED_MIN_CELLS else noisy_means
     divisor, constants = divisor.to(sums.device), constants.to(sums.device)
-    shape = tuple(sums.shape)
     rows = sums.reshape(-1, *shape[-2:])  # one row per image and channel
+    scales = None
+    if per_image:  # (scale, (1+a)/2) of every row: [2, rows, 1, 1]
+        row_scale = (guarantee.noise_scale(shape[-3], span, 1) * m.double().to(sums.device)).reshape(-1, 1, 1, 1)
+        row_scale = row_scale.expand(-1, shape[-3], 1, 1).reshape(-1, 1, 1)
+        scales = torch.stack([row_scale, (1.0 + torch.exp(-1.0 / row_scale)) / 2.0])
     per_row = shape[-2] * shape[-1]
     step = max(1, _CHUNK_WORDS // per_row)
     if isinstance(generator, torch.Generator) or sums.device.type != "cpu" or step >= len(rows):
-        return cell_pass(sums, noise_words(shape, sums.device, generator), divisor, constants, discrete, dtype)
+        words = noise_words(rows.shape, sums.device, generator)
+        return cell_pass(rows, words, divisor, constants, discrete, dtype, scales).reshape(shape)
     # On the CPU the keystream is written in pieces of a few MiB, each consumed at once by the cell pass: the same
     # words as one piece (KeyStream.words_at), without faulting in a fresh buffer of 8 bytes per cell.
     stream = generator or KeyStream.from_os_entropy()
@@ -99,7 +108,8 @@ def noisy_values(
     for first in range(0, len(rows), step):
         stop = min(first + step, len(rows))
         words = stream.words_at(call, first * per_row, (stop - first) * per_row).view(stop - first, *shape[-2:])
-        out[first:stop] = cell_pass(rows[first:stop], words, divisor, constants, discrete, dtype)
+        piece = None if scales is None else scales[:, first:stop]
+        out[first:stop] = cell_pass(rows[first:stop], words, divisor, constants, discrete, dtype, piece)
     return out.reshape(shape)
 
 
@@ -110,11 +120,15 @@ def noisy_means(
     constants: torch.Tensor,
     discrete: bool,
     dtype: torch.dtype,
+    scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The cell pass: noise from ``words`` added to ``sums``, divided by ``divisor``, clipped to ``[0, span]`` and
     mapped to ``dtype`` (rounded for uint8, else onto ``[lo, hi]``); ``constants`` holds ``(scale, (1+a)/2, span,
-    (hi-lo)/span, lo)`` as float64, so that new budgets do not recompile the fused version."""
+    (hi-lo)/span, lo)`` as float64, so that new budgets do not recompile the fused version. ``scales`` (float64
+    ``[2, rows, 1, 1]``) replaces the first two with one pair per row of ``sums [rows, h, w]``."""
     scale, half_one_plus, span, to_range, lo = constants.unbind()
+    if scales is not None:
+        scale, half_one_plus = scales.unbind()
     if discrete:
         noise = discrete_laplace_from_words(words, scale, half_one_plus)
     else:
@@ -323,11 +337,34 @@ def adaptive_cell_values(
     split = [s.expand(*lead, *s.shape[-2:]) for s in split]
     values = [
         noisy_values(
-            s, grid.partition(level), grid.levels[level], guarantee, span, x.dtype, value_range, generator, compiled
+            s,
+            grid.partition(level),
+            grid.levels[level],
+            guarantee,
+            span,
+            x.dtype,
+            value_range,
+            generator,
+            compiled,
+            protected_m(grid, guarantee, split) if guarantee.protect and level == grid.top else None,
         )
         for level, s in enumerate(sums)
     ]
     return values, split
+
+
+def protected_m(grid: MultiLevelGrid, guarantee: PrivacyGuarantee, split: list[torch.Tensor]) -> int | torch.Tensor:
+    """``m_r`` of the protected cells of a ``protect`` release, the cells of the coarsest level it does not split:
+    ``guarantee.protect_m``, or (None) the pixel count of each image's protected cells, at least ``m``: ``[...]``.
+
+    Proof sketch (SPEC §3): a protected cell's sum has sensitivity ``C·R·k_c`` for ``k_c`` changed pixels in it, and
+    noise ``C·R·m_r/ε``; a change of at most ``m_r`` pixels inside the protected cells costs ``Σ k_c·ε/m_r <= ε``,
+    and since ``m_r >= m`` the ``m``-pixel relation still holds everywhere."""
+    if guarantee.protect_m is not None:
+        return guarantee.protect_m
+    protected = ~split[-1]
+    pixels = (protected.long() * grid.partition(grid.top).counts(protected.device)).sum((-2, -1))
+    return pixels.clamp_(min=guarantee.m)
 
 
 def region_split(
@@ -341,6 +378,23 @@ def region_split(
     level 0 (see :func:`~dp_pixel_torch.partitions.region_cells`)."""
     touched = region_cells(grid.partition(0), mask, boxes, lead).to(device)
     return [s > 0 for s in grid.coarsen(touched.to(torch.int32))[1:]]
+
+
+def protect_split(
+    grid: MultiLevelGrid,
+    mask: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    lead: tuple[int, ...],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Split maps (levels 1..L) of protected regions: a coarsest-level cell that touches ``mask``/``boxes`` is kept
+    whole (it is protected), every other cell is split down to level 0. The map is public; nothing reads pixels."""
+    protected = region_cells(grid.partition(grid.top), mask, boxes, lead).to(device)
+    split = []
+    for level in range(grid.top, 0, -1):
+        split.append(~protected)
+        protected = grid.step(level).fill(protected)
+    return split[::-1]
 
 
 def previous_split(
@@ -378,12 +432,13 @@ def public_split(
     split_fraction: float | None = None,
 ) -> list[torch.Tensor] | None:
     """The split maps of a partition that costs no budget: ``region="mask"`` (:func:`region_split` of ``mask``/
-    ``boxes``) or ``"previous"`` (:func:`previous_split` of the previous release's level-0 values ``previous``);
-    None for ``"complexity"``, whose partition is drawn from noisy scores with the values."""
+    ``boxes``, or :func:`protect_split` when ``guarantee.protect``) or ``"previous"`` (:func:`previous_split` of the
+    previous release's level-0 values ``previous``); None for ``"complexity"``, whose partition is drawn from noisy
+    scores with the values."""
     if region != "mask" and (mask is not None or boxes is not None):
         raise ValueError(f"mask/boxes are only used with region='mask', not region={region!r}")
     if region == "mask":
-        return region_split(grid, mask, boxes, lead, device)
+        return (protect_split if guarantee.protect else region_split)(grid, mask, boxes, lead, device)
     if region == "previous":
         return previous_split(previous, grid, guarantee, value_range, split_threshold, split_fraction, device)
     return None
@@ -436,6 +491,9 @@ def adaptive_guarantee(
     border: str,
     channel_rule: str,
     secure: bool,
+    protect: bool = False,
+    protect_m: int | None = None,
+    region_from: str = "public",
 ) -> PrivacyGuarantee:
     """The guarantee of a region-adaptive release (``partition_epsilon`` is spent by ``region="complexity"`` only)."""
     return PrivacyGuarantee(
@@ -450,6 +508,9 @@ def adaptive_guarantee(
         levels=tuple(levels),
         partition=region,
         partition_epsilon=0.0 if partition_epsilon is None else partition_epsilon,
+        protect=protect,
+        protect_m=protect_m,
+        region_from=region_from,
     )
 
 
@@ -467,6 +528,9 @@ def dp_pixelize_adaptive(
     partition_epsilon: float | None = None,
     split_threshold: float | None = None,
     split_fraction: float | None = None,
+    protect: bool = False,
+    protect_m: int | None = None,
+    region_from: str = "public",
     noise: str = "discrete",
     border: str = "area",
     channel_rule: str = "joint",
@@ -486,10 +550,18 @@ def dp_pixelize_adaptive(
             frame here would choose the cells from private pixels for free.
         split_threshold / split_fraction: for ``"complexity"`` and ``"previous"``: split a cell whose score exceeds
             the threshold (a fraction of R), or the top fraction of each image's cells per level (default 0.25).
-        Other arguments as :func:`dp_pixelize`; every released cell sum gets noise of scale ``C·R·m/epsilon``.
+        protect: ``mask``/``boxes`` mark regions to *protect* (faces, people): the coarsest cells that meet them are
+            released whole with noise ``C·R·protect_m/epsilon``, every other cell at ``levels[0]`` with
+            ``C·R·m/epsilon``. ε-DP for ``m`` pixels anywhere and for ``protect_m`` pixels inside the regions.
+        protect_m: ``m_r >= m``, the pixels hidden inside the protected cells; None: all of them.
+        region_from: ``"public"`` or ``"detector"`` (the map was found in the private image: the guarantee holds
+            conditional on the disclosed positions, and says so).
+        Other arguments as :func:`dp_pixelize`; every other released cell sum gets noise of scale ``C·R·m/epsilon``.
     """
     split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
-    guarantee = adaptive_guarantee(epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure)
+    guarantee = adaptive_guarantee(
+        epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure, protect, protect_m, region_from
+    )
     x, bounds = check_input(x, value_range)
     generator = _call_randomness(generator, secure)
     if region != "previous" and previous is not None:

@@ -264,6 +264,15 @@ class RegionAdaptiveDPPixelize(_DPLayer):
       is released with coarse cells only. Plain tensors ``[..., C, H, W]`` are one frame of each of ``...`` streams
       per call; a ``tv_tensors.Video`` ``[..., T, C, H, W]`` is processed in time order.
 
+    **Protected regions** (``protect=True``, ``region="mask"``): the region map marks what identifies people (face
+    or person boxes) to *hide* instead of to detail (SPEC §3). Every coarsest cell ``levels[-1]`` that meets a region
+    is released whole with noise scale ``C·R·protect_m/ε``; every other cell is released at the finest level
+    ``levels[0]`` with ``C·R·m/ε``. The release is ε-DP for neighbours that differ in ``m`` pixels anywhere and for
+    neighbours that differ in ``protect_m`` pixels inside the protected cells (None, the default: in all of them, so
+    any change inside a region is hidden); a change that touches both costs up to 2ε. Region positions are public;
+    with ``region_from="detector"`` (boxes found in the private image) the guarantee says that it holds conditional
+    on those disclosed positions.
+
     Other arguments, input types and contract are those of :class:`DPPixelize`.
     """
 
@@ -277,6 +286,9 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         partition_epsilon: float | None = None,
         split_threshold: float | None = None,
         split_fraction: float | None = None,
+        protect: bool = False,
+        protect_m: int | None = None,
+        region_from: str = "public",
         noise: str = "discrete",
         border: str = "area",
         channel_rule: str = "joint",
@@ -289,7 +301,18 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     ) -> None:
         split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
         guarantee = adaptive_guarantee(
-            epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure
+            epsilon,
+            m,
+            levels,
+            region,
+            partition_epsilon,
+            noise,
+            border,
+            channel_rule,
+            secure,
+            protect,
+            protect_m,
+            region_from,
         )
         super().__init__(guarantee, value_range, secure, generator, seed, accountant, backend)
         self.region = region
@@ -406,4 +429,5 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         return (
             f"epsilon={g.epsilon:g}, levels={g.levels}, m={g.m}, region={self.region!r}, "
             f"partition_epsilon={g.partition_epsilon:g}, noise={g.noise!r}, border={g.border!r}"
+            + (f", protect=True, protect_m={g.protect_m}, region_from={g.region_from!r}" if g.protect else "")
         )
