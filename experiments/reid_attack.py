@@ -149,8 +149,8 @@ def conditions(cfg: DictConfig):
     for name, mech in cfg.mechanisms.items():
         if mech is None:
             continue
-        for eps, b, m in settings(mech, cfg.grid):
-            frames_release, report = make_release(mech, eps, b, m, cfg.seed)
+        for eps, b, m, m_r in settings(mech, cfg.grid):
+            frames_release, report = make_release(mech, eps, b, m, cfg.seed, m_r)
 
             def release(images, boxes, frames_release=frames_release):
                 regions = [{"boxes": box[None]} for box in boxes]

@@ -97,15 +97,19 @@ def load_sources(cfg: DictConfig) -> tuple[dict[str, dict], list[str]]:
 
 
 def settings(mech: DictConfig, grid: DictConfig):
-    """(ε, b, m) triples a mechanism is run at; non-private ones ignore ε and m. A mechanism's own ``epsilons``,
+    """(ε, b, m, m_r) tuples a mechanism is run at; non-private ones ignore ε and m, and only protected-region
+    mechanisms have an m_r (an int, or "all": every pixel of the protected cells). A mechanism's own ``epsilons``,
     ``cell_sizes`` or ``ms`` replace the grid's."""
     epsilons, sizes, ms = (mech.get(k) or grid[k] for k in ("epsilons", "cell_sizes", "ms"))
     if mech.kind in ("plain", "blur"):
-        return [(None, b, None) for b in sizes]
-    return list(itertools.product(epsilons, sizes, ms))
+        return [(None, b, None, None) for b in sizes]
+    if mech.kind == "protect":
+        m_rs = ["all" if m_r is None else int(m_r) for m_r in mech.protect_ms]
+        return list(itertools.product(epsilons, sizes, ms, m_rs))
+    return [(eps, b, m, None) for eps, b, m in itertools.product(epsilons, sizes, ms)]
 
 
-def make_release(mech: DictConfig, eps, b, m, seed: int):
+def make_release(mech: DictConfig, eps, b, m, seed: int, m_r=None):
     """``(release, report)``: ``release(frames, regions)`` maps a list of same-size frames (and their public regions,
     or None) to their releases, or returns None when the mechanism needs regions the source does not have."""
     if mech.kind == "plain":
@@ -119,6 +123,17 @@ def make_release(mech: DictConfig, eps, b, m, seed: int):
     if mech.kind == "dp":
         layer = DPPixelize(eps, b, m, noise=mech.noise, border=mech.border, seed=seed)
         return (lambda frames, regions: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
+    if mech.kind == "protect":  # the regions (faces, people) are hidden: coarse cells with m_r, b elsewhere
+        layer = RegionAdaptiveDPPixelize(
+            eps,
+            m,
+            levels=(b, mech.coarse * b),
+            protect=True,
+            protect_m=None if m_r == "all" else m_r,
+            region_from=mech.region_from,
+            seed=seed,
+        )
+        return masked_release(layer), str(layer.guarantee)
     levels = (b // 2, b, 2 * b)
     if mech.region == "complexity":
         share = mech.partition_share * eps
@@ -128,13 +143,7 @@ def make_release(mech: DictConfig, eps, b, m, seed: int):
         return (lambda frames, regions: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
     if mech.region == "mask":  # the source's own annotations (mattes, gt boxes), treated as public
         layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="mask", seed=seed)
-
-        def masked(frames, regions):
-            if regions is None:
-                return None
-            return [layer.release(f, **r).restore() for f, r in zip(frames, regions)]
-
-        return masked, str(layer.guarantee)
+        return masked_release(layer), str(layer.guarantee)
     layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="previous", seed=seed)
 
     def sequential(frames, regions):  # frame t's cells come from release t-1
@@ -142,6 +151,17 @@ def make_release(mech: DictConfig, eps, b, m, seed: int):
         return [layer(f[None])[0] for f in frames]
 
     return sequential, str(layer.guarantee)
+
+
+def masked_release(layer: RegionAdaptiveDPPixelize):
+    """``release(frames, regions)`` of a layer that needs each frame's region (None without regions)."""
+
+    def masked(frames, regions):
+        if regions is None:
+            return None
+        return [layer.release(f, **r).restore() for f, r in zip(frames, regions)]
+
+    return masked
 
 
 # --- metrics ------------------------------------------------------------------------------------------------------
@@ -295,9 +315,9 @@ def main(cfg: DictConfig) -> None:
         if source["kind"] == "video" and cfg.detection:
             references[name] = source["reference"] or [detect_people(f) for f in source["items"]]
     rows, reports = [], {}
-    for mech_name, mech, (eps, b, m) in tqdm(jobs, desc="conditions", unit="cond"):
-        release, report = make_release(mech, eps, b, m, cfg.seed)
-        reports[(mech_name, eps, b, m)] = report
+    for mech_name, mech, (eps, b, m, m_r) in tqdm(jobs, desc="conditions", unit="cond"):
+        release, report = make_release(mech, eps, b, m, cfg.seed, m_r)
+        reports[(mech_name, eps, b, m, m_r)] = report
         for source_name, source in sources.items():
             originals = [i[0] for i in source["items"]] if source["kind"] == "mattes" else source["items"]
             by_size = {}
@@ -316,7 +336,9 @@ def main(cfg: DictConfig) -> None:
             if any(r is None for r in released):
                 continue  # this mechanism needs public regions the source does not have
             scores = evaluate(source, released, references.get(source_name))
-            rows.append({"source": source_name, "mechanism": mech_name, "epsilon": eps, "b": b, "m": m, **scores})
+            rows.append(
+                {"source": source_name, "mechanism": mech_name, "epsilon": eps, "b": b, "m": m, "m_r": m_r, **scores}
+            )
 
     columns = [
         "source",
@@ -324,6 +346,7 @@ def main(cfg: DictConfig) -> None:
         "epsilon",
         "b",
         "m",
+        "m_r",
         "psnr",
         "ssim",
         "matte_psnr",
@@ -349,7 +372,9 @@ def main(cfg: DictConfig) -> None:
         lines += table(runtime, list(runtime[0])) + [""]
         storage = storage_rows(video, list(cfg.grid.cell_sizes))
         lines += ["## Storage per frame (bytes)", ""] + table(storage, list(storage[0])) + [""]
-    lines += ["## Privacy report", ""] + [f"- {n}, ε={e}, b={b}, m={m}: {r}" for (n, e, b, m), r in reports.items()]
+    lines += ["## Privacy report", ""] + [
+        f"- {n}, ε={e}, b={b}, m={m}{'' if m_r is None else f', m_r={m_r}'}: {r}" for (n, e, b, m, m_r), r in reports.items()
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, out / "privacy_utility.png")
     plot_examples(frame, cfg, out / "examples.png")
