@@ -4,10 +4,15 @@
     dp-pixel frames/ -o released/ --epsilon 0.5 --b 16 --m 4
     dp-pixel clip.mp4 -o released.avi --epsilon 0.1 --levels 8 16 32 --region complexity --partition-epsilon 0.02 \\
         --cap 60 --ledger camera1.sqlite --grids clip.dpxg
+    dp-pixel street.mp4 -o released.avi --epsilon 1 --b 8 --protect faces --protect-cell 32
 
 Noise comes from a ChaCha20 stream keyed with fresh OS entropy on every call (``secure=True``) unless ``--seed``
 asks for a reproducible experiment. ``--ledger`` keeps the budget of ``--cap`` in a file, so that successive runs on
 the same camera share it.
+``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame, grows the boxes by
+``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
+pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
+CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection.
 The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
 with a non-zero status and a one-line message.
 """
@@ -22,12 +27,14 @@ from pathlib import Path
 import torch
 
 from .accounting import BudgetExceededError, PrivacyAccountant
+from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
 from .video import VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 WRITABLE = (".png", ".jpg", ".jpeg")
+DETECTORS = {"faces": (detect_faces, FACE_MARGIN), "people": (detect_people, PEOPLE_MARGIN)}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +50,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, nargs="+", help="region-adaptive cell sizes, e.g. 8 16 32 (instead of --b)")
     p.add_argument("--region", choices=("complexity", "previous"), help="partition source for --levels")
     p.add_argument("--partition-epsilon", type=float, help="ε for the complexity scores (--region complexity)")
+    p.add_argument(
+        "--protect",
+        choices=tuple(DETECTORS),
+        help="hide the faces (Haar cascade) or people (HOG) found in each image or frame; a missed one gets only --m",
+    )
+    p.add_argument(
+        "--protect-cell", type=int, help="side in pixels of the protected cells, a multiple of --b (default 4·b)"
+    )
+    p.add_argument(
+        "--protect-m", type=int, help="pixels hidden inside the protected cells, >= --m (default: all of them)"
+    )
+    p.add_argument(
+        "--protect-margin",
+        type=float,
+        help=f"grow each box by this fraction of its size per side (default {FACE_MARGIN} faces, {PEOPLE_MARGIN} people)",
+    )
     p.add_argument("--cap", type=float, help="refuse to spend more than this ε over the whole run (all frames)")
     p.add_argument(
         "--ledger", type=Path, help="keep the budget in this SQLite ledger, shared with other runs and processes"
@@ -61,6 +84,10 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
     common = dict(noise=args.noise, accountant=accountant, **randomness)
+    if args.protect:
+        return protect_layer(args, common)
+    if args.protect_cell is not None or args.protect_m is not None or args.protect_margin is not None:
+        raise ValueError("--protect-cell, --protect-m and --protect-margin apply to --protect")
     if args.levels:
         if args.b is not None:
             raise ValueError("give --b or --levels, not both")
@@ -79,6 +106,30 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
     if args.region is not None or args.partition_epsilon is not None:
         raise ValueError("--region and --partition-epsilon apply to --levels")
     return DPPixelize(args.epsilon, args.b, args.m, **common)
+
+
+def protect_layer(args: argparse.Namespace, common: dict) -> ProtectDetected:
+    """``--protect``: cells of ``--b`` and protected cells of ``--protect-cell``, regions from the detector."""
+    if args.levels or args.region is not None or args.partition_epsilon is not None:
+        raise ValueError(
+            "--protect sets the cells from --b and --protect-cell; drop --levels/--region/--partition-epsilon"
+        )
+    if args.b is None:
+        raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
+    detector, margin = DETECTORS[args.protect]
+    cell = 4 * args.b if args.protect_cell is None else args.protect_cell
+    if cell <= args.b or cell % args.b:
+        raise ValueError(f"--protect-cell must be a multiple of --b = {args.b} larger than it, got {cell}")
+    layer = RegionAdaptiveDPPixelize(
+        args.epsilon,
+        args.m,
+        levels=(args.b, cell),
+        protect=True,
+        protect_m=args.protect_m,
+        region_from="detector",
+        **common,
+    )
+    return ProtectDetected(layer, detector, margin if args.protect_margin is None else args.protect_margin)
 
 
 def write_image(image: torch.Tensor, path: Path) -> None:
@@ -121,6 +172,11 @@ def run(args: argparse.Namespace) -> str:
     else:
         write_image(layer(read_image(source)), args.output)
         summary = f"image written to {args.output}"
+    if isinstance(layer, ProtectDetected):
+        summary += (
+            f"\n{args.protect}: {layer.found} found and protected in {layer.frames_with} of {layer.frames} "
+            "images/frames; any the detector missed have only the --m protection"
+        )
     spent = "" if accountant is None else f"\nAccountant: {accountant}"
     return f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from .detectors import detect_people  # noqa: F401 - moved to detectors, still importable from here
 from .video import import_cv2, to_bgr
 
 
@@ -102,16 +103,6 @@ def occupancy_agreement(
         accuracy=float((a == b).mean()),
         density_error=float(np.abs(a.mean(axis=(1, 2)) - b.mean(axis=(1, 2))).mean()),
     )
-
-
-def detect_people(frame: torch.Tensor) -> torch.Tensor:
-    """OpenCV's HOG people detector on one uint8 ``[3, H, W]`` frame: float32 ``[K, 4]`` XYXY boxes."""
-    cv2 = import_cv2()
-    hog = cv2.HOGDescriptor()
-    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-    rects, _ = hog.detectMultiScale(to_bgr(frame), winStride=(8, 8))
-    boxes = torch.tensor(np.asarray(rects, dtype=np.float32)).reshape(-1, 4)
-    return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
 
 
 @dataclass(frozen=True)
