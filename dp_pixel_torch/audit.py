@@ -75,6 +75,32 @@ def worst_case_pair(
     return x, y
 
 
+def protected_pair(
+    m: int, cell: int = 8, inside: bool = True, channels: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighbours for the two relations of a layer with protected regions (``protect=True``, coarsest cells of side
+    ``cell``): a black uint8 ``[C, 2·cell, 4·cell]`` image, its neighbour, and the public box ``[1, 4]`` over the
+    left half, whose four protected cells form a 2×2 block.
+
+    ``inside=True``: ``m`` (= m_r) pixels turned white inside the box, spread round-robin over its four cells, so
+    every protected cell sum moves; ``inside=False``: ``m`` pixels turned white in the right half, outside every
+    protected cell, packed from its top-left corner."""
+    m, cell = check_positive_int(m, "m"), check_positive_int(cell, "cell")
+    side = 2 * cell
+    if m > side * side:
+        raise ValueError(f"m = {m} pixels do not fit in the {side}×{side} half of the image")
+    x = torch.zeros(channels, side, 2 * side, dtype=torch.uint8)
+    y = x.clone()
+    for k in range(m):
+        if inside:
+            block, offset = k % 4, k // 4
+            row, col = (block // 2) * cell + offset // cell, (block % 2) * cell + offset % cell
+        else:
+            row, col = k // side, side + k % side
+        y[:, row, col] = 255
+    return x, y, torch.tensor([[0.0, 0.0, float(side), float(side)]])
+
+
 def audit(
     mechanism: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor | None = None,

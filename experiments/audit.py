@@ -16,11 +16,30 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
-from dp_pixel_torch.audit import audit
+from dp_pixel_torch.audit import audit, protected_pair
+
+
+def protected_cases(eps: float) -> list[tuple[str, object, dict]]:
+    """Both relations of a layer with a protected box (m = 1 anywhere, m_r = 32 inside), and a layer whose protected
+    cells are noised for m_r = 16 while it claims 32 (really 2ε on the 32-pixel pair)."""
+    rows = []
+    for name, protect_m, m, inside in (
+        ("Protected box, m_r = 32 pixels inside", 32, 32, True),
+        ("Protected box, m = 1 pixel outside", 32, 1, False),
+        ("MIS-CALIBRATED: protected cells noised for m_r = 16, claims 32", 16, 32, True),
+    ):
+        x, y, box = protected_pair(m, 8, inside)
+        layer = RegionAdaptiveDPPixelize(eps, levels=(4, 8), protect=True, protect_m=protect_m, seed=4)
+
+        def release(batch, layer=layer, box=box):
+            return layer.release(batch, boxes=box).restore()
+
+        rows.append((name, release, {"x": x, "x_prime": y, "epsilon": eps}))
+    return rows
 
 
 def cases(eps: float) -> list[tuple[str, object, dict]]:
-    """(name, mechanism, audit kwargs); the last two claim ε but really have 2ε and 3ε."""
+    """(name, mechanism, audit kwargs); the MIS-CALIBRATED ones claim ε but really have 2ε or 3ε."""
     x = torch.zeros(1, 8, 16, dtype=torch.uint8)
     y = x.clone()
     y[0, 0, 0] = y[0, 0, 15] = 255  # m = 2, straddling a fine (left half, public mask) and a coarse cell
@@ -48,6 +67,7 @@ def cases(eps: float) -> list[tuple[str, object, dict]]:
             ),
             {},
         ),
+        *protected_cases(eps),
         ("MIS-CALIBRATED: half the noise", DPPixelize(2 * eps, 4, seed=0), {"epsilon": eps}),
         (
             "MIS-CALIBRATED: C = 3 treated as C = 1",
