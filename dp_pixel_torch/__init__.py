@@ -1,7 +1,8 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
-from . import functional, kernels, reference
+from . import detectors, functional, kernels, reference
 from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
+from .detectors import ProtectDetected
 from .functional import dp_pixelize, dp_pixelize_adaptive
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .noise import KeyStream
@@ -19,9 +20,11 @@ __all__ = [
     "NoisyGridFormatError",
     "PrivacyAccountant",
     "PrivacyGuarantee",
+    "ProtectDetected",
     "RegionAdaptiveDPPixelize",
     "ReleasedOnce",
     "dp_pixelize",
+    "detectors",
     "dp_pixelize_adaptive",
     "functional",
     "kernels",
