@@ -150,7 +150,15 @@ def test_attack_configs_compose_for_every_faces_source_and_preset():
 def test_attack_runs_end_to_end_on_the_offline_real_faces(tmp_path):
     done = run_job("reid_attack.py", "attack=smoke", "linkage_probes=6", f"hydra.run.dir={tmp_path}")
     rows = {r["condition"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
-    assert list(rows) == ["original", "plain b=8", "blur b=8", "dp_uniform ε=1 b=8 m=1", "dp_adaptive_mask ε=1 b=8 m=1"]
+    assert list(rows) == [
+        "original",
+        "plain b=8",
+        "blur b=8",
+        "dp_uniform ε=1 b=8 m=1",
+        "dp_adaptive_mask ε=1 b=8 m=1",
+        "dp_protect ε=1 b=8 m=1 m_r=64",
+        "dp_protect ε=1 b=8 m=1 m_r=all",
+    ]
     for row in rows.values():
         for key in ("naive_top1", "adaptive_top1", "linkage_top1", "linkage_top5", "astronaut_rank1"):
             assert 0 <= float(row[key]) <= 1
@@ -205,6 +213,7 @@ def test_attack_runs_on_celeba_with_the_protocol_of_the_config(tmp_path):
         "grid.ms=[1]",
         "mechanisms.plain.cell_sizes=[16]",
         "mechanisms.blur=null",
+        "mechanisms.dp_protect=null",
         "classifier.epochs=2",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
