@@ -130,6 +130,30 @@ def test_adaptive_fast_path_is_bit_identical_to_eager(levels, dtype, region):
 
 
 @needs_compiler
+@pytest.mark.parametrize("levels", [(4, 8), (2, 6, 12)])
+@pytest.mark.parametrize("protect_m", [None, 64])
+def test_protected_fast_path_is_bit_identical_to_eager(levels, protect_m):
+    """Protected regions, with one m_r per image (None: each image's own protected cells) or one for all."""
+    x = image((2, 3, 45, 70), torch.uint8)
+    mask = torch.zeros(2, 45, 70, dtype=torch.bool)
+    mask[0, 5:20, 10:30] = True
+    mask[1, 30:40, 40:70] = True
+    fast, eager, summed = both_paths(
+        lambda backend: dp_pixelize_adaptive(
+            x,
+            1.0,
+            levels=levels,
+            mask=mask,
+            protect=True,
+            protect_m=protect_m,
+            generator=KeyStream.from_seed(5),
+            backend=backend,
+        )
+    )
+    assert summed and torch.equal(fast, eager)
+
+
+@needs_compiler
 def test_the_compiled_path_leaves_its_input_untouched_and_noises_every_frame_apart():
     x = image((4, 3, 64, 64), torch.uint8)
     x[:] = x[0]  # four identical frames: shared noise would give identical releases
