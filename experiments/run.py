@@ -3,7 +3,12 @@
     python experiments/run.py [data=samples|pets2009|venice2|ppm100|celeba] [experiment=...] [key=value ...]
 
 Config: conf/config.yaml (groups data/, mechanism/, experiment/). Writes into the Hydra run dir:
-results.csv, report.md (tables, privacy reports, runtime, storage), privacy_utility.png, and examples.png.
+results.csv, report.md (a headline per source, the full table, the privacy report, runtime, storage),
+privacy_utility.png, and examples.png.
+
+People are the protected regions of video: the ground-truth boxes where the source has them (public), otherwise HOG
+detections on the ORIGINAL frames grown by ``PEOPLE_MARGIN`` per side (``region_from="detector"``: the guarantee is
+conditional on the disclosed boxes, and a person HOG misses gets only the m protection).
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize  # noqa: E402
 from dp_pixel_torch.datasets import PETS2009, PPM100, CelebA, MOTSequence  # noqa: E402
+from dp_pixel_torch.detectors import PEOPLE_MARGIN, boxes_mask, dilate_boxes  # noqa: E402
 from dp_pixel_torch.functional import pixelize  # noqa: E402
 from dp_pixel_torch.metrics import (  # noqa: E402
     detect_people,
     masked_scores,
     match_detections,
+    mse,
     occupancy_agreement,
     psnr,
     ssim,
@@ -43,44 +50,60 @@ from dp_pixel_torch.reference import dp_pixelize_sequential  # noqa: E402
 from dp_pixel_torch.video import to_bgr  # noqa: E402
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket")  # inside the scikit-image wheel
+ASTRONAUT_FACE = torch.tensor([[175.0, 70.0, 268.0, 163.0]])  # XYXY: a known face box, public, for examples.png
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
 
 
+def photo(name: str) -> torch.Tensor:
+    if name not in PHOTOS:
+        raise ValueError(f"data.photos: {name!r} is not bundled with scikit-image; choose from {PHOTOS}")
+    return torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1).contiguous()
+
+
+def people(frames: list[torch.Tensor], gt: list[torch.Tensor] | None) -> dict:
+    """The people of a video: their boxes (the reference of the detection metrics) and the regions to protect.
+
+    Ground-truth boxes are public. Without them, HOG finds the people in the ORIGINAL frames; the regions are its
+    boxes grown by ``PEOPLE_MARGIN`` of their width (height) per side, and they are labelled ``"detector"``."""
+    if gt is not None:
+        return {"reference": gt, "regions": [{"boxes": b} for b in gt], "region_from": "public"}
+    found = [detect_people(f) for f in frames]
+    grown = [dilate_boxes(b, PEOPLE_MARGIN, *f.shape[-2:]) for b, f in zip(found, frames)]
+    return {"reference": found, "regions": [{"boxes": b} for b in grown], "region_from": "detector"}
+
+
 def load_sources(cfg: DictConfig) -> tuple[dict[str, dict], list[str]]:
-    """name -> {"kind": images|video|mattes, ...}, and notes on what was skipped."""
+    """name -> {"kind": images|video|mattes, "items": ..., and for sources with regions "regions" (one dict of
+    ``release`` keywords per item) with "region_from" (public|detector)}, and notes on what was skipped."""
     d, sources, notes = cfg.data, {}, []
     if d.get("photos"):
-        for name in d.photos:
-            if name not in PHOTOS:
-                raise ValueError(f"data.photos: {name!r} is not bundled with scikit-image; choose from {PHOTOS}")
-        photos = [torch.from_numpy(getattr(skimage.data, n)()).permute(2, 0, 1).contiguous() for n in d.photos]
-        sources["photos"] = {"kind": "images", "items": photos}
+        sources["photos"] = {"kind": "images", "items": [photo(n) for n in d.photos]}
     if d.get("video"):
         path = Path(d.video)
         if path.exists() or d.name != "samples":
             clip = PETS2009(path)
             frames = [clip[i] for i in range(min(len(clip), cfg.max_frames))]
-            sources["pets2009"] = {"kind": "video", "items": frames, "reference": None}
+            sources["pets2009"] = {"kind": "video", "items": frames, **people(frames, None)}
         else:
             notes.append(f"PETS2009 clip {path} not found (run experiments/fetch_data.py): video metrics skipped")
     if d.get("mot_root"):
         seq = MOTSequence(d.mot_root, d.sequence)
         items = [seq[i] for i in range(min(len(seq), cfg.max_frames))]
-        reference = [t["boxes"] for _, t in items] if seq.has_ground_truth else None
-        regions = [{"boxes": t["boxes"]} for _, t in items] if seq.has_ground_truth else None
-        sources[d.sequence] = {
-            "kind": "video",
-            "items": [f for f, _ in items],
-            "reference": reference,
-            "regions": regions,
-        }
+        frames = [f for f, _ in items]
+        gt = [t["boxes"] for _, t in items] if seq.has_ground_truth else None
+        sources[d.sequence] = {"kind": "video", "items": frames, **people(frames, gt)}
     if d.get("matte_pairs"):
         try:
             pairs = PPM100(d.matte_pairs)
             items = [pairs[i] for i in range(min(len(pairs), cfg.max_frames))]
-            sources["ppm100"] = {"kind": "mattes", "items": items, "regions": [{"mask": matte} for _, matte in items]}
+            sources["ppm100"] = {
+                "kind": "mattes",
+                "items": items,
+                "regions": [{"mask": matte} for _, matte in items],
+                "region_from": "public",
+            }
         except FileNotFoundError:
             if d.name != "samples":
                 raise
@@ -141,8 +164,8 @@ def make_release(mech: DictConfig, eps, b, m, seed: int, m_r=None):
             eps - share, m, levels=levels, region="complexity", partition_epsilon=share, seed=seed
         )
         return (lambda frames, regions: list(layer(torch.stack(frames)).unbind(0))), str(layer.guarantee)
-    if mech.region == "mask":  # the source's own annotations (mattes, gt boxes), treated as public
-        layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="mask", seed=seed)
+    if mech.region == "mask":  # the source's own regions (mattes, gt boxes: public; HOG boxes: detector)
+        layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="mask", region_from=mech.region_from, seed=seed)
         return masked_release(layer), str(layer.guarantee)
     layer = RegionAdaptiveDPPixelize(eps, m, levels=levels, region="previous", seed=seed)
 
@@ -151,6 +174,19 @@ def make_release(mech: DictConfig, eps, b, m, seed: int, m_r=None):
         return [layer(f[None])[0] for f in frames]
 
     return sequential, str(layer.guarantee)
+
+
+def for_source(mech: DictConfig, source: dict) -> DictConfig:
+    """The mechanism as run on one source: a mechanism of region maps takes the origin of the source's regions."""
+    if "region_from" not in mech or "region_from" not in source:
+        return mech
+    return OmegaConf.merge(mech, {"region_from": source["region_from"]})
+
+
+def stream_seed(seed: int, *key: int) -> int:
+    """The seed of one noise stream: (0, k) for source k, (1, i) for example image i. Layers that release different
+    frames never share a seed (shared noise would leak their difference); layers on the same frames may."""
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
 
 
 def masked_release(layer: RegionAdaptiveDPPixelize):
@@ -167,17 +203,30 @@ def masked_release(layer: RegionAdaptiveDPPixelize):
 # --- metrics ------------------------------------------------------------------------------------------------------
 
 
+def originals_of(source: dict) -> list[torch.Tensor]:
+    return [i[0] for i in source["items"]] if source["kind"] == "mattes" else source["items"]
+
+
+def region_mask(region: dict, height: int, width: int) -> torch.Tensor:
+    """A source's region of one item (``{"boxes": XYXY}`` or ``{"mask": [H, W]}``) as a bool ``[H, W]`` mask."""
+    return boxes_mask(region["boxes"], height, width) if "boxes" in region else region["mask"] > 0.5
+
+
 def evaluate(source: dict, released: list[torch.Tensor], detections: list[torch.Tensor] | None) -> dict[str, float]:
-    items = source["items"]
-    originals = [i[0] for i in items] if source["kind"] == "mattes" else items
+    originals = originals_of(source)
     scores = {
         "psnr": float(np.mean([psnr(o, r) for o, r in zip(originals, released)])),
+        "mse": float(np.mean([mse(o, r) for o, r in zip(originals, released)])),
         "ssim": float(np.mean([ssim(o, r) for o, r in zip(originals, released)])),
     }
-    if source["kind"] == "mattes":
-        regions = [masked_scores(o, r, matte) for (o, matte), r in zip(items, released)]
-        scores["matte_psnr"] = float(np.mean([s["inside_psnr"] for s in regions]))
-        scores["background_psnr"] = float(np.mean([s["outside_psnr"] for s in regions]))
+    if source.get("regions") is not None:  # inside and outside the regions (matte, people boxes)
+        split = [
+            masked_scores(o, r, region_mask(g, *o.shape[-2:]))
+            for o, r, g in zip(originals, released, source["regions"])
+        ]
+        for key in ("inside_psnr", "outside_psnr"):
+            values = [s[key] for s in split if not math.isnan(s[key])]
+            scores[key] = float(np.mean(values)) if values else float("nan")
     if source["kind"] == "video":
         agreement = occupancy_agreement(originals, released, cell=32)
         scores["occupancy_iou"], scores["density_error"] = agreement.iou, agreement.density_error
@@ -249,10 +298,165 @@ def table(rows: list[dict], columns: list[str]) -> list[str]:
     ]
 
 
+COLUMNS = [
+    "source",
+    "mechanism",
+    "epsilon",
+    "b",
+    "m",
+    "m_r",
+    "psnr",
+    "mse",
+    "ssim",
+    "inside_psnr",
+    "outside_psnr",
+    "occupancy_iou",
+    "density_error",
+    "det_precision",
+    "det_recall",
+]
+LABELS = {
+    "psnr": "PSNR",
+    "outside_psnr": "PSNR outside the regions",
+    "occupancy_iou": "occupancy IoU",
+    "density_error": "density error",
+}
+FAMILIES = {
+    "plain": "plain pixelization",
+    "blur": "blur",
+    "dp": "uniform DP",
+    "adaptive": "adaptive",
+    "protect": "protected",
+}
+SURVIVAL = 0.9  # the crowd task survives a release that keeps this share of plain pixelization's occupancy IoU
+HEADLINE = (
+    "Per source: plain pixelization and blur (NOT private) at their best b, then at each ε the best uniform DP, "
+    "region-adaptive and protected (regions hidden) setting. **Best** = the highest occupancy IoU with the original "
+    "on video (the crowd task), the highest PSNR elsewhere; ties go to PSNR. inside/outside_psnr: PSNR inside and "
+    "outside the source's regions (people boxes, mattes); MSE in grey levels²."
+)
+
+
+def task_metric(source: dict) -> str:
+    return "occupancy_iou" if source["kind"] == "video" else "psnr"
+
+
+def best(rows: list[dict], key: str) -> dict | None:
+    return max(rows, key=lambda r: (r[key], r["psnr"]), default=None)
+
+
+def value(key: str, v: float) -> str:
+    return f"{v:.1f} dB" if key.endswith("psnr") else f"{v:.3f}"
+
+
+def of_kind(rows: list[dict], kinds: dict[str, str], kind: str, eps=None) -> list[dict]:
+    return [r for r in rows if kinds[r["mechanism"]] == kind and r["epsilon"] == eps]
+
+
+def headline_rows(rows: list[dict], kinds: dict[str, str], key: str) -> list[dict]:
+    """Plain and blur at their best b, then at each ε the best uniform, adaptive and protected setting."""
+    picked = [best(of_kind(rows, kinds, k), key) for k in ("plain", "blur")]
+    for eps in sorted({r["epsilon"] for r in rows if r["epsilon"] is not None}):
+        picked += [best(of_kind(rows, kinds, k, eps), key) for k in ("dp", "adaptive", "protect")]
+    return [r for r in picked if r is not None]
+
+
+def findings(source: dict, rows: list[dict], kinds: dict[str, str]) -> list[str]:
+    """The result in three or four sentences, from the numbers of one source."""
+    key, video = task_metric(source), source["kind"] == "video"
+    baselines = [(k, best(of_kind(rows, kinds, k), key)) for k in ("plain", "blur")]
+    said = [
+        "Not private: "
+        + ", ".join(
+            f"{FAMILIES[k]} reaches {LABELS[key]} {value(key, r[key])} (b = {r['b']})" for k, r in baselines if r
+        )
+        + "."
+    ]
+    epsilons = sorted({r["epsilon"] for r in rows if r["epsilon"] is not None})
+    per_kind = []
+    for kind in ("dp", "adaptive", "protect"):
+        chosen = [best(of_kind(rows, kinds, kind, e), key) for e in epsilons]
+        if any(chosen):
+            per_kind.append(f"{FAMILIES[kind]} " + " / ".join(value(key, r[key]) if r else "—" for r in chosen))
+    if per_kind:
+        said.append(f"Best {LABELS[key]} at ε = {' / '.join(f'{e:g}' for e in epsilons)}: " + "; ".join(per_kind) + ".")
+    pairs = [
+        (p, u)
+        for p in rows
+        if kinds[p["mechanism"]] == "protect" and p["m_r"] == "all"
+        for u in rows
+        if kinds[u["mechanism"]] == "dp" and (u["epsilon"], u["b"], u["m"]) == (p["epsilon"], p["b"], p["m"])
+    ]
+    if pairs:
+        compared = (("occupancy_iou", "density_error") if video else ("psnr",)) + ("outside_psnr",)
+        each = "; ".join(
+            f"ε = {p['epsilon']:g}, b = {p['b']}: "
+            + ", ".join(f"{LABELS[k]} {value(k, p[k])} vs {value(k, u[k])}" for k in compared if k in p)
+            for p, u in pairs
+        )
+        said.append(f"Every region hidden (m_r = all) against uniform DP at the same ε, b and m: {each}.")
+        plain = {r["b"]: r["occupancy_iou"] for r in of_kind(rows, kinds, "plain")} if video else {}
+        judged = [(p, u) for p, u in pairs if p["b"] in plain]
+        if judged:
+
+            def where(chosen: list[dict]) -> str:
+                return ", ".join(f"ε = {r['epsilon']:g} (b = {r['b']})" for r in chosen) or "no setting"
+
+            def survives(r: dict) -> bool:
+                return r["occupancy_iou"] >= SURVIVAL * plain[r["b"]]
+
+            kept = [p for p, _ in judged if survives(p)]
+            verdict = "No" if not kept else "Yes" if len(kept) == len(judged) else "Partly"
+            said.append(
+                f"Does the crowd task survive when every person is protected? {verdict}: the occupancy IoU keeps "
+                f"{SURVIVAL:.0%} of plain pixelization's (same b) at {where(kept)}; uniform DP does at "
+                f"{where([u for _, u in judged if survives(u)])}."
+            )
+    return said
+
+
+def composition(source: dict) -> str:
+    n = len(source["items"])
+    return f"ε per frame; a person visible in all {n} frames used is covered at {n}·ε."
+
+
+def region_note(source: dict) -> str | None:
+    if source.get("region_from") == "detector":
+        found = np.mean([len(b) for b in source["reference"]])
+        return (
+            f"People: HOG detections on the original frames ({found:.1f} per frame on average), grown by "
+            f"{PEOPLE_MARGIN:.0%} of their width and height on each side. Region-map releases (adaptive, protected) "
+            "hold CONDITIONAL on these disclosed boxes, and a person HOG misses gets only the m protection."
+        )
+    if source["kind"] == "video" and source.get("regions") is not None:
+        return "People: the ground-truth boxes, public."
+    return None
+
+
+def privacy_lines(privacy: dict) -> list[str]:
+    """One line per mechanism and region origin: where it ran, its parameters, and its guarantee at one setting."""
+    lines = []
+    for (name, origin), entry in privacy.items():
+        settings = entry["settings"]
+        params, at = [], []
+        for i, symbol in enumerate(("ε", "b", "m", "m_r")):
+            values = list(dict.fromkeys(f"{s[i]:g}" if i == 0 else str(s[i]) for s in settings if s[i] is not None))
+            if values:
+                params.append(f"{symbol} ∈ {{{', '.join(values)}}}")
+                at.append(f"{symbol} = {values[0]}")
+        where = ", ".join(entry["sources"]) + (f"; {origin} regions" if origin else "")
+        lines.append(f"- **{name}** ({where}): {'; '.join(params)}. At {', '.join(at)}: {entry['report']}")
+    return lines
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """PSNR (and HOG recall on video) against ε, one panel per source; non-private baselines as dashed lines."""
+    """PSNR (and HOG recall on video) against ε, one panel per source; one colour per mechanism, one line style per b,
+    one marker per m_r; non-private baselines as horizontal lines."""
     sources = sorted({r["source"] for r in rows})
     metrics = [("psnr", "PSNR (dB)")] + ([("det_recall", "HOG recall")] if any("det_recall" in r for r in rows) else [])
+    mechanisms = sorted({r["mechanism"] for r in rows})
+    sizes = sorted({r["b"] for r in rows})
+    m_rs = sorted({r["m_r"] for r in rows if r["m_r"] is not None}, key=lambda v: math.inf if v == "all" else v)
     fig, axes = plt.subplots(len(metrics), len(sources), figsize=(5 * len(sources), 3.6 * len(metrics)), squeeze=False)
     for j, source in enumerate(sources):
         for i, (key, label) in enumerate(metrics):
@@ -261,17 +465,18 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             if not chosen:
                 ax.set_visible(False)
                 continue
-            ordered = sorted(chosen, key=lambda r: (r["mechanism"], r["b"], r["epsilon"] or 0))
-            mechanisms = sorted({r["mechanism"] for r in chosen})
-            sizes = sorted({r["b"] for r in chosen})
-            for (mech, b), group in itertools.groupby(ordered, key=lambda r: (r["mechanism"], r["b"])):
-                group = list(group)
-                style = dict(color=f"C{mechanisms.index(mech)}", ls=("-", "--", ":", "-.")[sizes.index(b) % 4])
+            curves = {}
+            for r in chosen:
+                curves.setdefault((r["mechanism"], r["b"], r["m_r"]), []).append(r)
+            for (mech, b, m_r), group in curves.items():
+                group = sorted(group, key=lambda r: r["epsilon"] or 0)
+                style = {"color": f"C{mechanisms.index(mech) % 10}", "ls": ("-", "--", ":", "-.")[sizes.index(b) % 4]}
                 if group[0]["epsilon"] is None:  # non-private: a horizontal line
                     ax.axhline(group[0][key], lw=1, label=f"{mech} b={b} (not private)", **style)
                 else:
-                    xs, ys = [g["epsilon"] for g in group], [g[key] for g in group]
-                    ax.plot(xs, ys, marker="o", label=f"{mech} b={b}", **style)
+                    marker = "o" if m_r is None else ("s", "^", "D", "v", "P")[m_rs.index(m_r) % 5]
+                    name = f"{mech} b={b}" + ("" if m_r is None else f" m_r={m_r}")
+                    ax.plot([g["epsilon"] for g in group], [g[key] for g in group], marker=marker, label=name, **style)
             epsilons = sorted({r["epsilon"] for r in chosen if r["epsilon"] is not None})
             ax.set_xscale("log")
             ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
@@ -285,18 +490,41 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_examples(image: torch.Tensor, cfg: DictConfig, path: Path) -> None:
+def example_images(sources: dict[str, dict]) -> list[tuple[str, torch.Tensor, dict | None, str | None]]:
+    """(name, image, region, region origin): the astronaut with its known face box, then the first item of every
+    source but the photos, with its region (None without)."""
+    examples = [("astronaut", photo("astronaut"), {"boxes": ASTRONAUT_FACE}, "public")]
+    for name, source in sources.items():
+        if name != "photos":
+            regions = source.get("regions")
+            region = regions[0] if regions else None
+            examples.append((name, originals_of(source)[0], region, source.get("region_from")))
+    return examples
+
+
+def plot_examples(examples: list, cfg: DictConfig, path: Path) -> None:
+    """One row per example and b: the original (region boxes in red), plain pixelization, uniform DP at each ε and,
+    when the suite has a protect mechanism, the example's region hidden (m = 1, m_r = all) at each ε."""
     eps_list, sizes = list(cfg.grid.epsilons), list(cfg.grid.cell_sizes)
-    fig, axes = plt.subplots(
-        len(sizes), len(eps_list) + 2, figsize=(2.6 * (len(eps_list) + 2), 2.4 * len(sizes)), squeeze=False
-    )
-    for i, b in enumerate(sizes):
-        panels = [("original", image), (f"plain b={b}", pixelize(image, b))]
-        panels += [(f"DP ε={e:g} b={b}", DPPixelize(e, b, seed=cfg.seed)(image)) for e in eps_list]
-        for ax, (title, img) in zip(axes[i], panels):
+    protect = next((m for m in cfg.mechanisms.values() if m is not None and m.kind == "protect"), None)
+    columns = 2 + len(eps_list) * (1 if protect is None else 2)
+    layout = list(itertools.product(enumerate(examples), sizes))
+    fig, axes = plt.subplots(len(layout), columns, figsize=(2.6 * columns, 2.4 * len(layout)), squeeze=False)
+    for row, ((k, (name, image, region, origin)), b) in zip(axes, layout):
+        seed = stream_seed(cfg.seed, 1, k)
+        panels = [(name, image), (f"plain b={b}", pixelize(image, b))]
+        panels += [(f"DP ε={e:g} b={b}", DPPixelize(e, b, seed=seed)(image)) for e in eps_list]
+        if protect is not None and region is not None:
+            for e in eps_list:
+                release, _ = make_release(for_source(protect, {"region_from": origin}), e, b, 1, seed, "all")
+                panels.append((f"protected ε={e:g} b={b}", release([image], [region])[0]))
+        for ax in row:
+            ax.axis("off")
+        for ax, (title, img) in zip(row, panels):
             ax.imshow(img.permute(1, 2, 0).numpy())
             ax.set_title(title, fontsize=8)
-            ax.axis("off")
+        for x0, y0, x1, y1 in region["boxes"].tolist() if region is not None and "boxes" in region else []:
+            row[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="red", lw=1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -309,76 +537,71 @@ def main(cfg: DictConfig) -> None:
     if not sources:
         raise ValueError(f"data={cfg.data.name}: nothing to run on")
     mechanisms = {k: v for k, v in cfg.mechanisms.items() if v is not None}
+    kinds = {name: mech.kind for name, mech in mechanisms.items()}
     jobs = [(n, mech, s) for n, mech in mechanisms.items() for s in settings(mech, cfg.grid)]
-    references = {}
-    for name, source in sources.items():
-        if source["kind"] == "video" and cfg.detection:
-            references[name] = source["reference"] or [detect_people(f) for f in source["items"]]
-    rows, reports = [], {}
+    references = {n: s["reference"] for n, s in sources.items() if s["kind"] == "video" and cfg.detection}
+    rows, privacy = [], {}
     for mech_name, mech, (eps, b, m, m_r) in tqdm(jobs, desc="conditions", unit="cond"):
-        release, report = make_release(mech, eps, b, m, cfg.seed, m_r)
-        reports[(mech_name, eps, b, m, m_r)] = report
-        for source_name, source in sources.items():
-            originals = [i[0] for i in source["items"]] if source["kind"] == "mattes" else source["items"]
+        for k, (source_name, source) in enumerate(sources.items()):
+            mech_here = for_source(mech, source)
+            release, report = make_release(mech_here, eps, b, m, stream_seed(cfg.seed, 0, k), m_r)
+            originals = originals_of(source)
             by_size = {}
-            for k, frame in enumerate(originals):  # frames of one size are released together
-                by_size.setdefault(tuple(frame.shape), []).append(k)
+            for i, frame in enumerate(originals):  # frames of one size are released together
+                by_size.setdefault(tuple(frame.shape), []).append(i)
             regions = source.get("regions")
             released = [None] * len(originals)
             for indices in by_size.values():
                 releases = release(
-                    [originals[k] for k in indices], None if regions is None else [regions[k] for k in indices]
+                    [originals[i] for i in indices], None if regions is None else [regions[i] for i in indices]
                 )
                 if releases is None:
                     break
-                for k, r in zip(indices, releases):
-                    released[k] = r
+                for i, r in zip(indices, releases):
+                    released[i] = r
             if any(r is None for r in released):
-                continue  # this mechanism needs public regions the source does not have
+                continue  # this mechanism needs regions the source does not have
             scores = evaluate(source, released, references.get(source_name))
             rows.append(
                 {"source": source_name, "mechanism": mech_name, "epsilon": eps, "b": b, "m": m, "m_r": m_r, **scores}
             )
+            entry = privacy.setdefault(
+                (mech_name, mech_here.get("region_from")), {"sources": [], "settings": [], "report": report}
+            )
+            for key, item in (("sources", source_name), ("settings", (eps, b, m, m_r))):
+                if item not in entry[key]:
+                    entry[key].append(item)
 
-    columns = [
-        "source",
-        "mechanism",
-        "epsilon",
-        "b",
-        "m",
-        "m_r",
-        "psnr",
-        "ssim",
-        "matte_psnr",
-        "background_psnr",
-        "occupancy_iou",
-        "density_error",
-        "det_precision",
-        "det_recall",
-    ]
-    columns = [c for c in columns if any(c in r for r in rows)]
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# DP pixelization suite on `{cfg.data.name}`", ""] + [f"> {n}" for n in notes] + [""]
-    lines += ["## Utility", ""] + table(rows, columns) + [""]
-    first = next(iter(sources.values()))
-    frame = first["items"][0][0] if first["kind"] == "mattes" else first["items"][0]
+    lines += ["## Headline", "", HEADLINE, ""]
+    for name, source in sources.items():
+        chosen = [r for r in rows if r["source"] == name]
+        shown = [c for c in columns[1:] if any(r.get(c) is not None for r in chosen)]
+        lines += [f"### {name}", ""] + table(headline_rows(chosen, kinds, task_metric(source)), shown) + [""]
+        lines += [" ".join(findings(source, chosen, kinds)), ""]
+        said = [region_note(source)] + ([composition(source)] if source["kind"] == "video" else [])
+        lines += [f"- {note}" for note in said if note] + ([""] if any(said) else [])
+    headline_end = len(lines)
+    lines += ["## Utility: every setting", ""] + table(rows, columns) + [""]
     if cfg.runtime:
-        video = next((s["items"][0] for s in sources.values() if s["kind"] == "video"), frame)
+        first = next(iter(sources.values()))
+        video = next((s["items"][0] for s in sources.values() if s["kind"] == "video"), originals_of(first)[0])
         runtime = runtime_rows(video, list(cfg.grid.cell_sizes))
         lines += [f"## Runtime per {video.shape[-1]}×{video.shape[-2]} frame (ms, ε = 1)", ""]
         lines += table(runtime, list(runtime[0])) + [""]
         storage = storage_rows(video, list(cfg.grid.cell_sizes))
         lines += ["## Storage per frame (bytes)", ""] + table(storage, list(storage[0])) + [""]
-    lines += ["## Privacy report", ""] + [
-        f"- {n}, ε={e}, b={b}, m={m}{'' if m_r is None else f', m_r={m_r}'}: {r}" for (n, e, b, m, m_r), r in reports.items()
-    ]
+    lines += ["## Privacy report", ""] + privacy_lines(privacy)
+    lines += [f"- Video, {name}: {composition(s)}" for name, s in sources.items() if s["kind"] == "video"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     plot_curves(rows, out / "privacy_utility.png")
-    plot_examples(frame, cfg, out / "examples.png")
-    print("\n".join(lines[: 6 + len(rows) + 4]))
+    plot_examples(example_images(sources), cfg, out / "examples.png")
+    print("\n".join(lines[:headline_end]))
     print(f"\nwrote {out}/report.md, results.csv, privacy_utility.png, examples.png")
 
 

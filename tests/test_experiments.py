@@ -5,9 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from dp_pixel_torch.detectors import PEOPLE_MARGIN
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import run
 
 
 def run_job(script: str, *overrides: str) -> subprocess.CompletedProcess:
@@ -98,9 +104,10 @@ def make_mot_and_pets(root):
         cv2.imwrite(str(seq / "img1" / f"{i:06d}.jpg"), rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
     (seq / "gt" / "gt.txt").write_text("".join(f"{i},1,10,10,20,40,1,-1,-1,-1\n" for i in range(1, 5)))
     (root / "pets2009").mkdir()
-    writer = cv2.VideoWriter(str(root / "pets2009" / "vtest.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 7, (96, 64))
+    # 128 rows: HOG (people regions of a clip without ground truth) needs frames at least as tall as its window
+    writer = cv2.VideoWriter(str(root / "pets2009" / "vtest.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 7, (96, 128))
     for _ in range(6):
-        writer.write(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8))
+        writer.write(rng.integers(0, 256, (128, 96, 3), dtype=np.uint8))
     writer.release()
 
 
@@ -112,6 +119,45 @@ def test_suite_configs_compose_for_every_data_and_preset():
         preset = compose(config_name="config", overrides=["experiment=pets_detection"])
         assert preset.data.name == "pets2009" and preset.mechanisms.dp_adaptive_complexity is None
         assert list(preset.grid.cell_sizes) == [4, 8, 16]
+        default = compose(config_name="config")
+        people = compose(config_name="config", overrides=["experiment=protect_people"])
+    # the default run hides the regions at 4 settings only; the preset sweeps ε, m_r and b on PETS2009
+    assert run.settings(default.mechanisms.dp_protect, default.grid) == [
+        (1.0, 8, 1, 256),
+        (1.0, 8, 1, "all"),
+        (5.0, 8, 1, 256),
+        (5.0, 8, 1, "all"),
+    ]
+    assert people.data.name == "pets2009" and people.mechanisms.dp_adaptive_mask.kind == "adaptive"
+    assert len(run.settings(people.mechanisms.dp_protect, people.grid)) == 16  # 4 ε × b = 8 × 4 m_r
+
+
+def test_regions_are_ground_truth_or_grown_detections_labelled_detector(monkeypatch):
+    frames = [torch.zeros(3, 100, 200, dtype=torch.uint8)] * 2
+    gt = [torch.tensor([[10.0, 20.0, 30.0, 60.0]])] * 2
+    assert run.people(frames, gt) == {"reference": gt, "regions": [{"boxes": b} for b in gt], "region_from": "public"}
+    found = torch.tensor([[100.0, 20.0, 150.0, 90.0]])
+    monkeypatch.setattr(run, "detect_people", lambda frame: found)
+    detected = run.people(frames, None)
+    assert detected["region_from"] == "detector" and all(torch.equal(r, found) for r in detected["reference"])
+    grown = [100 - 50 * PEOPLE_MARGIN, 20 - 70 * PEOPLE_MARGIN, 150 + 50 * PEOPLE_MARGIN, 90 + 70 * PEOPLE_MARGIN]
+    assert detected["regions"][0]["boxes"].tolist() == [pytest.approx(grown)]  # HOG boxes grown, labelled detector
+
+
+def test_each_source_gets_its_region_origin_and_its_own_noise():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        mechanisms = compose(config_name="config").mechanisms
+    frame, region = torch.full((3, 32, 32), 128, dtype=torch.uint8), {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]])}
+    released, reports = [], []
+    for k, origin in enumerate(("public", "detector")):
+        release, report = run.make_release(
+            run.for_source(mechanisms.dp_protect, {"region_from": origin}), 1.0, 8, 1, run.stream_seed(0, 0, k), "all"
+        )
+        released.append(release([frame], [region])[0])
+        reports.append(report)
+    assert "given as PUBLIC" in reports[0] and "CONDITIONAL on the disclosed region positions" in reports[1]
+    assert not torch.equal(released[0], released[1])  # two sources never share a noise stream
+    assert "region_from" not in run.for_source(mechanisms.dp_uniform, {"region_from": "detector"})
 
 
 def test_tiny_end_to_end_sweep_with_multirun(tmp_path):
@@ -127,13 +173,28 @@ def test_tiny_end_to_end_sweep_with_multirun(tmp_path):
     )
     runs = sorted((tmp_path / "sweep").glob("*/results.csv"))
     assert len(runs) == 2
-    venice = list(csv.DictReader(open(runs[0])))
-    assert {r["source"] for r in venice} == {"Venice-2"} and len(venice) == 6  # 6 mechanisms × 1 setting
-    assert "dp_adaptive_mask" in {r["mechanism"] for r in venice}  # the gt boxes are its public regions
-    assert all(0 <= float(r["occupancy_iou"]) <= 1 for r in venice)
-    report = (runs[1].parent / "report.md").read_text()
-    assert "| photos |" in report and "| pets2009 |" in report and "Privacy report" in report
+    with open(runs[0]) as f:
+        venice = {r["mechanism"]: r for r in csv.DictReader(f)}
+    assert len(venice) == 7 and {r["source"] for r in venice.values()} == {"Venice-2"}  # 7 mechanisms × 1 setting
+    assert venice["dp_protect"]["m_r"] == "all"  # the gt boxes: public regions of the adaptive and protected cells
+    assert "dp_adaptive_mask" in venice and venice["dp_uniform"]["m_r"] == ""
+    for row in venice.values():
+        assert 0 <= float(row["occupancy_iou"]) <= 1 and float(row["mse"]) >= 0
+        assert 0 < float(row["outside_psnr"]) < 100 and 0 < float(row["inside_psnr"]) < 100
+    report = (runs[0].parent / "report.md").read_text()
+    headline, rest = report.split("## Utility: every setting")
+    assert "## Headline" in headline and "### Venice-2" in headline and "| mse |" in headline
+    assert "Does the crowd task survive when every person is protected?" in headline
+    assert "ε per frame; a person visible in all 4 frames used is covered at 4·ε." in headline
+    assert "People: the ground-truth boxes, public." in headline
+    assert "- **dp_protect** (Venice-2; public regions): ε ∈ {1}; b ∈ {8}; m ∈ {1}; m_r ∈ {all}." in rest
+    samples = (runs[1].parent / "report.md").read_text()
+    assert "### photos" in samples and "| pets2009 |" in samples and "Privacy report" in samples
+    assert "People: HOG detections on the original frames" in samples  # the clip has no ground truth
+    assert "**dp_protect** (pets2009; detector regions)" in samples and "CONDITIONAL" in samples
+    assert "a person visible in all 4 frames used is covered at 4·ε" in samples
     assert (runs[1].parent / "privacy_utility.png").stat().st_size > 10_000
+    assert (runs[1].parent / "examples.png").stat().st_size > 10_000
 
 
 def test_attack_configs_compose_for_every_faces_source_and_preset():
