@@ -73,8 +73,11 @@ def detect_people(frame: torch.Tensor) -> torch.Tensor:
     """OpenCV's HOG people detector on one uint8 RGB frame ``[3, H, W]``: float32 ``[K, 4]`` XYXY boxes.
 
     It finds upright, whole people of about 128 pixels tall or more; sitting, partly hidden or small people are missed.
+    A frame smaller than the 64×128 detection window holds no detection (OpenCV would crash on it).
     """
     _check_frame(frame)
+    if frame.shape[-2] < 128 or frame.shape[-1] < 64:
+        return torch.zeros(0, 4)
     cv2 = import_cv2()
     hog = cv2.HOGDescriptor()
     hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())

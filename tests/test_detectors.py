@@ -175,3 +175,10 @@ def test_cli_refuses_protect_options_without_protect(tmp_path, capsys):
     cv2.imwrite(str(image), np.full((32, 32, 3), 120, np.uint8))
     assert main([str(image), "-o", str(tmp_path / "o.png"), "--epsilon", "1", "--b", "8", "--protect-m", "9"]) == 2
     assert "apply to --protect" in capsys.readouterr().err
+
+
+def test_people_in_frames_smaller_than_the_hog_window_are_none():
+    pytest.importorskip("cv2")
+    for height, width in ((64, 96), (127, 200), (200, 63)):
+        boxes = detect_people(torch.zeros(3, height, width, dtype=torch.uint8))
+        assert boxes.shape == (0, 4) and boxes.dtype == torch.float32
