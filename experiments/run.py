@@ -184,9 +184,10 @@ def for_source(mech: DictConfig, source: dict) -> DictConfig:
 
 
 def stream_seed(seed: int, *key: int) -> int:
-    """The seed of one noise stream: (0, k) for source k, (1, i) for example image i. Layers that release different
-    frames never share a seed (shared noise would leak their difference); layers on the same frames may."""
-    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
+    """The 256-bit seed of one noise stream: (0, j, k) for condition j on source k, (1, i, b, c) for panel c of
+    example image i at cell size b. No two releases share a stream: shared noise would leak the difference of their
+    images, and correlated noise across conditions of one image would let them be averaged."""
+    return int.from_bytes(np.random.SeedSequence([seed, *key]).generate_state(8).tobytes(), "little")
 
 
 def masked_release(layer: RegionAdaptiveDPPixelize):
@@ -511,11 +512,14 @@ def plot_examples(examples: list, cfg: DictConfig, path: Path) -> None:
     layout = list(itertools.product(enumerate(examples), sizes))
     fig, axes = plt.subplots(len(layout), columns, figsize=(2.6 * columns, 2.4 * len(layout)), squeeze=False)
     for row, ((k, (name, image, region, origin)), b) in zip(axes, layout):
-        seed = stream_seed(cfg.seed, 1, k)
         panels = [(name, image), (f"plain b={b}", pixelize(image, b))]
-        panels += [(f"DP ε={e:g} b={b}", DPPixelize(e, b, seed=seed)(image)) for e in eps_list]
+        panels += [
+            (f"DP ε={e:g} b={b}", DPPixelize(e, b, seed=stream_seed(cfg.seed, 1, k, b, c))(image))
+            for c, e in enumerate(eps_list)
+        ]
         if protect is not None and region is not None:
-            for e in eps_list:
+            for c, e in enumerate(eps_list, start=len(eps_list)):
+                seed = stream_seed(cfg.seed, 1, k, b, c)
                 release, _ = make_release(for_source(protect, {"region_from": origin}), e, b, 1, seed, "all")
                 panels.append((f"protected ε={e:g} b={b}", release([image], [region])[0]))
         for ax in row:
@@ -541,10 +545,10 @@ def main(cfg: DictConfig) -> None:
     jobs = [(n, mech, s) for n, mech in mechanisms.items() for s in settings(mech, cfg.grid)]
     references = {n: s["reference"] for n, s in sources.items() if s["kind"] == "video" and cfg.detection}
     rows, privacy = [], {}
-    for mech_name, mech, (eps, b, m, m_r) in tqdm(jobs, desc="conditions", unit="cond"):
+    for j, (mech_name, mech, (eps, b, m, m_r)) in enumerate(tqdm(jobs, desc="conditions", unit="cond")):
         for k, (source_name, source) in enumerate(sources.items()):
             mech_here = for_source(mech, source)
-            release, report = make_release(mech_here, eps, b, m, stream_seed(cfg.seed, 0, k), m_r)
+            release, report = make_release(mech_here, eps, b, m, stream_seed(cfg.seed, 0, j, k), m_r)
             originals = originals_of(source)
             by_size = {}
             for i, frame in enumerate(originals):  # frames of one size are released together

@@ -85,7 +85,7 @@ def test_audit_job_reports_consistent_layers_and_catches_the_miscalibrated(tmp_p
     run_job("audit.py", "samples=20000", f"hydra.run.dir={tmp_path}")
     with open(tmp_path / "audit.csv") as f:
         rows = {r["mechanism"]: r for r in csv.DictReader(f)}
-    assert len(rows) == 8
+    assert len(rows) == 11
     for name, row in rows.items():
         assert row["consistent"] == ("False" if name.startswith("MIS-CALIBRATED") else "True"), name
     assert "**caught**" in (tmp_path / "audit.md").read_text()
