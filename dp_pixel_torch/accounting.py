@@ -111,7 +111,9 @@ class PrivacyGuarantee:
         if self.region_from != "public" and self.partition != "mask":
             raise ValueError(f"region_from applies to a region map (partition='mask'), not {self.partition!r}")
         if self.protect and self.partition != "mask":
-            raise ValueError(f"protect marks regions of a region map: it needs partition='mask', not {self.partition!r}")
+            raise ValueError(
+                f"protect marks regions of a region map: it needs partition='mask', not {self.partition!r}"
+            )
         if self.protect_m is not None:
             if not self.protect:
                 raise ValueError("protect_m is the protected pixel count of protect=True; it has no meaning without it")
@@ -194,7 +196,7 @@ class PrivacyGuarantee:
         return (
             f"; protected regions {origin}; cells meeting a region are released whole at b = {top} with noise scale "
             f"C·R·m_r/ε ({m_r}), all other cells at b = {fine} with C·R·m/ε; region positions and per-cell scales are "
-            "public; a change touching both a region and the outside costs up to 2ε"
+            "public; a change of up to m_r pixels inside the regions and m outside costs up to 2ε"
         )
 
 

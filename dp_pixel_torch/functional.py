@@ -560,7 +560,18 @@ def dp_pixelize_adaptive(
     """
     split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
     guarantee = adaptive_guarantee(
-        epsilon, m, levels, region, partition_epsilon, noise, border, channel_rule, secure, protect, protect_m, region_from
+        epsilon,
+        m,
+        levels,
+        region,
+        partition_epsilon,
+        noise,
+        border,
+        channel_rule,
+        secure,
+        protect,
+        protect_m,
+        region_from,
     )
     x, bounds = check_input(x, value_range)
     generator = _call_randomness(generator, secure)

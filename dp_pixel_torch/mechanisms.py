@@ -7,6 +7,7 @@ import enum
 import math
 import numbers
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -319,7 +320,7 @@ class RegionAdaptiveDPPixelize(_DPLayer):
         self.split_threshold = split_threshold
         self.split_fraction = split_fraction
         self._previous: torch.Tensor | None = None
-        self._sample_region: dict[str, Any] = {}
+        self._sample_region: dict[int, dict[str, Any]] = {}  # per thread: a layer may serve several threads
 
     def reset(self) -> None:
         """Forget the previous frame (``region="previous"``): the next frame starts a new stream."""
@@ -328,17 +329,23 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     def check_inputs(self, flat_inputs: list[Any]) -> None:
         super().check_inputs(flat_inputs)
         # torchvision hands make_params() only the inputs it transforms; masks and boxes pass through untouched, so
-        # the public region is read from the whole sample here and handed on.
-        self._sample_region = self._region_in(flat_inputs)
+        # the public region is read from the whole sample here and handed on, per thread.
+        self._sample_region[threading.get_ident()] = self._region_in(flat_inputs)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        params, self._sample_region = self._sample_region, {}
-        return params
+        return self._sample_region.pop(threading.get_ident(), {})
 
     @staticmethod
     def _region_in(flat_inputs: list[Any]) -> dict[str, Any]:
         masks = [i for i in flat_inputs if isinstance(i, tv_tensors.Mask)]
         boxes = [i for i in flat_inputs if isinstance(i, tv_tensors.BoundingBoxes)]
+        sizes = {tuple(TF.get_size(i)) for i in flat_inputs if isinstance(i, (tv_tensors.Image, tv_tensors.Video))}
+        for b in boxes:
+            if sizes and tuple(b.canvas_size) not in sizes:
+                raise ValueError(
+                    f"BoundingBoxes with canvas_size {tuple(b.canvas_size)} do not belong to the image(s) of size "
+                    f"{sorted(sizes)}: resize the boxes with the image"
+                )
         params: dict[str, Any] = {}
         if masks:
             params["mask"] = torch.cat([m.as_subclass(torch.Tensor).reshape(-1, *m.shape[-2:]) for m in masks])

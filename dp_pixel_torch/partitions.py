@@ -279,6 +279,8 @@ def region_cells(
         if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
             shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise ValueError(f"mask must be a tensor [..., {height}, {width}] matching the image, got {shape}")
+        if mask.is_floating_point() and torch.isnan(mask).any():
+            raise ValueError("mask holds NaN: a region map must say for every pixel whether it is inside")
         inside = mask if mask.dtype == torch.bool else mask > 0.5
         extra = inside.ndim - 2 - len(lead)
         if extra > 0:
@@ -289,10 +291,16 @@ def region_cells(
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not match images with leading shape {lead}")
         touched = touched.to(inside.device) | (partition.cell_sums(inside.to(torch.uint8)) > 0)
     if boxes is not None:
+        boxes = torch.as_tensor(boxes, dtype=torch.float64)
+        if boxes.shape[-1:] != (4,) or boxes.ndim > 2 or not torch.isfinite(boxes).all():
+            raise ValueError(
+                f"boxes must be finite XYXY pixel boxes [K, 4] (or one [4]), got shape {tuple(boxes.shape)}: a "
+                "detector's [K, 5] with scores must drop the score column"
+            )
         touched = touched.clone()
         row_edges = [0, *itertools.accumulate(partition.row_sizes)]
         col_edges = [0, *itertools.accumulate(partition.col_sizes)]
-        for x0, y0, x1, y1 in torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist():  # boxes are few
+        for x0, y0, x1, y1 in boxes.reshape(-1, 4).tolist():  # boxes are few
             rows = _cells_between(row_edges, math.ceil(y0 - 0.5), math.ceil(y1 - 0.5))
             cols = _cells_between(col_edges, math.ceil(x0 - 0.5), math.ceil(x1 - 0.5))
             touched[..., rows, cols] = True

@@ -306,7 +306,13 @@ def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
         split = ()
     else:
         split = tuple(reader.bits((*lead, *layout.partition(level).shape)) for level in range(1, len(layout.levels)))
-        values = tuple(reader.array(storage, (n * channels,)) for n in layout.released_counts(list(split)))
+        counts = layout.released_counts(list(split))
+        if guarantee.protect and any(counts[1:-1]):
+            raise NoisyGridFormatError(
+                "invalid record: a protected release has cells of the finest and the coarsest level only, but its "
+                "split maps release cells of an intermediate level"
+            )
+        values = tuple(reader.array(storage, (n * channels,)) for n in counts)
     reader.done()
     _check_values(values, dtype, storage, value_range)
     return NoisyGrid(shape, dtype, value_range, guarantee, values, split)

@@ -6,10 +6,6 @@ import torch
 
 from dp_pixel_torch import PrivacyAccountant, RegionAdaptiveDPPixelize, load_video
 from dp_pixel_torch.cli import main
-
-cv2 = pytest.importorskip("cv2")
-skimage_data = pytest.importorskip("skimage.data")
-
 from dp_pixel_torch.detectors import (
     ProtectDetected,
     boxes_mask,
@@ -18,6 +14,9 @@ from dp_pixel_torch.detectors import (
     dilate_boxes,
 )
 from dp_pixel_torch.video import read_frames, read_image, to_bgr
+
+cv2 = pytest.importorskip("cv2")
+skimage_data = pytest.importorskip("skimage.data")
 
 HEIGHT, WIDTH = 256, 320
 
@@ -178,7 +177,6 @@ def test_cli_refuses_protect_options_without_protect(tmp_path, capsys):
 
 
 def test_people_in_frames_smaller_than_the_hog_window_are_none():
-    pytest.importorskip("cv2")
     for height, width in ((64, 96), (127, 200), (200, 63)):
         boxes = detect_people(torch.zeros(3, height, width, dtype=torch.uint8))
         assert boxes.shape == (0, 4) and boxes.dtype == torch.float32

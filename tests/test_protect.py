@@ -7,6 +7,7 @@ implementation fails it for a random seed).
 """
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from torchvision import tv_tensors
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize, dp_pixelize_adaptive
 from dp_pixel_torch.audit import audit, protected_pair
 from dp_pixel_torch.noise import KeyStream
-from dp_pixel_torch.storage import NoisyGrid
+from dp_pixel_torch.storage import NoisyGrid, NoisyGridFormatError
 
 LEVELS = (4, 16)
 SIDE = 64
@@ -228,3 +229,46 @@ def test_audit_catches_under_noised_protected_cells():
         confidence=CONFIDENCE,
     )
     assert not caught.consistent and caught.epsilon_lower_bound > 1.3, str(caught)
+
+
+def test_region_inputs_that_would_lose_a_region_are_refused():
+    """A region lost on the way in leaves a face at the m protection: these inputs raise instead."""
+    x = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 16), protect=True, seed=0)
+    scored = torch.tensor([[0, 0, 10, 10, 0.9], [50, 0, 64, 10, 0.8], [0, 50, 10, 64, 0.7], [50, 50, 64, 64, 0.9]])
+    with pytest.raises(ValueError, match=r"\[K, 4\]"):
+        layer.release(x, boxes=scored)  # a detector's [K, 5] with scores: 20 numbers, which reshape to 5 boxes
+    with pytest.raises(ValueError, match="finite"):
+        layer.release(x, boxes=torch.tensor([[0.0, 0.0, float("nan"), 10.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        layer.release(x, mask=torch.full((64, 64), float("nan")))
+    boxes = tv_tensors.BoundingBoxes([[0, 0, 32, 32]], format="XYXY", canvas_size=(128, 128))
+    with pytest.raises(ValueError, match="canvas_size"):
+        layer(tv_tensors.Image(x), boxes)
+
+
+def test_a_stored_protected_record_that_releases_intermediate_cells_is_refused():
+    x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    protected = RegionAdaptiveDPPixelize(1.0, levels=(4, 8, 16), protect=True, seed=0)
+    good = protected.release(x, boxes=torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
+    assert NoisyGrid.from_bytes(good.to_bytes()).guarantee.protect
+    split = [torch.zeros(1, 8, 8, dtype=torch.bool), torch.zeros(1, 4, 4, dtype=torch.bool)]
+    split[1][0, 0, 0] = True  # one 16-px cell split into four 8-px cells: released at the intermediate level
+    values = [torch.zeros(1, 3, n, n, dtype=torch.uint8) for n in (16, 8, 4)]
+    forged = NoisyGrid.from_release(x.shape, x.dtype, (0.0, 255.0), protected.guarantee, values, split)
+    with pytest.raises(NoisyGridFormatError, match="intermediate level"):
+        NoisyGrid.from_bytes(forged.to_bytes())
+
+
+def test_each_thread_releases_its_own_samples_region():
+    """The region of a v2 sample is handed from check_inputs to make_params per thread: another thread's sample
+    arriving in between does not swap the regions."""
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(4, 16), protect=True, protect_m=64, seed=0)
+    image = tv_tensors.Image(torch.zeros(1, 32, 32, dtype=torch.uint8))
+    mine = tv_tensors.Mask(torch.zeros(32, 32, dtype=torch.bool))
+    mine[:16, :16] = True
+    layer.check_inputs([image, mine])
+    other = threading.Thread(target=layer.check_inputs, args=([image, tv_tensors.Mask(~mine)],))
+    other.start()
+    other.join()
+    assert torch.equal(layer.make_params([image])["mask"][0], mine)
