@@ -46,19 +46,11 @@ from dp_pixel_torch.attacks import (  # noqa: E402
     train_classifier,
 )
 from dp_pixel_torch.datasets import CelebA  # noqa: E402
+from dp_pixel_torch.detectors import boxes_mask  # noqa: E402
 from dp_pixel_torch.metrics import masked_scores, psnr, ssim  # noqa: E402
 
 ATTACKERS = ("naive", "adaptive", "linkage")
 ASTRONAUT_FACE = (175, 70, 268, 163)  # XYXY in skimage.data.astronaut()
-
-
-def box_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:
-    """bool ``[H, W]``: the pixels of an integer XYXY box (its pixel centres lie in ``[x0, x1) × [y0, y1)``, the
-    rule the region map uses)."""
-    x0, y0, x1, y1 = box
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
 
 
 def face_scores(original: torch.Tensor, releases: torch.Tensor, face: torch.Tensor) -> dict[str, float]:
@@ -338,7 +330,7 @@ def main(cfg: DictConfig) -> None:
     gallery = gallery_labels = None
     if "astronaut" in faces:
         astronaut_box = torch.tensor([ASTRONAUT_FACE], dtype=torch.float32)
-        astronaut_face = box_mask(ASTRONAUT_FACE, *faces["astronaut"].shape[-2:])
+        astronaut_face = boxes_mask(astronaut_box, *faces["astronaut"].shape[-2:])
     if embedder is not None:
         gallery = embedder(list(faces["gallery"]), faces["gallery_boxes"])
         gallery_labels = faces["gallery_labels"]
