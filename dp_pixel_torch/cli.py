@@ -75,12 +75,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="frames per release for videos (bounded memory)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, help="reproducible noise for experiments (never in deployment)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="release a folder or list of files on Ray Data: a local instance, or the cluster at host:port",
+    )
+    p.add_argument(
+        "--key-file", type=Path, help="--ray: the run key file, created if missing (a resumed run reuses it)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="--ray: actors that hold the layer (default 1)")
+    p.add_argument("--gpus", type=float, default=0, help="--ray: GPUs per actor (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
-    randomness = {"seed": args.seed} if args.seed is not None else {"secure": True}
+    if args.ray is not None:  # every item is keyed from the run key (distributed.RunKey), a CSPRNG
+        randomness = {}
+    else:
+        randomness = {"seed": args.seed} if args.seed is not None else {"secure": True}
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
     common = dict(noise=args.noise, accountant=accountant, **randomness)
@@ -141,7 +156,41 @@ def write_image(image: torch.Tensor, path: Path) -> None:
         raise ValueError(f"cannot write image {str(path)!r}")
 
 
+def run_on_ray(args: argparse.Namespace) -> str:
+    """``--ray``: every image and video of the input, each released exactly once under the run key."""
+    from .distributed import RunKey, connect, release_files
+
+    if args.seed is not None or args.cap is not None or args.ledger is not None or args.grids is not None:
+        raise ValueError(
+            "--ray keys every item from its run key and writes a record per item: drop --seed, --cap, "
+            "--ledger and --grids (the summary reports ε per item and frame)"
+        )
+    if args.workers < 1 or args.gpus < 0:
+        raise ValueError(f"--workers must be >= 1 and --gpus >= 0, got {args.workers} and {args.gpus}")
+    layer = make_layer(args, None)
+    if not args.input.exists():
+        raise ValueError(f"input {str(args.input)!r} does not exist")
+    if args.key_file is not None and args.key_file.exists():
+        key, where = RunKey.load(args.key_file), f"resumed with the key in {args.key_file}"
+    else:
+        key = RunKey.create()
+        if args.key_file is not None:
+            args.key_file.parent.mkdir(parents=True, exist_ok=True)
+            key.save(args.key_file)
+        where = f"key saved to {args.key_file} (keep it secret)" if args.key_file else "key not saved: no resume"
+    connect(args.ray, quiet=args.quiet)
+    summary = release_files(
+        args.input, layer, args.output, key, workers=args.workers, num_gpus=args.gpus, chunk=args.chunk
+    )
+    text = f"{summary}\nRun key {key.fingerprint}: {where}; outputs in {args.output}"
+    if summary.errors:
+        raise ValueError(text)
+    return text
+
+
 def run(args: argparse.Namespace) -> str:
+    if args.ray is not None:
+        return run_on_ray(args)
     if args.ledger is None and args.cap is None:
         accountant = None
     else:

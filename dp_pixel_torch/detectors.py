@@ -20,6 +20,7 @@ import torch
 
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .mechanisms import RegionAdaptiveDPPixelize
+from .noise import Randomness
 from .storage import NoisyGrid
 from .video import import_cv2, to_bgr
 
@@ -162,9 +163,10 @@ class ProtectDetected:
             masks.append(boxes_mask(dilate_boxes(boxes, self.margin, height, width), height, width))
         return torch.stack(masks).reshape(*x.shape[:-3], height, width).to(x.device)
 
-    def release(self, x: torch.Tensor) -> NoisyGrid:
-        """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its own detections lie."""
-        return self.layer.release(x, mask=self.masks(x))
+    def release(self, x: torch.Tensor, *, generator: Randomness = None) -> NoisyGrid:
+        """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its own detections lie (``generator``:
+        as for the layer's ``release``)."""
+        return self.layer.release(x, mask=self.masks(x), generator=generator)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The released uint8 image(s) of ``x [..., 3, H, W]``, same shape."""

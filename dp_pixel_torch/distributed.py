@@ -1,0 +1,413 @@
+"""Scale-out on Ray Data: release folders of images, lists of videos, or a ``ray.data.Dataset``, across a cluster,
+every item exactly once (the ``[ray]`` extra).
+
+**Exactly once under retries.** Ray re-runs failed tasks and restarts dead actors, so an item may be processed more
+than once. Two *independent* releases of one image would cost 2ε. Here an item's noise is not drawn fresh: it comes
+from a ChaCha20 stream keyed by a PRF (keyed BLAKE2b) of the run's secret :class:`RunKey` (256 bits from
+``os.urandom``), the item's stable identity (its path under the input root, or a key column) and the layer's
+guarantee. Every attempt at an item therefore draws the same words and writes the same bytes (on one kind of device:
+CPU and GPU floats may differ in the last bit, SPEC §4), so a retry reproduces the one release bit for bit, and the
+outputs are replaced atomically. Distinct items, and distinct layers, get unrelated streams. A resumed run reuses the
+saved key: it skips the items whose record exists and checks that each was written under the same guarantee.
+
+The secret travels to the actors as a pickled :class:`RunKey` in Ray's object store, never in outputs, logs or reprs
+(its ``repr`` shows a fingerprint). Save it (:meth:`RunKey.save`, file mode 0600) only to resume; whoever holds it
+and the item paths can recompute the noise and undo the releases, so keep it like a password, and delete it when the
+run is done. The identity is the path: the same photo under two paths is two items, released twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .noise import KEY_BYTES, KeyStream
+from .storage import NoisyGrid, NoisyGridFormatError, load_video
+from .video import VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError as error:  # pragma: no cover - ray is in the [ray] and [dev] extras
+        raise ImportError("dp_pixel_torch.distributed needs Ray Data: pip install 'dp-pixel-torch[ray]'") from error
+    return ray
+
+
+class RunKey:
+    """The secret of one run (≥ 128 bits; 256 from ``os.urandom`` by :meth:`create`): every item's noise stream is a
+    PRF of it, so whoever holds it can recompute the noise. It never appears in a repr, a log or an output."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or len(secret) != KEY_BYTES:
+            raise ValueError(f"a run key is {KEY_BYTES} secret bytes")
+        self._secret = secret
+
+    @classmethod
+    def create(cls) -> RunKey:
+        return cls(os.urandom(KEY_BYTES))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunKey:
+        data = Path(path).read_bytes()
+        if len(data) != KEY_BYTES:
+            raise ValueError(f"{str(path)!r} is not a run key file ({KEY_BYTES} bytes), it has {len(data)}")
+        return cls(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the key to a new file readable by its owner only (an existing file is never overwritten)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._secret)
+
+    def stream(self, identity: str, guarantee) -> KeyStream:
+        """The noise stream of one item under one layer: a PRF of the key, the identity and the guarantee."""
+        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", identity, _guarantee_id(guarantee))
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.blake2b(self._secret, digest_size=4, person=b"runkey-id").hexdigest()
+
+    def __repr__(self) -> str:
+        return f"RunKey(fingerprint={self.fingerprint})"
+
+    def __getstate__(self):
+        return self._secret
+
+    def __setstate__(self, state: bytes) -> None:
+        self._secret = state
+
+
+def _guarantee_id(guarantee) -> str:
+    return json.dumps(dataclasses.asdict(guarantee), sort_keys=True, default=str)
+
+
+class _Keyed:
+    """A layer whose every release draws from one item's stream (the shape ``sanitize_stream`` expects)."""
+
+    def __init__(self, layer, stream: KeyStream) -> None:
+        self.layer, self.stream = layer, stream
+        self.guarantee, self.accountant = layer.guarantee, None
+        self.region = getattr(layer, "region", None)
+
+    def release(self, x: torch.Tensor) -> NoisyGrid:
+        return self.layer.release(x, generator=self.stream)
+
+
+def keyed_layer(layer, key: RunKey, identity: str) -> _Keyed:
+    """``layer`` drawing from item ``identity``'s stream, its state reset (a "previous" partition starts afresh)."""
+    if hasattr(layer, "reset"):
+        layer.reset()
+    return _Keyed(layer, key.stream(identity, layer.guarantee))
+
+
+def release_item(layer, key: RunKey, identity: str, x: torch.Tensor) -> NoisyGrid:
+    """The one release of image ``identity`` (``[C, H, W]``) under ``key``: what every worker, retry and
+    single-process check computes for it."""
+    return keyed_layer(layer, key, identity).release(x)
+
+
+def check_layer(layer) -> None:
+    g = getattr(layer, "guarantee", None)
+    if g is None or not hasattr(layer, "release"):
+        raise TypeError("give a DP layer (DPPixelize, RegionAdaptiveDPPixelize or detectors.ProtectDetected)")
+    if g.secure:
+        raise ValueError(
+            "the pipeline keys every item from its own 256-bit run key (a CSPRNG, for exactly-once releases); give "
+            "the layer without secure=True"
+        )
+    if getattr(layer, "accountant", None) is not None:
+        raise ValueError("an accountant cannot charge from Ray workers: the summary reports the ε of every item")
+    if getattr(layer, "region", None) == "mask":
+        raise ValueError("items carry no region map: use a uniform, complexity or previous layer, or ProtectDetected")
+
+
+def list_items(source: str | Path | Sequence[str | Path]) -> list[dict]:
+    """The items of a folder tree (every image and video below it, identity = its path relative to the folder), of
+    one file (its name), or of a list of files (the path relative to their common folder, so that a list and its
+    folder name the same items). Sorted by identity."""
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if not root.exists():
+            raise ValueError(f"input {str(root)!r} does not exist")
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and _kind(p))
+            if not files:
+                raise ValueError(f"folder {str(root)!r} holds no images or videos")
+            return [_item(p, p.relative_to(root).as_posix()) for p in files]
+        return [_item(root, root.name)]
+    paths = [Path(p).resolve() for p in source]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing or not paths:
+        raise ValueError(f"{len(missing)} input file(s) do not exist, e.g. {missing[0]!r}" if missing else "no files")
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return sorted((_item(p, p.relative_to(root).as_posix()) for p in paths), key=lambda i: i["key"])
+
+
+def _kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else None
+
+
+def _item(path: Path, key: str) -> dict:
+    kind = _kind(path)
+    if kind is None:
+        raise ValueError(f"{str(path)!r} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video")
+    return {"key": key, "path": str(path.resolve()), "kind": kind}
+
+
+class Releaser:
+    """The Ray Data actor: holds the layer (on a GPU when Ray gives it one) and releases a batch of items, writing
+    each item's media and record atomically under ``output``. Returns one row of statistics per item."""
+
+    def __init__(self, layer, key: RunKey, output: str, chunk: int = 16) -> None:
+        self.layer, self.key, self.output, self.chunk = layer, key, Path(output), chunk
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows: dict[str, list] = {"key": [], "frames": [], "bytes_in": [], "bytes_out": [], "error": []}
+        for key, path, kind in zip(batch["key"], batch["path"], batch["kind"]):
+            key, path = str(key), Path(str(path))
+            try:
+                frames, written = self._release(key, path, str(kind))
+                error = ""
+            except (OSError, ValueError, TypeError) as problem:  # an unreadable file: reported, the others go on
+                frames, written, error = 0, 0, f"{type(problem).__name__}: {problem}"
+            rows["key"].append(key)
+            rows["frames"].append(frames)
+            rows["bytes_in"].append(path.stat().st_size if path.exists() else 0)
+            rows["bytes_out"].append(written)
+            rows["error"].append(error)
+        return rows
+
+    def _release(self, key: str, path: Path, kind: str) -> tuple[int, int]:
+        record = self.output / (key + RECORD)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.partial")
+        if kind == "image":
+            image = read_image(path).to(self.device)
+            grid = release_item(self.layer, self.key, key, image)
+            media = self.output / (key + ".png")
+            media_tmp = media.with_name(f".{media.name}.partial.png")
+            if not import_cv2().imwrite(str(media_tmp), to_bgr(grid.restore().cpu())):
+                raise OSError(f"cannot write {str(media)!r}")
+            tmp.write_bytes(grid.to_bytes())
+            frames = 1
+        else:
+            media = self.output / (key + ".avi")
+            media_tmp = media.with_name(f".{media.name}.partial.avi")
+            report = sanitize_stream(
+                path,
+                keyed_layer(self.layer, self.key, key),
+                media_tmp,
+                grids=tmp,
+                chunk=self.chunk,
+                device=self.device,
+                progress=False,
+            )
+            frames = report.frames
+        os.replace(media_tmp, media)
+        os.replace(tmp, record)  # last: the record marks the item done
+        return frames, media.stat().st_size + record.stat().st_size
+
+
+def done_items(items: list[dict], output: Path, guarantee) -> list[str]:
+    """The identities whose record already exists under ``output``; each must parse and hold ``guarantee`` (a record
+    of another layer raises: releasing the item again under this one would be a second release)."""
+    done = []
+    for item in items:
+        record = output / (item["key"] + RECORD)
+        if not record.exists():
+            continue
+        grids = list(load_video(record)) if item["kind"] == "video" else [NoisyGrid.load(record)]
+        if not grids or any(g.guarantee != guarantee for g in grids):
+            raise NoisyGridFormatError(
+                f"{str(record)!r} was written under another guarantee: refusing to release {item['key']!r} again"
+            )
+        done.append(item["key"])
+    return done
+
+
+@dataclass
+class RunSummary:
+    """What :func:`release_files` did (``str`` gives the report to print)."""
+
+    items: int
+    skipped: int
+    frames: int
+    longest: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    privacy: str
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.items} items released ({self.frames} frames; {self.skipped} already done, checked and skipped) "
+            f"in {self.seconds:.1f} s: {self.items_per_second:.1f} items/s, {self.bytes_in / 1e6:.1f} MB in, "
+            f"{self.bytes_out / 1e6:.1f} MB out",
+            f"Privacy report (per image or frame): {self.privacy}",
+            f"Video: ε per frame; a person visible in T frames is covered at T·ε (the longest item here has "
+            f"{self.longest} frames).",
+        ]
+        if self.errors:
+            lines.append(f"{len(self.errors)} item(s) could not be read and were skipped:")
+            lines += [f"  {k}: {e}" for k, e in sorted(self.errors.items())]
+        return "\n".join(lines)
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False):
+    """Start a local Ray instance (``address`` None or ``"local"``) or join the cluster at ``host:port`` (or
+    ``ray://host:port``), after checking that it answers within 3 s (Ray itself would wait minutes)."""
+    ray = import_ray()
+    local = address in (None, "local")
+    if not local:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"Ray address must be host:port or ray://host:port, got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except OSError as error:
+            raise ValueError(f"no Ray cluster answers at {address!r}: {error}") from error
+    ray.data.DataContext.get_current().enable_progress_bars = not quiet
+    if ray.is_initialized():
+        return ray
+    if local:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=not quiet)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return ray
+
+
+def release_files(
+    source: str | Path | Iterable[str | Path],
+    layer,
+    output: str | Path,
+    key: RunKey,
+    *,
+    workers: int = 1,
+    num_gpus: float = 0,
+    batch_size: int = 8,
+    chunk: int = 16,
+    retries: int = 3,
+) -> RunSummary:
+    """Release every image and video of ``source`` with ``layer`` on the connected Ray cluster (:func:`connect`),
+    each exactly once under ``key``; write ``<output>/<identity>.png`` (images) or ``.avi`` (videos) and the
+    NoisyGrid record ``<output>/<identity>.dpxg`` (a video's records in one file, see :func:`~dp_pixel_torch.load_video`).
+
+    Items whose record exists are checked and skipped (a resumed run). ``workers`` actors each hold the layer,
+    ``num_gpus`` per actor; ``batch_size`` items per task and ``chunk`` video frames per release bound the memory.
+    A failed task is retried up to ``retries`` times and reproduces the same release. Unreadable files are reported
+    in the summary and skipped.
+    """
+    ray = import_ray()
+    check_layer(layer)
+    output = Path(output)
+    items = list_items(source if isinstance(source, (str, Path)) else list(source))
+    done = set(done_items(items, output, layer.guarantee))
+    todo = [i for i in items if i["key"] not in done]
+    start = time.perf_counter()
+    rows: dict[str, list] = {"key": [], "frames": [], "bytes_in": [], "bytes_out": [], "error": []}
+    if todo:
+        context = ray.data.DataContext.get_current()
+        context.actor_task_retry_on_errors = True  # an exception in a worker re-runs its batch (the same release)
+        context.max_errored_blocks = 0
+        released = ray.data.from_items(todo, override_num_blocks=max(1, len(todo) // batch_size)).map_batches(
+            Releaser,
+            fn_constructor_args=(layer, key, str(output), chunk),
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=num_gpus,
+            max_restarts=retries,
+            max_task_retries=retries,
+        )
+        for row in released.iter_rows():
+            for name in rows:
+                rows[name].append(row[name])
+    seconds = time.perf_counter() - start
+    errors = {k: e for k, e in zip(rows["key"], rows["error"]) if e}
+    return RunSummary(
+        items=len(rows["key"]) - len(errors),
+        skipped=len(done),
+        frames=int(sum(rows["frames"])),
+        longest=int(max(rows["frames"], default=0)),
+        bytes_in=int(sum(rows["bytes_in"])),
+        bytes_out=int(sum(rows["bytes_out"])),
+        seconds=seconds,
+        privacy=layer.guarantee.report(3),
+        errors=errors,
+    )
+
+
+class _DatasetReleaser:
+    """Actor for :func:`release_dataset`: images of a column (HWC or CHW uint8 arrays) to NoisyGrid bytes."""
+
+    def __init__(self, layer, key: RunKey, image_column: str, key_column: str) -> None:
+        self.layer, self.key, self.image_column, self.key_column = layer, key, image_column, key_column
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        keys, grids = [], []
+        for identity, image in zip(batch[self.key_column], batch[self.image_column]):
+            x = torch.as_tensor(np.asarray(image))
+            if x.ndim == 2:
+                x = x[None]
+            elif x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
+                x = x.permute(2, 0, 1)  # HWC, as ray.data.read_images gives
+            grid = release_item(self.layer, self.key, str(identity), x.contiguous().to(self.device))
+            keys.append(str(identity))
+            grids.append(grid.to_bytes())
+        return {"key": keys, "grid": grids}
+
+
+def release_dataset(
+    dataset,
+    layer,
+    key: RunKey,
+    *,
+    image_column: str = "image",
+    key_column: str = "key",
+    workers: int = 1,
+    num_gpus: float = 0,
+    batch_size: int = 8,
+    retries: int = 3,
+):
+    """Release the images of a ``ray.data.Dataset``: a Dataset of ``key`` and ``grid`` (NoisyGrid bytes, read back
+    with :meth:`NoisyGrid.from_bytes`), e.g. for ``.write_parquet(path)``. The key column is the items' identity (row
+    order is not stable under retries and repartitioning), so it must be unique and stable across runs."""
+    ray = import_ray()
+    check_layer(layer)
+    missing = {image_column, key_column} - set(dataset.columns())
+    if missing:
+        raise ValueError(f"the dataset has no column(s) {sorted(missing)}; it has {dataset.columns()}")
+    ray.data.DataContext.get_current().actor_task_retry_on_errors = True
+    return dataset.map_batches(
+        _DatasetReleaser,
+        fn_constructor_args=(layer, key, image_column, key_column),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_gpus=num_gpus,
+        max_restarts=retries,
+        max_task_retries=retries,
+    )
