@@ -30,9 +30,8 @@ from .accounting import BudgetExceededError, PrivacyAccountant
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
-from .video import VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 WRITABLE = (".png", ".jpg", ".jpeg")
 DETECTORS = {"faces": (detect_faces, FACE_MARGIN), "people": (detect_people, PEOPLE_MARGIN)}
 

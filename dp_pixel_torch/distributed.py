@@ -33,9 +33,8 @@ import torch
 
 from .noise import KEY_BYTES, KeyStream
 from .storage import NoisyGrid, NoisyGridFormatError, load_video
-from .video import VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
 
 

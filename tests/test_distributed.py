@@ -125,7 +125,10 @@ def test_an_interrupted_run_resumes_with_its_key_file_and_writes_only_the_missin
 def test_the_parquet_column_of_noisygrid_records_round_trips(cluster, tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (12, 20, 28, 3), dtype=np.uint8)
     dataset = ray.data.from_items([{"key": f"frame-{i}", "image": image} for i, image in enumerate(images)])
-    layer, key = RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=0.5), RunKey.create()
+    layer, key = (
+        RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=0.5),
+        RunKey.create(),
+    )
     release_dataset(dataset, layer, key).write_parquet(str(tmp_path / "parquet"))
     rows = ray.data.read_parquet(str(tmp_path / "parquet")).take_all()
     assert sorted(r["key"] for r in rows) == sorted(f"frame-{i}" for i in range(12))
