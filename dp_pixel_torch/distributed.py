@@ -394,12 +394,19 @@ def release_dataset(
 ):
     """Release the images of a ``ray.data.Dataset``: a Dataset of ``key`` and ``grid`` (NoisyGrid bytes, read back
     with :meth:`NoisyGrid.from_bytes`), e.g. for ``.write_parquet(path)``. The key column is the items' identity (row
-    order is not stable under retries and repartitioning), so it must be unique and stable across runs."""
+    order is not stable under retries and repartitioning), so it must be stable across runs, and it must be unique:
+    that is checked with one pass over the key column. Sets ``actor_task_retry_on_errors`` in Ray's DataContext."""
     ray = import_ray()
     check_layer(layer)
     missing = {image_column, key_column} - set(dataset.columns())
     if missing:
         raise ValueError(f"the dataset has no column(s) {sorted(missing)}; it has {dataset.columns()}")
+    keys = dataset.select_columns([key_column])
+    if keys.count() != len(keys.unique(key_column)):  # one pass over the keys
+        raise ValueError(
+            f"the key column {key_column!r} holds duplicates: two images under one key would share their noise, "
+            "and the difference of their releases would be the exact difference of the images"
+        )
     ray.data.DataContext.get_current().actor_task_retry_on_errors = True
     return dataset.map_batches(
         _DatasetReleaser,

@@ -139,6 +139,9 @@ def test_the_parquet_column_of_noisygrid_records_round_trips(cluster, tmp_path):
         assert row["grid"] == release_item(layer, key, row["key"], image).to_bytes()
     with pytest.raises(ValueError, match="no column"):
         release_dataset(dataset, layer, key, key_column="path")
+    twins = ray.data.from_items([{"key": "same", "image": image} for image in images[:2]])
+    with pytest.raises(ValueError, match="duplicates"):
+        release_dataset(twins, layer, key)
 
 
 def test_a_video_is_one_item_with_its_frames(cluster, tmp_path):
