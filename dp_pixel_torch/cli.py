@@ -5,10 +5,12 @@
     dp-pixel clip.mp4 -o released.avi --epsilon 0.1 --levels 8 16 32 --region complexity --partition-epsilon 0.02 \\
         --cap 60 --ledger camera1.sqlite --grids clip.dpxg
     dp-pixel street.mp4 -o released.avi --epsilon 1 --b 8 --protect faces --protect-cell 32
+    dp-pixel archive/ -o released/ --epsilon 1 --b 8 --ray head:6379 --workers 8 --gpus 1 --key-file run.key
 
 Noise comes from a ChaCha20 stream keyed with fresh OS entropy on every call (``secure=True``) unless ``--seed``
-asks for a reproducible experiment. ``--ledger`` keeps the budget of ``--cap`` in a file, so that successive runs on
-the same camera share it.
+asks for a reproducible experiment; under ``--ray`` every item is keyed from the run key, so that retries repeat its
+one release (see :mod:`dp_pixel_torch.distributed`). ``--ledger`` keeps the budget of ``--cap`` in a file, so that
+successive runs on the same camera share it.
 ``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame, grows the boxes by
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except BudgetExceededError as error:
         print(f"dp-pixel: budget cap reached, stopped: {error}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, OSError, NoisyGridFormatError, sqlite3.Error) as error:
+    except (ValueError, TypeError, OSError, ImportError, NoisyGridFormatError, sqlite3.Error) as error:
         print(f"dp-pixel: error: {error}", file=sys.stderr)
         return 2
     return 0
