@@ -323,6 +323,14 @@ def release_files(
     ray = import_ray()
     check_layer(layer)
     output = Path(output)
+    if (
+        isinstance(source, (str, Path))
+        and Path(source).is_dir()
+        and output.resolve().is_relative_to(Path(source).resolve())
+    ):
+        raise ValueError(
+            f"output {str(output)!r} lies inside the input folder: a later run would take its releases as items"
+        )
     items = list_items(source if isinstance(source, (str, Path)) else list(source))
     done = set(done_items(items, output, layer.guarantee))
     todo = [i for i in items if i["key"] not in done]

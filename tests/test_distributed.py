@@ -131,6 +131,7 @@ def test_the_parquet_column_of_noisygrid_records_round_trips(cluster, tmp_path):
     )
     release_dataset(dataset, layer, key).write_parquet(str(tmp_path / "parquet"))
     rows = ray.data.read_parquet(str(tmp_path / "parquet")).take_all()
+    assert set(rows[0]) == {"key", "grid"}  # the raw image column is not passed through
     assert sorted(r["key"] for r in rows) == sorted(f"frame-{i}" for i in range(12))
     for row in rows:
         grid = NoisyGrid.from_bytes(row["grid"])
@@ -174,5 +175,7 @@ def test_the_cli_runs_on_ray_and_reports_bad_input(cluster, tmp_path, capsys):
     assert "no Ray cluster answers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not exist"):
         list_items(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="inside the input folder"):
+        release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "in" / "released", RunKey.create())
     assert main([str(tmp_path / "in"), *args, "--seed", "3"]) == 2
     assert "drop --seed" in capsys.readouterr().err
