@@ -250,6 +250,19 @@ def _encode(*labels: int | str | bytes) -> bytes:
     return b"".join(parts)
 
 
+def image_digest(x: torch.Tensor) -> bytes:
+    """BLAKE2b of an image's shape, dtype and values: a derivation label that tells different images apart (SPEC §4).
+
+    Paths, indices and key columns repeat across runs and datasets; a digest of the content does not. It is only ever
+    hashed again under a secret key (a label of :meth:`KeyStream.derive`), never kept or written: a bare digest would
+    let whoever holds it confirm a guessed image exactly."""
+    data = x.detach().cpu().contiguous()
+    meta = f"{tuple(data.shape)}{data.dtype}".encode()
+    digest = hashlib.blake2b(meta, digest_size=32, person=b"image-digest")
+    digest.update(data.view(torch.uint8).numpy())  # the buffer itself, no copy
+    return digest.digest()
+
+
 def check_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TypeError(f"seed must be a non-negative int (of any size), got {seed!r}")

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -375,3 +377,17 @@ class _Reader:
     def done(self) -> None:
         if self.offset != len(self.payload):
             raise NoisyGridFormatError("payload longer than its header declares")
+
+
+def store_first(path: Path, data: bytes) -> bytes:
+    """Store ``data`` at ``path`` unless a file is already there; return what is stored. Atomic on POSIX: of several
+    processes storing one path, exactly one wins, and every one of them reads back the winner's bytes."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+        f.write(data)
+    try:
+        os.link(f.name, path)  # fails if another process stored this file first
+    except FileExistsError:
+        data = path.read_bytes()  # ours is discarded unseen
+    finally:
+        os.unlink(f.name)
+    return data

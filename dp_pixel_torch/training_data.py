@@ -7,12 +7,9 @@ later read, in every epoch and every DataLoader worker, so a sample costs ε onc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing.context
 import operator
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -27,8 +24,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from ._validation import check_value_range
 from .mechanisms import _DPLayer, check_nothing_raw
-from .noise import KeyStream
-from .storage import NoisyGrid
+from .noise import KeyStream, image_digest
+from .storage import NoisyGrid, store_first
 
 #: The file in a cache directory that binds its records to one dataset and one layer.
 MANIFEST = "released_once.json"
@@ -170,7 +167,7 @@ class ReleasedOnce(Dataset):
                 "not served. Use another cache_dir"
             )
         try:
-            stored = json.loads(_store_first(path, json.dumps(expected, sort_keys=True).encode()))
+            stored = json.loads(store_first(path, json.dumps(expected, sort_keys=True).encode()))
         except (ValueError, RecursionError, OSError):
             stored = None
         if not isinstance(stored, dict):
@@ -184,7 +181,7 @@ class ReleasedOnce(Dataset):
             )
 
     def _release(self, index: int, x: torch.Tensor) -> NoisyGrid:
-        digest = _digest(x)
+        digest = image_digest(x)
         # What is remembered of the image is keyed by the secret: a digest alone would let whoever reads this object
         # confirm a guessed image exactly.
         tag = None if self._secret is None else self._secret.derive("image", index, digest).key
@@ -212,7 +209,7 @@ class ReleasedOnce(Dataset):
             grid = self.layer.release(x, storage="exact", generator=stream)
             if path is not None:
                 data = grid.to_bytes()
-                stored = _store_first(path, data)
+                stored = store_first(path, data)
                 if stored != data:  # another worker stored this sample first: only that release is ever served
                     grid = self._checked(NoisyGrid.from_bytes(stored), index, x)
         self._memory[index] = tag, grid
@@ -239,13 +236,6 @@ class ReleasedOnce(Dataset):
         return grid
 
 
-def _digest(x: torch.Tensor) -> bytes:
-    """BLAKE2b of an image's shape, dtype and values: only ever hashed again under the secret, never kept."""
-    data = x.detach().cpu().contiguous()
-    meta = f"{tuple(data.shape)}{data.dtype}".encode()
-    return hashlib.blake2b(meta + data.view(torch.uint8).numpy().tobytes(), digest_size=32).digest()
-
-
 def _as_tensor(image: Any) -> torch.Tensor:
     if isinstance(image, PIL.Image.Image):
         return TF.pil_to_tensor(image)
@@ -260,16 +250,3 @@ def _like(released: torch.Tensor, image: Any) -> Any:
     if isinstance(image, tv_tensors.TVTensor):
         return tv_tensors.wrap(released, like=image)
     return released
-
-
-def _store_first(path: Path, data: bytes) -> bytes:
-    """Store ``data`` at ``path`` unless a file is already there; return what is stored (atomic on POSIX)."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
-        f.write(data)
-    try:
-        os.link(f.name, path)  # fails if another worker stored this file first
-    except FileExistsError:
-        data = path.read_bytes()  # ours is discarded unseen
-    finally:
-        os.unlink(f.name)
-    return data

@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
 from dp_pixel_torch import ReleasedOnce
 from dp_pixel_torch.storage import NoisyGridFormatError
-from dp_pixel_torch.training_data import _digest
+from dp_pixel_torch.noise import image_digest
 
 from conftest import assert_uncorrelated, generator, grey
 
@@ -197,7 +197,7 @@ def test_a_pickled_copy_carries_no_secret():
     pickled = pickle.dumps(data)
     assert data._secret.key not in pickled
     # Nor a digest of a raw image, which would let the holder confirm a guessed image exactly.
-    assert _digest(Faces()[0][0]) not in pickled and _digest(Faces()[0][0]) not in pickle.dumps(copy)
+    assert image_digest(Faces()[0][0]) not in pickled and image_digest(Faces()[0][0]) not in pickle.dumps(copy)
 
 
 def test_spawned_workers_get_the_secret_and_serve_one_release():
