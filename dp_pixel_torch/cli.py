@@ -6,6 +6,7 @@
         --cap 60 --ledger camera1.sqlite --grids clip.dpxg
     dp-pixel street.mp4 -o released.avi --epsilon 1 --b 8 --protect faces --protect-cell 32
     dp-pixel archive/ -o released/ --epsilon 1 --b 8 --ray head:6379 --workers 8 --gpus 1 --key-file run.key
+    dp-pixel archive/2024 -o released/ --epsilon 1 --b 8 --ray head:6379 --key-file run.key --resume
 
 Noise comes from a ChaCha20 stream keyed with fresh OS entropy on every call (``secure=True``) unless ``--seed``
 asks for a reproducible experiment; under ``--ray`` every item is keyed from the run key, so that retries repeat its
@@ -84,7 +85,14 @@ def parser() -> argparse.ArgumentParser:
         help="release a folder or list of files on Ray Data: a local instance, or the cluster at host:port",
     )
     p.add_argument(
-        "--key-file", type=Path, help="--ray: the run key file, created if missing (a resumed run reuses it)"
+        "--key-file",
+        type=Path,
+        help="--ray: the run key file, created with the run's input root, output and guarantee if missing",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="--ray: continue the run of an existing --key-file (any folder or files inside its input root)",
     )
     p.add_argument("--workers", type=int, default=1, help="--ray: actors that hold the layer (default 1)")
     p.add_argument("--gpus", type=float, default=0, help="--ray: GPUs per actor (default 0)")
@@ -159,7 +167,7 @@ def write_image(image: torch.Tensor, path: Path) -> None:
 
 def run_on_ray(args: argparse.Namespace) -> str:
     """``--ray``: every image and video of the input, each released exactly once under the run key."""
-    from .distributed import RunKey, connect, release_files
+    from .distributed import RunKey, connect, list_items, release_files
 
     if args.seed is not None or args.cap is not None or args.ledger is not None or args.grids is not None:
         raise ValueError(
@@ -169,12 +177,21 @@ def run_on_ray(args: argparse.Namespace) -> str:
     if args.workers < 1 or args.gpus < 0:
         raise ValueError(f"--workers must be >= 1 and --gpus >= 0, got {args.workers} and {args.gpus}")
     layer = make_layer(args, None)
-    if not args.input.exists():
-        raise ValueError(f"input {str(args.input)!r} does not exist")
     if args.key_file is not None and args.key_file.exists():
-        key, where = RunKey.load(args.key_file), f"resumed with the key in {args.key_file}"
+        if not args.resume:
+            run = RunKey.load(args.key_file).run or {}
+            raise ValueError(
+                f"{args.key_file} holds the key of the run of {run.get('root')!r} into {run.get('output')!r}: pass "
+                "--resume to continue that run, or give a new --key-file for a new run"
+            )
+        key, where = RunKey.load(args.key_file), f"resumed the run in {args.key_file}"
+        key.bind(args.input, args.output, layer.guarantee)  # refuses another root, output or guarantee
     else:
+        if args.resume:
+            raise ValueError("--resume continues the run of an existing --key-file; give one")
+        list_items(args.input)  # a source with nothing to release is refused before a key is saved for it
         key = RunKey.create()
+        key.bind(args.input, args.output, layer.guarantee)
         if args.key_file is not None:
             args.key_file.parent.mkdir(parents=True, exist_ok=True)
             key.save(args.key_file)
@@ -192,6 +209,8 @@ def run_on_ray(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> str:
     if args.ray is not None:
         return run_on_ray(args)
+    if args.key_file is not None or args.resume:
+        raise ValueError("--key-file and --resume apply to --ray (a run whose items are keyed from its run key)")
     if args.ledger is None and args.cap is None:
         accountant = None
     else:

@@ -4,16 +4,27 @@ every item exactly once (the ``[ray]`` extra).
 **Exactly once under retries.** Ray re-runs failed tasks and restarts dead actors, so an item may be processed more
 than once. Two *independent* releases of one image would cost 2ε. Here an item's noise is not drawn fresh: it comes
 from a ChaCha20 stream keyed by a PRF (keyed BLAKE2b) of the run's secret :class:`RunKey` (256 bits from
-``os.urandom``), the item's stable identity (its path under the input root, or a key column) and the layer's
-guarantee. Every attempt at an item therefore draws the same words and writes the same bytes (on one kind of device:
-CPU and GPU floats may differ in the last bit, SPEC §4), so a retry reproduces the one release bit for bit, and the
-outputs are replaced atomically. Distinct items, and distinct layers, get unrelated streams. A resumed run reuses the
-saved key: it skips the items whose record exists and checks that each was written under the same guarantee.
+``os.urandom``), the item's identity (its path under the run's input root, or its Dataset key), a digest of its
+content (the file's bytes, or the row's pixels) and the layer's guarantee. Every attempt at an item therefore draws
+the same words and writes the same bytes (on one kind of device: CPU and GPU floats may differ in the last bit, SPEC
+§4), and the outputs are replaced atomically.
+
+**Never shared noise.** Because the content is a label of the stream, two *different* images never share a stream,
+whatever names or keys they are given and however a key is reused: shared noise would make the difference of their
+releases the exact difference of the images. Distinct items (even of equal content) and distinct layers get
+unrelated streams.
+
+**One run per key, one identity per item.** A key serves one run: :meth:`RunKey.bind` records the input root (item
+identities are paths under it), the output folder and the guarantee, and a key bound to a run is refused for another
+root, output or guarantee. A resume may name the run's items by any folder or file list inside its root: identities
+stay paths under the run's root, so an item whose record exists is skipped. Before an item is released, its keyed
+content tag is claimed in ``<output>/.released/``: a file with the same bytes as an item already released (a copy, or a
+file renamed between a run and its resume) is reported as a duplicate and not released again.
 
 The secret travels to the actors as a pickled :class:`RunKey` in Ray's object store, never in outputs, logs or reprs
-(its ``repr`` shows a fingerprint). Save it (:meth:`RunKey.save`, file mode 0600) only to resume; whoever holds it
-and the item paths can recompute the noise and undo the releases, so keep it like a password, and delete it when the
-run is done. The identity is the path: the same photo under two paths is two items, released twice.
+(its ``repr`` shows a fingerprint). Save it (:meth:`RunKey.save`, file mode 0600, with its run) only to resume; whoever
+holds it and the items can recompute the noise and undo the releases, so keep it like a password, and delete it when
+the run is done.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import time
@@ -31,11 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .noise import KEY_BYTES, KeyStream
-from .storage import NoisyGrid, NoisyGridFormatError, load_video
+from .noise import KEY_BYTES, KeyStream, image_digest
+from .storage import NoisyGrid, NoisyGridFormatError, load_video, store_first
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
+CLAIMS = ".released"  # under the output: one file per released content, named by its keyed tag, holding the identity
+KEY_FORMAT = "dp_pixel_torch.run-key/1"
+_RUN = ("root", "output", "guarantee")
+ROW = ("key", "frames", "bytes_in", "bytes_out", "error", "duplicate_of")  # the statistics of one item
 
 
 def import_ray():
@@ -48,15 +64,16 @@ def import_ray():
 
 
 class RunKey:
-    """The secret of one run (≥ 128 bits; 256 from ``os.urandom`` by :meth:`create`): every item's noise stream is a
-    PRF of it, so whoever holds it can recompute the noise. It never appears in a repr, a log or an output."""
+    """The secret of one run (≥ 128 bits; 256 from ``os.urandom`` by :meth:`create`) and, once bound, the run it
+    serves (:meth:`bind`). Every item's noise stream is a PRF of the secret, so whoever holds it can recompute the
+    noise; it never appears in a repr, a log or an output."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_secret", "run")
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes, run: dict[str, str] | None = None) -> None:
         if not isinstance(secret, bytes) or len(secret) != KEY_BYTES:
             raise ValueError(f"a run key is {KEY_BYTES} secret bytes")
-        self._secret = secret
+        self._secret, self.run = secret, run
 
     @classmethod
     def create(cls) -> RunKey:
@@ -64,20 +81,74 @@ class RunKey:
 
     @classmethod
     def load(cls, path: str | Path) -> RunKey:
+        """A key and its run from a file written by :meth:`save`."""
         data = Path(path).read_bytes()
-        if len(data) != KEY_BYTES:
-            raise ValueError(f"{str(path)!r} is not a run key file ({KEY_BYTES} bytes), it has {len(data)}")
-        return cls(data)
+        if len(data) == KEY_BYTES:
+            raise ValueError(
+                f"{str(path)!r} is a run key of an older version: it records no run, so a resume could not be "
+                "checked. Start a new run with a new key file and a new output folder"
+            )
+        try:
+            record = json.loads(data)
+            run = record["run"]
+            if record["format"] != KEY_FORMAT or not (
+                run is None
+                or (isinstance(run, dict) and set(run) == set(_RUN) and all(isinstance(v, str) for v in run.values()))
+            ):
+                raise ValueError
+            return cls(bytes.fromhex(record["secret"]), run)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            raise ValueError(f"{str(path)!r} is not a run key file") from None
 
     def save(self, path: str | Path) -> None:
-        """Write the key to a new file readable by its owner only (an existing file is never overwritten)."""
+        """Write the key and its run to a new file readable by its owner only (an existing file is never
+        overwritten). Bind the key first (:meth:`bind`), so that a resume can check that it continues the same run."""
+        record = {"format": KEY_FORMAT, "secret": self._secret.hex(), "run": self.run}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._secret)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
 
-    def stream(self, identity: str, guarantee) -> KeyStream:
-        """The noise stream of one item under one layer: a PRF of the key, the identity and the guarantee."""
-        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", identity, _guarantee_id(guarantee))
+    def bind(self, source: str | Path | Sequence[str | Path], output: str | Path, guarantee) -> Path:
+        """Bind the key to a run, or check that ``source``, ``output`` and ``guarantee`` continue the run it is bound
+        to; return the run's input root, under which item identities are paths.
+
+        A new key is bound to the root of ``source`` (the folder, a file's folder, or the common folder of a list).
+        A bound key takes any source inside its root, with the same output and guarantee; anything else raises: a
+        new run needs a new key."""
+        root = source_root(source)
+        run = {"root": str(root), "output": str(Path(output).resolve()), "guarantee": _guarantee_id(guarantee)}
+        if Path(run["output"]).is_relative_to(root):
+            raise ValueError(
+                f"output {str(output)!r} lies inside the input folder: a later run would take its releases as items"
+            )
+        if self.run is None:
+            self.run = run
+            return root
+        bound = Path(self.run["root"])
+        problems = [
+            f"another guarantee ({guarantee})" if run["guarantee"] != self.run["guarantee"] else "",
+            f"another output ({run['output']}, not {self.run['output']})"
+            if run["output"] != self.run["output"]
+            else "",
+            f"{str(root)!r}, which lies outside it" if not root.is_relative_to(bound) else "",
+        ]
+        if any(problems):
+            raise ValueError(
+                f"run key {self.fingerprint} serves the run of {str(bound)!r}; it is refused for "
+                + "; ".join(p for p in problems if p)
+                + ". A new run needs a new key"
+            )
+        return bound
+
+    def stream(self, identity: int | str | bytes, content: bytes, guarantee) -> KeyStream:
+        """The noise stream of one item under one layer: a PRF of the key, the item's identity, the digest of its
+        content and the guarantee. Different contents never share a stream, whatever their identities."""
+        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", identity, content, _guarantee_id(guarantee))
+
+    def tag(self, content: bytes) -> str:
+        """The keyed tag of a content digest: names its claim in ``<output>/.released/`` and tells nothing of the
+        content to whoever lacks the key."""
+        return hashlib.blake2b(content, key=self._secret, digest_size=16, person=b"runkey-claim").hexdigest()
 
     @property
     def fingerprint(self) -> str:
@@ -87,10 +158,10 @@ class RunKey:
         return f"RunKey(fingerprint={self.fingerprint})"
 
     def __getstate__(self):
-        return self._secret
+        return self._secret, self.run
 
-    def __setstate__(self, state: bytes) -> None:
-        self._secret = state
+    def __setstate__(self, state: tuple[bytes, dict | None]) -> None:
+        self._secret, self.run = state
 
 
 def _guarantee_id(guarantee) -> str:
@@ -109,17 +180,30 @@ class _Keyed:
         return self.layer.release(x, generator=self.stream)
 
 
-def keyed_layer(layer, key: RunKey, identity: str) -> _Keyed:
-    """``layer`` drawing from item ``identity``'s stream, its state reset (a "previous" partition starts afresh)."""
+def keyed_layer(layer, key: RunKey, identity: int | str | bytes, content: bytes) -> _Keyed:
+    """``layer`` drawing from the stream of item ``identity`` with content digest ``content``, its state reset (a
+    "previous" partition starts afresh)."""
     if hasattr(layer, "reset"):
         layer.reset()
-    return _Keyed(layer, key.stream(identity, layer.guarantee))
+    return _Keyed(layer, key.stream(identity, content, layer.guarantee))
 
 
-def release_item(layer, key: RunKey, identity: str, x: torch.Tensor) -> NoisyGrid:
+def release_item(
+    layer, key: RunKey, identity: int | str | bytes, x: torch.Tensor, content: bytes | None = None
+) -> NoisyGrid:
     """The one release of image ``identity`` (``[C, H, W]``) under ``key``: what every worker, retry and
-    single-process check computes for it."""
-    return keyed_layer(layer, key, identity).release(x)
+    single-process check computes for it. ``content`` is the digest of the item's content: :func:`file_digest` of
+    its file, or by default :func:`~dp_pixel_torch.noise.image_digest` of ``x``."""
+    return keyed_layer(layer, key, identity, image_digest(x) if content is None else content).release(x)
+
+
+def file_digest(path: str | Path) -> bytes:
+    """BLAKE2b of a file's bytes (read in MiB blocks): the content label of a file item."""
+    digest = hashlib.blake2b(digest_size=32, person=b"file-digest")
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
 
 
 def check_layer(layer) -> None:
@@ -137,26 +221,39 @@ def check_layer(layer) -> None:
         raise ValueError("items carry no region map: use a uniform, complexity or previous layer, or ProtectDetected")
 
 
-def list_items(source: str | Path | Sequence[str | Path]) -> list[dict]:
-    """The items of a folder tree (every image and video below it, identity = its path relative to the folder), of
-    one file (its name), or of a list of files (the path relative to their common folder, so that a list and its
-    folder name the same items). Sorted by identity."""
+def source_root(source: str | Path | Sequence[str | Path]) -> Path:
+    """The folder a source's identities are relative to: the folder itself, a file's folder, or the common folder of
+    a list of files (resolved)."""
     if isinstance(source, (str, Path)):
-        root = Path(source)
-        if not root.exists():
-            raise ValueError(f"input {str(root)!r} does not exist")
-        if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and _kind(p))
-            if not files:
-                raise ValueError(f"folder {str(root)!r} holds no images or videos")
-            return [_item(p, p.relative_to(root).as_posix()) for p in files]
-        return [_item(root, root.name)]
+        path = Path(source)
+        if not path.exists():
+            raise ValueError(f"input {str(path)!r} does not exist")
+        return path.resolve() if path.is_dir() else path.resolve().parent
     paths = [Path(p).resolve() for p in source]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing or not paths:
         raise ValueError(f"{len(missing)} input file(s) do not exist, e.g. {missing[0]!r}" if missing else "no files")
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    return sorted((_item(p, p.relative_to(root).as_posix()) for p in paths), key=lambda i: i["key"])
+    return Path(os.path.commonpath([p.parent for p in paths]))
+
+
+def list_items(source: str | Path | Sequence[str | Path], root: Path | None = None) -> list[dict]:
+    """The items of a folder tree (every image and video below it), of one file, or of a list of files, each with
+    its identity: its path relative to ``root`` (default :func:`source_root`; a run's root, so that every folder or
+    list inside the run names an item alike). Sorted by identity."""
+    root = source_root(source) if root is None else root
+    if isinstance(source, (str, Path)):
+        path = Path(source).resolve()
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _kind(p)) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"folder {str(source)!r} holds no images or videos")
+    else:
+        files = [Path(p).resolve() for p in source]
+    items = {}
+    for path in files:
+        if not path.is_relative_to(root):
+            raise ValueError(f"{str(path)!r} lies outside the run's input root {str(root)!r}")
+        items[path.relative_to(root).as_posix()] = path
+    return [_item(path, identity) for identity, path in sorted(items.items())]
 
 
 def _kind(path: Path) -> str | None:
@@ -180,28 +277,36 @@ class Releaser:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows: dict[str, list] = {"key": [], "frames": [], "bytes_in": [], "bytes_out": [], "error": []}
+        rows: dict[str, list] = {name: [] for name in ROW}
         for key, path, kind in zip(batch["key"], batch["path"], batch["kind"]):
             key, path = str(key), Path(str(path))
+            frames, written, error, owner = 0, 0, "", ""
             try:
-                frames, written = self._release(key, path, str(kind))
-                error = ""
+                content = file_digest(path)
+                owner = self._claim(key, content)
+                if owner == key:
+                    frames, written = self._release(key, path, str(kind), content)
             except (OSError, ValueError, TypeError) as problem:  # an unreadable file: reported, the others go on
-                frames, written, error = 0, 0, f"{type(problem).__name__}: {problem}"
-            rows["key"].append(key)
-            rows["frames"].append(frames)
-            rows["bytes_in"].append(path.stat().st_size if path.exists() else 0)
-            rows["bytes_out"].append(written)
-            rows["error"].append(error)
+                error = f"{type(problem).__name__}: {problem}"
+            size = path.stat().st_size if path.exists() else 0
+            for name, value in zip(ROW, (key, frames, size, written, error, "" if owner == key else owner)):
+                rows[name].append(value)
         return rows
 
-    def _release(self, key: str, path: Path, kind: str) -> tuple[int, int]:
+    def _claim(self, key: str, content: bytes) -> str:
+        """Claim ``content`` for item ``key``; return the item that holds the claim: ``key`` itself (a first attempt,
+        a retry or a resume), or an item with the same bytes claimed earlier, in this run or a run it resumes."""
+        claim = self.output / CLAIMS / self.key.tag(content)
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        return store_first(claim, key.encode()).decode()
+
+    def _release(self, key: str, path: Path, kind: str, content: bytes) -> tuple[int, int]:
         record = self.output / (key + RECORD)
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f".{record.name}.partial")
         if kind == "image":
             image = read_image(path).to(self.device)
-            grid = release_item(self.layer, self.key, key, image)
+            grid = release_item(self.layer, self.key, key, image, content)
             media = self.output / (key + ".png")
             media_tmp = media.with_name(f".{media.name}.partial.png")
             if not import_cv2().imwrite(str(media_tmp), to_bgr(grid.restore().cpu())):
@@ -213,7 +318,7 @@ class Releaser:
             media_tmp = media.with_name(f".{media.name}.partial.avi")
             report = sanitize_stream(
                 path,
-                keyed_layer(self.layer, self.key, key),
+                keyed_layer(self.layer, self.key, key, content),
                 media_tmp,
                 grids=tmp,
                 chunk=self.chunk,
@@ -256,6 +361,7 @@ class RunSummary:
     seconds: float
     privacy: str
     errors: dict[str, str] = field(default_factory=dict)
+    duplicates: dict[str, str] = field(default_factory=dict)  # item -> the item with the same bytes, released
 
     @property
     def items_per_second(self) -> float:
@@ -273,6 +379,12 @@ class RunSummary:
         if self.errors:
             lines.append(f"{len(self.errors)} item(s) could not be read and were skipped:")
             lines += [f"  {k}: {e}" for k, e in sorted(self.errors.items())]
+        if self.duplicates:
+            lines.append(
+                f"{len(self.duplicates)} item(s) hold the same bytes as an item already released and were not "
+                "released again (that would spend ε twice on one image):"
+            )
+            lines += [f"  {k} = {d}" for k, d in sorted(self.duplicates.items())]
         return "\n".join(lines)
 
 
@@ -315,27 +427,22 @@ def release_files(
     each exactly once under ``key``; write ``<output>/<identity>.png`` (images) or ``.avi`` (videos) and the
     NoisyGrid record ``<output>/<identity>.dpxg`` (a video's records in one file, see :func:`~dp_pixel_torch.load_video`).
 
-    Items whose record exists are checked and skipped (a resumed run). ``workers`` actors each hold the layer,
-    ``num_gpus`` per actor; ``batch_size`` items per task and ``chunk`` video frames per release bound the memory.
-    A failed task is retried up to ``retries`` times and reproduces the same release. Unreadable files are reported
-    in the summary and skipped.
+    ``key`` is bound to this run on first use (:meth:`RunKey.bind`); a bound key takes any folder or file list inside
+    its run's root and refuses anything else. Items whose record exists are checked and skipped (a resumed run);
+    items with the same bytes as one already released are reported as duplicates and not released again.
+    ``workers`` actors each hold the layer, ``num_gpus`` per actor; ``batch_size`` items per task and ``chunk``
+    video frames per release bound the memory. A failed task is retried up to ``retries`` times and reproduces the
+    same release. Unreadable files are reported in the summary and skipped.
     """
     ray = import_ray()
     check_layer(layer)
+    source = source if isinstance(source, (str, Path)) else list(source)
     output = Path(output)
-    if (
-        isinstance(source, (str, Path))
-        and Path(source).is_dir()
-        and output.resolve().is_relative_to(Path(source).resolve())
-    ):
-        raise ValueError(
-            f"output {str(output)!r} lies inside the input folder: a later run would take its releases as items"
-        )
-    items = list_items(source if isinstance(source, (str, Path)) else list(source))
+    items = list_items(source, key.bind(source, output, layer.guarantee))
     done = set(done_items(items, output, layer.guarantee))
     todo = [i for i in items if i["key"] not in done]
     start = time.perf_counter()
-    rows: dict[str, list] = {"key": [], "frames": [], "bytes_in": [], "bytes_out": [], "error": []}
+    rows: dict[str, list] = {name: [] for name in ROW}
     if todo:
         context = ray.data.DataContext.get_current()
         context.actor_task_retry_on_errors = True  # an exception in a worker re-runs its batch (the same release)
@@ -354,8 +461,9 @@ def release_files(
                 rows[name].append(row[name])
     seconds = time.perf_counter() - start
     errors = {k: e for k, e in zip(rows["key"], rows["error"]) if e}
+    duplicates = {k: d for k, d in zip(rows["key"], rows["duplicate_of"]) if d}
     return RunSummary(
-        items=len(rows["key"]) - len(errors),
+        items=len(rows["key"]) - len(errors) - len(duplicates),
         skipped=len(done),
         frames=int(sum(rows["frames"])),
         longest=int(max(rows["frames"], default=0)),
@@ -364,7 +472,20 @@ def release_files(
         seconds=seconds,
         privacy=layer.guarantee.report(3),
         errors=errors,
+        duplicates=duplicates,
     )
+
+
+def row_identity(value: object) -> int | str | bytes:
+    """A Dataset key as the typed label of its stream: an int, a string or bytes (NumPy scalars included), so that
+    ``1``, ``"1"`` and ``b"1"`` are three items. Null keys and other types raise."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"the key column holds a null key ({value!r}): every image needs its own key")
+    if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
+        raise TypeError(f"keys must be ints, strings or bytes, got {type(value).__name__} {value!r}")
+    return value
 
 
 class _DatasetReleaser:
@@ -376,14 +497,15 @@ class _DatasetReleaser:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         keys, grids = [], []
-        for identity, image in zip(batch[self.key_column], batch[self.image_column]):
+        for value, image in zip(batch[self.key_column], batch[self.image_column]):
+            identity = row_identity(value)
             x = torch.as_tensor(np.asarray(image))
             if x.ndim == 2:
                 x = x[None]
             elif x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
                 x = x.permute(2, 0, 1)  # HWC, as ray.data.read_images gives
-            grid = release_item(self.layer, self.key, str(identity), x.contiguous().to(self.device))
-            keys.append(str(identity))
+            grid = release_item(self.layer, self.key, identity, x.contiguous().to(self.device))
+            keys.append(identity)
             grids.append(grid.to_bytes())
         return {"key": keys, "grid": grids}
 
@@ -401,19 +523,24 @@ def release_dataset(
     retries: int = 3,
 ):
     """Release the images of a ``ray.data.Dataset``: a Dataset of ``key`` and ``grid`` (NoisyGrid bytes, read back
-    with :meth:`NoisyGrid.from_bytes`), e.g. for ``.write_parquet(path)``. The key column is the items' identity (row
-    order is not stable under retries and repartitioning), so it must be stable across runs, and it must be unique:
-    that is checked with one pass over the key column. Sets ``actor_task_retry_on_errors`` in Ray's DataContext."""
+    with :meth:`NoisyGrid.from_bytes`), e.g. for ``.write_parquet(path)``.
+
+    The key column is the items' identity (row order is not stable under retries and repartitioning): it must be
+    stable across runs, unique, and made of ints, strings or bytes compared by type and value (``1`` and ``"1"`` are
+    two items; a null key raises). That is checked with one pass over the key column. Each row's noise is bound to
+    its pixels too, so rows of two datasets keyed alike under one key never share noise. Sets
+    ``actor_task_retry_on_errors`` in Ray's DataContext."""
     ray = import_ray()
     check_layer(layer)
     missing = {image_column, key_column} - set(dataset.columns())
     if missing:
         raise ValueError(f"the dataset has no column(s) {sorted(missing)}; it has {dataset.columns()}")
     keys = dataset.select_columns([key_column])
-    if keys.count() != len(keys.unique(key_column)):  # one pass over the keys
+    unique = keys.unique(key_column)  # one pass over the keys
+    distinct = {(type(k), k) for k in map(row_identity, unique)}
+    if keys.count() != len(unique) or len(distinct) != len(unique):
         raise ValueError(
-            f"the key column {key_column!r} holds duplicates: two images under one key would share their noise, "
-            "and the difference of their releases would be the exact difference of the images"
+            f"the key column {key_column!r} holds duplicates: every image needs its own key, stable across runs"
         )
     ray.data.DataContext.get_current().actor_task_retry_on_errors = True
     return dataset.map_batches(

@@ -18,6 +18,7 @@ from dp_pixel_torch.distributed import (  # noqa: E402
     RECORD,
     RunKey,
     connect,
+    file_digest,
     list_items,
     release_dataset,
     release_files,
@@ -49,7 +50,8 @@ def write_images(root: Path, n: int, seed: int = 0) -> list[Path]:
 
 def expected(layer, key: RunKey, root: Path, path: Path) -> bytes:
     """The single-process release of one item under ``key``."""
-    return release_item(layer, key, path.relative_to(root).as_posix(), read_image(path)).to_bytes()
+    identity = path.relative_to(root).as_posix()
+    return release_item(layer, key, identity, read_image(path), file_digest(path)).to_bytes()
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -92,15 +94,16 @@ class FailOnce:
 def test_a_worker_that_dies_mid_run_is_retried_and_every_item_keeps_its_one_release(cluster, tmp_path):
     write_images(tmp_path / "in", 60, seed=1)
     key = RunKey.create()
-    clean = release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "clean", key, workers=2, batch_size=8)
+    clean = release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "out", key, workers=2, batch_size=8)
+    (tmp_path / "out").rename(tmp_path / "clean")  # the same run again from scratch, with a fault
     marker = tmp_path / "die-once"
     marker.touch()
     faulty = release_files(
-        tmp_path / "in", FailOnce(DPPixelize(1.0, 8), marker), tmp_path / "faulty", key, workers=2, batch_size=8
+        tmp_path / "in", FailOnce(DPPixelize(1.0, 8), marker), tmp_path / "out", key, workers=2, batch_size=8
     )
     assert not marker.exists()  # the fault happened
     assert clean.items == faulty.items == 60
-    assert outputs(tmp_path / "faulty") == outputs(tmp_path / "clean")
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "clean")
 
 
 def test_an_interrupted_run_resumes_with_its_key_file_and_writes_only_the_missing_items(cluster, tmp_path):
@@ -179,3 +182,103 @@ def test_the_cli_runs_on_ray_and_reports_bad_input(cluster, tmp_path, capsys):
         release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "in" / "released", RunKey.create())
     assert main([str(tmp_path / "in"), *args, "--seed", "3"]) == 2
     assert "drop --seed" in capsys.readouterr().err
+
+
+# Issue 18, findings 1-3: an item's noise is bound to its content; a key serves one run; a resume from another root or
+# list recognises what it released; Dataset keys are typed and never null.
+
+
+def noise_of(grid: NoisyGrid, image: torch.Tensor, b: int = 8) -> torch.Tensor:
+    """The noise on the released cell means of a uniform b×b release of ``image`` (exact means subtracted)."""
+    cells = torch.nn.functional.avg_pool2d(image.double()[None], b)[0]
+    return grid.restore().double()[..., ::b, ::b] - cells
+
+
+def test_two_different_images_under_one_identity_never_share_noise(tmp_path):
+    rng = np.random.default_rng(6)
+    day1, day2 = (torch.from_numpy(rng.integers(60, 196, (3, 96, 96), dtype=np.uint8)) for _ in range(2))
+    layer, key = DPPixelize(4.0, 8, noise="laplace", seed=0), RunKey.create()
+    first = noise_of(release_item(layer, key, "cam/IMG_0001.png", day1), day1)
+    second = noise_of(release_item(layer, key, "cam/IMG_0001.png", day2), day2)
+    # Shared noise would make the two releases differ by the exact difference of the images on every cell (within
+    # the rounding of one grey level). The difference of two independent noises (s.d. 6 per cell mean) lies within 1
+    # on about 13% of the 432 cells: more than 70% happens with probability below 1e-100.
+    assert (first - second).abs().le(1.0).float().mean() < 0.7
+    # The same image and identity give the same release: a retry reproduces it.
+    again = release_item(layer, key, "cam/IMG_0001.png", day1)
+    assert again.to_bytes() == release_item(layer, key, "cam/IMG_0001.png", day1).to_bytes()
+
+
+def test_a_run_key_file_is_refused_for_another_input_root_without_resume(cluster, tmp_path, capsys):
+    for day, seed in (("day1", 7), ("day2", 8)):
+        write_images(tmp_path / day / "cam", 3, seed=seed)
+    args = ["--epsilon", "1", "--b", "8", "--ray", "--quiet", "--key-file", str(tmp_path / "run.key")]
+    assert main([str(tmp_path / "day1"), "-o", str(tmp_path / "out1"), *args]) == 0
+    capsys.readouterr()
+    assert main([str(tmp_path / "day2"), "-o", str(tmp_path / "out2"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "day1" in err
+    assert not (tmp_path / "out2").exists()
+    assert main([str(tmp_path / "day2"), "-o", str(tmp_path / "out2"), *args, "--resume"]) == 2
+    assert "outside" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    key = RunKey.load(tmp_path / "run.key")
+    with pytest.raises(ValueError, match="outside"):
+        release_files(tmp_path / "day2", DPPixelize(1.0, 8), tmp_path / "out1", key)
+    with pytest.raises(ValueError, match="another output"):
+        release_files(tmp_path / "day1", DPPixelize(1.0, 8), tmp_path / "out2", key)
+    with pytest.raises(ValueError, match="another guarantee"):
+        release_files(tmp_path / "day1", DPPixelize(2.0, 8), tmp_path / "out1", key)
+
+
+def test_a_resume_from_a_sub_folder_or_a_file_list_releases_nothing_twice(cluster, tmp_path, capsys):
+    paths = write_images(tmp_path / "day1", 9, seed=9)
+    args = ["--epsilon", "1", "--b", "8", "--ray", "--quiet", "--key-file", str(tmp_path / "run.key")]
+    first = paths[:4]
+    assert main([*map(str, first[:1]), "-o", str(tmp_path / "out"), *args]) == 0  # one file: its folder is the root
+    capsys.readouterr()
+    done = outputs(tmp_path / "out")
+    assert main([str(tmp_path / "day1"), "-o", str(tmp_path / "out"), *args, "--resume"]) == 2
+    assert "outside" in capsys.readouterr().err  # part0 is the run's root; day1 lies outside it
+    assert outputs(tmp_path / "out") == done
+    (tmp_path / "run.key").unlink()
+    key = RunKey.create()
+    layer = DPPixelize(1.0, 8)
+    release_files(tmp_path / "day1", layer, tmp_path / "out2", key)
+    before = outputs(tmp_path / "out2")
+    # The same run named by a sub-folder, then by a list of files: every item keeps its identity under day1.
+    again = release_files(tmp_path / "day1" / "part1", layer, tmp_path / "out2", key)
+    listed = release_files([str(p) for p in paths[::2]], layer, tmp_path / "out2", key)
+    assert again.items == listed.items == 0 and again.skipped == 3 and listed.skipped == 5
+    assert outputs(tmp_path / "out2") == before and len(before) == 9
+    assert len(done) == 1
+
+
+def test_a_renamed_or_copied_file_is_not_released_again(cluster, tmp_path):
+    paths = write_images(tmp_path / "in", 4, seed=10)
+    layer, key = DPPixelize(1.0, 8), RunKey.create()
+    (tmp_path / "in" / "copy.png").write_bytes(paths[0].read_bytes())
+    summary = release_files(tmp_path / "in", layer, tmp_path / "out", key, workers=2, batch_size=1)
+    assert summary.items == 4 and len(summary.duplicates) == 1 and len(outputs(tmp_path / "out")) == 4
+    assert "same bytes" in str(summary)
+    (copy, original), *_ = summary.duplicates.items()  # whichever worker claimed the bytes first released them
+    assert {copy, original} == {"copy.png", "part0/img0000.png"}
+    renamed = paths[1].rename(tmp_path / "in" / "renamed.png")  # a rename between a run and its resume
+    resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
+    assert resumed.items == 0 and resumed.duplicates == {copy: original, "renamed.png": "part1/img0001.png"}
+    assert len(outputs(tmp_path / "out")) == 4 and renamed.exists()
+
+
+def test_dataset_keys_are_typed_and_never_null(cluster, tmp_path):
+    images = np.random.default_rng(11).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    layer, key = DPPixelize(1.0, 8), RunKey.create()
+    nulls = ray.data.from_items([{"key": k, "image": image} for k, image in zip((None, "None"), images)])
+    with pytest.raises(ValueError, match="null"):
+        release_dataset(nulls, layer, key)
+    numbered = ray.data.from_items([{"key": k, "image": image} for k, image in enumerate(images)])
+    rows = release_dataset(numbered, layer, key).take_all()
+    assert sorted(r["key"] for r in rows) == [0, 1] and all(type(r["key"]) is int for r in rows)  # typed keys
+    # Two datasets keyed 1 and "1" under one key: two items, whose noise is never shared (even on one image).
+    x = torch.from_numpy(images[0]).permute(2, 0, 1)
+    assert release_item(layer, key, 1, x).to_bytes() != release_item(layer, key, "1", x).to_bytes()
+    with pytest.raises(TypeError, match="ints, strings or bytes"):
+        release_dataset(ray.data.from_items([{"key": 0.5, "image": images[0]}]), layer, key)
