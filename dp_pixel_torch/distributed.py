@@ -197,6 +197,12 @@ def release_item(
     return keyed_layer(layer, key, identity, image_digest(x) if content is None else content).release(x)
 
 
+def _version(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced or written to: device, inode, size and modification time."""
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def file_digest(path: str | Path) -> bytes:
     """BLAKE2b of a file's bytes (read in MiB blocks): the content label of a file item."""
     digest = hashlib.blake2b(digest_size=32, person=b"file-digest")
@@ -282,10 +288,11 @@ class Releaser:
             key, path = str(key), Path(str(path))
             frames, written, error, owner = 0, 0, "", ""
             try:
+                version = _version(path)
                 content = file_digest(path)
                 owner = self._claim(key, content)
                 if owner == key:
-                    frames, written = self._release(key, path, str(kind), content)
+                    frames, written = self._release(key, path, str(kind), content, version)
             except (OSError, ValueError, TypeError) as problem:  # an unreadable file: reported, the others go on
                 error = f"{type(problem).__name__}: {problem}"
             size = path.stat().st_size if path.exists() else 0
@@ -300,7 +307,7 @@ class Releaser:
         claim.parent.mkdir(parents=True, exist_ok=True)
         return store_first(claim, key.encode()).decode()
 
-    def _release(self, key: str, path: Path, kind: str, content: bytes) -> tuple[int, int]:
+    def _release(self, key: str, path: Path, kind: str, content: bytes, version: tuple) -> tuple[int, int]:
         record = self.output / (key + RECORD)
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f".{record.name}.partial")
@@ -326,6 +333,10 @@ class Releaser:
                 progress=False,
             )
             frames = report.frames
+        if _version(path) != version:  # its noise is bound to the bytes digested before: publish nothing
+            media_tmp.unlink()
+            tmp.unlink()
+            raise ValueError(f"{str(path)!r} changed while it was being released; nothing was written for it")
         os.replace(media_tmp, media)
         os.replace(tmp, record)  # last: the record marks the item done
         return frames, media.stat().st_size + record.stat().st_size

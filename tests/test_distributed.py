@@ -282,3 +282,26 @@ def test_dataset_keys_are_typed_and_never_null(cluster, tmp_path):
     assert release_item(layer, key, 1, x).to_bytes() != release_item(layer, key, "1", x).to_bytes()
     with pytest.raises(TypeError, match="ints, strings or bytes"):
         release_dataset(ray.data.from_items([{"key": 0.5, "image": images[0]}]), layer, key)
+
+
+class RewriteDuringRelease:
+    """A layer that overwrites its input file with another image while releasing it (an archive being written to)."""
+
+    def __init__(self, layer, path: Path):
+        self.layer, self.path = layer, str(path)
+        self.guarantee, self.accountant, self.region = layer.guarantee, None, None
+
+    def release(self, x, *, generator=None):
+        cv2.imwrite(self.path, np.full((24, 40, 3), 7, dtype=np.uint8))
+        return self.layer.release(x, generator=generator)
+
+
+def test_a_file_that_changes_while_it_is_released_publishes_nothing(cluster, tmp_path):
+    (path,) = write_images(tmp_path / "in", 1, seed=12)
+    key, layer = RunKey.create(), DPPixelize(1.0, 8)
+    summary = release_files(tmp_path / "in", RewriteDuringRelease(layer, path), tmp_path / "out", key)
+    assert summary.items == 0 and "changed while" in summary.errors["part0/img0000.png"]
+    assert not outputs(tmp_path / "out") and not list((tmp_path / "out").rglob("*.png"))
+    resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)  # the new bytes: their own stream
+    assert resumed.items == 1
+    assert outputs(tmp_path / "out")["part0/img0000.png" + RECORD] == expected(layer, key, tmp_path / "in", path)
