@@ -201,19 +201,35 @@ class PrivacyGuarantee:
 
 
 class BudgetExceededError(RuntimeError):
-    """A release would exceed the accountant's cap; it was refused before any noise was drawn."""
+    """A release would exceed the accountant's cap; it was refused before any noise was drawn.
+
+    ``final`` is False when only the w-event window refused it: a smaller chunk may fit now, and frames skipped with
+    :meth:`PrivacyAccountant.skip` slide the window so that later frames fit. It is True when nothing later fits: the
+    total cap is reached, or one frame alone passes the window cap.
+    """
+
+    def __init__(self, message: str, *, final: bool = True) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class PrivacyAccountant:
     """Sequential composition over a stream of releases (video frames), with an optional cap (SPEC §6).
 
     Every released frame is charged its total ε (:meth:`PrivacyGuarantee.total_epsilon`), and all frames are taken to
-    show the same people: a person visible in T frames is covered at the sum of those T frames' ε. The history is
-    kept as runs of equal ε, so a day of video at one ε is one run.
+    show the same people: a person visible in T frames is covered at the sum of those T frames' ε. A frame of the
+    stream that goes out with nothing released (refused by the window, dropped) is recorded by :meth:`skip` as a
+    frame of ε = 0, so that windows and :meth:`epsilon_for` count frames of the stream, not only released ones. The
+    history is kept as runs of equal ε, so a day of video at one ε is one run.
 
     Args:
         cap: the most ε the whole stream may spend; the release that would pass it raises :class:`BudgetExceededError`.
-        window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames.
+        window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames of the stream (released or
+            skipped). Every charge and skip keeps this true of the whole history: a skip adds frames of ε = 0, which
+            raise no window's sum, and a charge is refused unless every window that holds one of its frames (the
+            last ``window - 1`` frames before it and at most ``window`` of its own) stays within the cap, checked
+            and recorded in one step. A refused charge records nothing, so that retrying the same frame cannot
+            pass for a later one: the caller that drops the frame calls :meth:`skip`.
         window_cap: the budget of every window of ``window`` frames.
         fps: frame rate, to give windows and queries in seconds.
         ledger: a SQLite file that holds the history, shared by every process and DataLoader worker that charges this
@@ -260,6 +276,22 @@ class PrivacyAccountant:
     def charge(self, epsilon: float, frames: int = 1) -> None:
         """Record ``frames`` consecutive releases of ``epsilon`` each, or raise before recording any of them."""
         epsilon = check_epsilon(epsilon)
+        if self._may_record(frames):
+            with self._history.transaction() as history:
+                self._check(history, epsilon, frames)
+                history.append(epsilon, frames)
+
+    def skip(self, frames: int = 1) -> None:
+        """Record ``frames`` consecutive frames of the stream that went out with nothing released (refused by the
+        window, or dropped): they cost 0 and slide the w-event window, so that later frames fit again.
+
+        Call it only for frames of the stream that really passed: frames recorded that the stream never had would
+        stretch a window of ``window`` recorded frames over more than ``window`` frames of real time."""
+        if self._may_record(frames):
+            with self._history.transaction() as history:
+                history.append(0.0, frames)
+
+    def _may_record(self, frames: int) -> bool:
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
             raise TypeError(f"frames must be an int >= 0, got {frames!r}")
         if self.ledger is None and self._owner != os.getpid():
@@ -268,11 +300,7 @@ class PrivacyAccountant:
                 "deep-copied): its charges would never reach the original, so it refuses to charge. Share one "
                 "budget across processes with a ledger: PrivacyAccountant(cap=..., ledger='budget.sqlite')"
             )
-        if frames == 0:
-            return
-        with self._history.transaction() as history:
-            self._check(history, epsilon, frames)
-            history.append(epsilon, frames)
+        return frames > 0
 
     def _check(self, history: _Runs | _Ledger, epsilon: float, frames: int) -> None:
         spent = history.spent
@@ -281,15 +309,41 @@ class PrivacyAccountant:
                 f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {spent + epsilon * frames:g}, "
                 f"over the cap of {self.cap:g} (spent so far: {spent:g})"
             )
-        if self.window is not None:
-            # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
-            recent = history.tail(self.window - 1) + [(epsilon, min(frames, self.window))]
-            worst = _worst_window(recent, self.window)
-            if worst > self.window_cap * (1 + 1e-12):
-                raise BudgetExceededError(
-                    f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
-                    f"consecutive frames, over the window cap of {self.window_cap:g}"
-                )
+        if self.window is None:
+            return
+        most = self._largest_chunk(epsilon)
+        if most == 0:
+            raise BudgetExceededError(
+                f"one frame at ε = {epsilon:g} passes the window cap of {self.window_cap:g}: no frame at this ε can "
+                "ever be released"
+            )
+        if frames > most:
+            raise BudgetExceededError(
+                f"a chunk of {frames} frames at ε = {epsilon:g} would spend {epsilon * min(frames, self.window):g} "
+                f"within {self.window} consecutive frames, over the window cap of {self.window_cap:g} even when "
+                f"the frames before it cost nothing: the largest chunk that fits is {most} frame(s)",
+                final=False,
+            )
+        # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
+        recent = history.tail(self.window - 1) + [(epsilon, min(frames, self.window))]
+        worst = _worst_window(recent, self.window)
+        if worst > self.window_cap * (1 + 1e-12):
+            raise BudgetExceededError(
+                f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
+                f"consecutive frames, over the window cap of {self.window_cap:g}; frames skipped with skip() slide the "
+                "window",
+                final=False,
+            )
+
+    def _largest_chunk(self, epsilon: float) -> int | float:
+        """The most frames at ``epsilon`` that one charge may hold when the last ``window`` frames cost nothing."""
+        limit = self.window_cap * (1 + 1e-12)
+        if epsilon * self.window <= limit:
+            return math.inf
+        most = math.floor(limit / epsilon)
+        while most > 0 and epsilon * most > limit:  # the division may round up
+            most -= 1
+        return most
 
     def charge_release(self, guarantee: PrivacyGuarantee, channels: int, frames: int = 1) -> None:
         """Charge ``frames`` releases described by ``guarantee`` for images with ``channels`` channels."""
@@ -301,12 +355,18 @@ class PrivacyAccountant:
         return self._history.frames
 
     @property
+    def skipped(self) -> int:
+        """Frames recorded with nothing released (:meth:`skip`)."""
+        return self._history.skipped
+
+    @property
     def spent(self) -> float:
         """ε of everything released so far: the cover of a person visible in every frame."""
         return self._history.spent
 
     def epsilon_for(self, frames: int | None = None, *, seconds: float | None = None) -> float:
-        """ε for a person visible in ``frames`` consecutive frames (or ``seconds`` at ``fps``): the worst such run."""
+        """ε for a person visible in ``frames`` consecutive frames of the stream, skipped ones included (or
+        ``seconds`` at ``fps``): the worst such run."""
         if (frames is None) == (seconds is None):
             raise ValueError("give exactly one of frames and seconds")
         if seconds is not None:
@@ -329,7 +389,8 @@ class PrivacyAccountant:
             raise ValueError("not a saved PrivacyAccountant (version 1)")
         accountant = cls(state["cap"], window=state["window"], window_cap=state["window_cap"], fps=state["fps"])
         for eps, n in state["frames"]:
-            accountant._history.append(check_epsilon(eps), check_positive_int(n, "frames"))
+            skipped = type(eps) in (int, float) and eps == 0
+            accountant._history.append(0.0 if skipped else check_epsilon(eps), check_positive_int(n, "frames"))
         return accountant
 
     def save(self, path: str | Path) -> None:
@@ -340,7 +401,8 @@ class PrivacyAccountant:
         return cls.from_json(Path(path).read_text())
 
     def __str__(self) -> str:
-        text = f"{self.frames} frames released, ε spent = {self.spent:g}"
+        skipped = f" ({self.skipped} skipped: nothing released)" if self.skipped else ""
+        text = f"{self.frames} frames released{skipped}, ε spent = {self.spent:g}"
         if self.cap is not None:
             text += f" of a cap of {self.cap:g}"
         if self.window is not None:
@@ -371,11 +433,11 @@ def _worst_window(runs: list[tuple[float, int]], width: int) -> float:
 
 
 class _Runs:
-    """An in-memory history: runs ``(ε, frames)`` of equal ε in release order, and their totals."""
+    """An in-memory history: runs ``(ε, frames)`` of equal ε in release order (ε = 0: skipped), and their totals."""
 
     def __init__(self) -> None:
         self._runs: list[tuple[float, int]] = []
-        self.frames, self.spent = 0, 0.0
+        self.frames, self.skipped, self.spent = 0, 0, 0.0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -394,8 +456,11 @@ class _Runs:
             self._runs[-1] = (epsilon, self._runs[-1][1] + frames)
         else:
             self._runs.append((epsilon, frames))
-        self.frames += frames
-        self.spent += epsilon * frames
+        if epsilon:
+            self.frames += frames
+            self.spent += epsilon * frames
+        else:
+            self.skipped += frames
 
     def tail(self, frames: int) -> list[tuple[float, int]]:
         """The runs of the last ``frames`` frames (the first one cut to fit), oldest first."""
@@ -514,6 +579,11 @@ class _Ledger:
             return self._db().execute("SELECT frames FROM totals").fetchone()[0]
 
     @property
+    def skipped(self) -> int:
+        with self._lock:
+            return self._db().execute("SELECT COALESCE(SUM(frames), 0) FROM runs WHERE epsilon = 0").fetchone()[0]
+
+    @property
     def spent(self) -> float:
         with self._lock:
             return self._db().execute("SELECT spent FROM totals").fetchone()[0]
@@ -525,7 +595,8 @@ class _Ledger:
             db.execute("UPDATE runs SET frames = frames + ? WHERE id = ?", (frames, last[0]))
         else:
             db.execute("INSERT INTO runs (epsilon, frames) VALUES (?, ?)", (epsilon, frames))
-        db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
+        if epsilon:
+            db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
 
     def tail(self, frames: int) -> list[tuple[float, int]]:
         return _cut_tail(self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id DESC"), frames)
