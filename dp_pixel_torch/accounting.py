@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import sqlite3
 import threading
 import weakref
@@ -213,6 +214,12 @@ class BudgetExceededError(RuntimeError):
         self.final = final
 
 
+class LedgerIntegrityError(RuntimeError):
+    """The ledger file is not the history this accountant (or the lock file beside it) knew: it was deleted, replaced,
+    reset or rolled back to an older copy. Charging it would restart the budget, so nothing is charged; see
+    :meth:`PrivacyAccountant.reset_ledger` to start over deliberately."""
+
+
 class PrivacyAccountant:
     """Sequential composition over a stream of releases (video frames), with an optional cap (SPEC §6).
 
@@ -235,7 +242,13 @@ class PrivacyAccountant:
         ledger: a SQLite file that holds the history, shared by every process and DataLoader worker that charges this
             budget and kept across restarts. Each charge is one committed transaction (WAL, synchronous=FULL) before
             the release draws its noise, so a crash loses no charge and no release goes uncharged. A ledger keeps the
-            settings it was created with; opening it with others raises.
+            settings it was created with; opening it with others raises. It holds a random identity and a count of
+            its charges and skips that only grows; ``<ledger>.lock`` beside it remembers both. A charge or query
+            raises :class:`LedgerIntegrityError` when the file this accountant opened was deleted, replaced or reset,
+            or its count went back (a restored older copy); so does opening a ledger that is missing, another one or
+            behind what the lock file remembers. Not detected: a ledger deleted or rolled back together with its lock
+            file, or a ledger at a new path; keep ledgers where only the operator can write, and never copy or move
+            one in use. :meth:`reset_ledger` starts a budget over on purpose.
 
     Without a ledger the history lives in this object, and only this object in this process may charge it: a copy
     (pickled into a DataLoader worker, forked, deep-copied) refuses to charge, because its charges would never reach
@@ -266,6 +279,14 @@ class PrivacyAccountant:
         self.ledger = None if ledger is None else Path(ledger)
         self._history = _Runs() if ledger is None else _Ledger(self.ledger, self._settings())
         self._owner: int | None = os.getpid()  # the one process whose in-memory charges count
+
+    @staticmethod
+    def reset_ledger(path: str | Path) -> None:
+        """Deliberately discard the history of the ledger at ``path`` (and the lock file's memory of it): the next
+        accountant opened on it starts a new budget at 0, with its own settings. Every accountant still open on the
+        old history refuses to charge from then on (:class:`LedgerIntegrityError`). The privacy spent so far is
+        not undone: releases made under the old history still count against anyone they showed."""
+        _Ledger.reset(Path(path))
 
     def _settings(self) -> dict:
         return {"cap": self.cap, "window": self.window, "window_cap": self.window_cap, "fps": self.fps}
@@ -490,6 +511,14 @@ class _Ledger:
     closes its connection and stays locked until the fork is done, so the child inherits neither a connection nor a
     held lock (each process opens its own connection). A lock file next to the ledger serialises the opening of a
     connection, when the schema may still be made.
+
+    Integrity: the ledger holds a random identity and a count of the charges and skips committed to it, which only
+    grows. This object remembers the file it opened (device, inode) and the identity and highest count it saw (a
+    pickled copy carries the identity and count), and every charge and query first checks, inside its transaction,
+    that the file at ``path`` is still that file, with that identity, and that the count has not gone back. The lock
+    file remembers the identity and the highest count committed (raised after each commit, so after a crash it may
+    lag by the last charge but never leads), and a new object refuses a ledger that does not match it. Lock order:
+    the lock file, then the database; a charge takes the lock file only after its commit.
     """
 
     SCHEMA = """
@@ -498,12 +527,17 @@ class _Ledger:
         CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, epsilon REAL NOT NULL, frames INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS totals (
             id INTEGER PRIMARY KEY CHECK (id = 0), frames INTEGER NOT NULL, spent REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS identity (
+            id INTEGER PRIMARY KEY CHECK (id = 0), ledger TEXT NOT NULL, charges INTEGER NOT NULL);
     """
 
-    def __init__(self, path: Path, settings: dict) -> None:
-        self.path = path
+    def __init__(self, path: Path, settings: dict | None, seen: tuple[str, int] | None = None) -> None:
+        self.path = Path(os.path.abspath(path))  # the same file whatever the working directory becomes
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file this object opened
+        self._seen = seen  # (identity, highest charge count seen)
+        self._committing: int | None = None  # the charge count a transaction in progress will commit
         self._lock = threading.RLock()
         with _REGISTRY:
             _OPEN_LEDGERS.add(self)
@@ -511,10 +545,32 @@ class _Ledger:
             ledger._write_settings(settings)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path}  # each process opens its own connection
+        return {"path": self.path, "seen": self._seen}  # each process opens its own connection
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], None)
+        self.__init__(state["path"], None, state["seen"])
+
+    @staticmethod
+    def reset(path: Path) -> None:
+        """Empty the ledger at ``path`` and its lock file's memory (see :meth:`PrivacyAccountant.reset_ledger`)."""
+        path = Path(os.path.abspath(path))
+        with open(f"{path}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # no accountant opens the ledger meanwhile
+            if path.exists():
+                db = sqlite3.connect(path, timeout=120, isolation_level=None)
+                try:
+                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if not {"settings", "runs", "totals"} <= tables:
+                        raise ValueError(f"path {str(path)!r} is not a PrivacyAccountant ledger")
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.executescript(_Ledger.SCHEMA)
+                    db.execute("BEGIN IMMEDIATE")
+                    for table in ("settings", "runs", "totals", "identity"):
+                        db.execute(f"DELETE FROM {table}")
+                    db.execute("COMMIT")
+                finally:
+                    db.close()
+            lock.truncate(0)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the modules it needs may be gone
@@ -532,11 +588,20 @@ class _Ledger:
 
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
-            with open(f"{self.path}.lock", "a") as lock:
+            with open(f"{self.path}.lock", "a+") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
                 db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(self.SCHEMA)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(self.SCHEMA)
+                    if self._file is None:
+                        stat = os.stat(self.path)
+                        self._file = (stat.st_dev, stat.st_ino)
+                    if self._seen is None:
+                        self._adopt(db, lock)
+                except BaseException:
+                    db.close()
+                    raise
             db.execute("PRAGMA synchronous=FULL")
             # Checkpoint the write-ahead log every 64 pages and cut it back to 256 KiB: the files stay small.
             db.execute("PRAGMA wal_autocheckpoint=64")
@@ -544,18 +609,91 @@ class _Ledger:
             self._connection, self._pid = db, os.getpid()
         return self._connection
 
+    def _adopt(self, db: sqlite3.Connection, lock) -> None:
+        """Take the ledger at ``path`` as it is (giving it an identity if it has none), unless the lock file remembers
+        another ledger, or more charges than it holds: it was then deleted, replaced or rolled back."""
+        lock.seek(0)
+        memory = lock.read().split()
+        if memory and (len(memory) != 2 or not memory[1].isdigit()):
+            raise LedgerIntegrityError(f"{lock.name} does not hold a ledger's identity and count; {self._reset_hint()}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT ledger, charges FROM identity").fetchone()
+            if memory:
+                known, charges = memory[0], int(memory[1])
+                if row is None or row[0] != known:
+                    found = "holds no history" if row is None else f"is ledger {row[0]}"
+                    self._refuse(
+                        f"{found}, but {lock.name} remembers ledger {known} after {charges} charges: it was deleted or "
+                        "replaced"
+                    )
+                if row[1] < charges:
+                    self._refuse(f"holds {row[1]} charges, but {lock.name} remembers {charges}: an older copy")
+            if row is None:
+                row = (secrets.token_hex(16), 0)
+                db.execute("INSERT INTO identity VALUES (0, ?, ?)", row)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._seen = tuple(row)
+        if memory != [row[0], str(row[1])]:
+            _write_memory(lock, *row)
+
+    def _verify(self, db: sqlite3.Connection) -> None:
+        """Refuse a ledger that is no longer the file and history this object opened, or whose count went back."""
+        try:
+            stat = os.stat(self.path)
+            file = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            file = None
+        row = db.execute("SELECT ledger, charges FROM identity").fetchone()
+        if file != self._file or row is None or row[0] != self._seen[0]:
+            self._refuse(f"is not the ledger {self._seen[0]} this accountant opened: it was deleted, replaced or reset")
+        if row[1] < self._seen[1]:
+            self._refuse(f"went back from {self._seen[1]} to {row[1]} charges: it was rolled back to an older copy")
+        self._seen = tuple(row)
+
+    def _refuse(self, what: str) -> None:
+        raise LedgerIntegrityError(
+            f"ledger {str(self.path)!r} {what}. Charging it would restart the budget, so nothing is charged; "
+            f"{self._reset_hint()}"
+        )
+
+    def _reset_hint(self) -> str:
+        return (
+            "restore the ledger, or start a new budget deliberately with "
+            f"PrivacyAccountant.reset_ledger({str(self.path)!r})"
+        )
+
+    def _remember(self, charges: int) -> None:
+        """Raise the lock file's count to ``charges`` (after the commit, so that it never leads the ledger), when it
+        remembers this ledger."""
+        with open(f"{self.path}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.seek(0)
+            memory = lock.read().split()
+            if len(memory) == 2 and memory[0] == self._seen[0] and memory[1].isdigit() and int(memory[1]) < charges:
+                _write_memory(lock, self._seen[0], charges)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Ledger]:
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._verify(db)
                 yield self
             except BaseException:
+                self._committing = None
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if self._committing is not None:
+                self._seen, self._committing = (self._seen[0], self._committing), None
+                self._remember(self._seen[1])
 
     def _write_settings(self, settings: dict | None) -> None:
         db = self._db()
@@ -573,20 +711,23 @@ class _Ledger:
                 "open it with the same settings, or start a new ledger"
             )
 
+    def _query(self, sql: str) -> list[tuple]:
+        with self._lock:
+            db = self._db()
+            self._verify(db)
+            return [tuple(row) for row in db.execute(sql)]
+
     @property
     def frames(self) -> int:
-        with self._lock:
-            return self._db().execute("SELECT frames FROM totals").fetchone()[0]
+        return self._query("SELECT frames FROM totals")[0][0]
 
     @property
     def skipped(self) -> int:
-        with self._lock:
-            return self._db().execute("SELECT COALESCE(SUM(frames), 0) FROM runs WHERE epsilon = 0").fetchone()[0]
+        return self._query("SELECT COALESCE(SUM(frames), 0) FROM runs WHERE epsilon = 0")[0][0]
 
     @property
     def spent(self) -> float:
-        with self._lock:
-            return self._db().execute("SELECT spent FROM totals").fetchone()[0]
+        return self._query("SELECT spent FROM totals")[0][0]
 
     def append(self, epsilon: float, frames: int) -> None:
         db = self._db()
@@ -597,13 +738,20 @@ class _Ledger:
             db.execute("INSERT INTO runs (epsilon, frames) VALUES (?, ?)", (epsilon, frames))
         if epsilon:
             db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
+        db.execute("UPDATE identity SET charges = charges + 1")
+        self._committing = self._seen[1] + 1  # _verify read the count under this transaction's write lock
 
     def tail(self, frames: int) -> list[tuple[float, int]]:
         return _cut_tail(self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id DESC"), frames)
 
     def runs(self) -> list[tuple[float, int]]:
-        with self._lock:
-            return [tuple(row) for row in self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id")]
+        return self._query("SELECT epsilon, frames FROM runs ORDER BY id")
+
+
+def _write_memory(lock, ledger: str, charges: int) -> None:
+    """Replace the content of the lock file ``lock`` (open in "a+" mode, locked) with a ledger's identity and count."""
+    lock.truncate(0)
+    lock.write(f"{ledger} {charges}\n")
 
 
 _OPEN_LEDGERS: weakref.WeakSet[_Ledger] = weakref.WeakSet()

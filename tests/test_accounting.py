@@ -6,17 +6,23 @@ import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 from dp_pixel_torch import DPPixelize, PrivacyAccountant, RegionAdaptiveDPPixelize, load_video
-from dp_pixel_torch.accounting import BudgetExceededError
+from dp_pixel_torch.accounting import BudgetExceededError, LedgerIntegrityError
+from dp_pixel_torch.cli import main
 from dp_pixel_torch.video import read_frames, sanitize_stream
 
 from conftest import generator
@@ -508,3 +514,116 @@ def test_a_json_state_of_the_current_format_still_loads():
     assert (acc.frames, acc.cap, acc.window, acc.window_cap, acc.fps) == (8, 2.0, 10, 1.5, 30.0)
     assert acc.spent == pytest.approx(1.0) and acc.epsilon_for(2) == pytest.approx(0.4)
     assert PrivacyAccountant.from_json(acc.to_json()).to_json() == acc.to_json()
+
+
+# --- integrity: a ledger deleted, replaced or rolled back is refused; a reset is explicit --------------------------
+
+
+def damage(ledger, how: str, older) -> None:
+    """What an operator might do to a ledger in use: delete it, put another ledger in its place, or restore an older
+    copy (its write-ahead log and index go with it; the lock file beside it stays)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+    if how == "other":
+        PrivacyAccountant(cap=1.0, ledger=f"{ledger}.other").charge(0.1)
+        os.replace(f"{ledger}.other", ledger)
+    elif how == "older":
+        os.replace(older, ledger)
+
+
+def backup(ledger, copy_path) -> None:
+    source, target = sqlite3.connect(ledger), sqlite3.connect(copy_path)
+    source.backup(target)
+    source.close()
+    target.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "other", "older"])
+def test_a_ledger_that_lost_its_history_is_refused(how, tmp_path):
+    """Deleting a ledger that had spent 0.9 of 1.0 let a new opener start at 0 while the old process kept charging
+    the deleted file (1.85 in all); restoring an older copy brought 0.9 back to 0.1. Now the accountant that opened
+    it, a pickled copy of it and a new opener all refuse, until PrivacyAccountant.reset_ledger starts over."""
+    ledger = tmp_path / "camera.sqlite"
+    acc = PrivacyAccountant(cap=1.0, ledger=ledger)
+    acc.charge(0.1)
+    backup(ledger, tmp_path / "older.sqlite")
+    acc.charge(0.8)
+    state = pickle.dumps(acc)
+    damage(ledger, how, tmp_path / "older.sqlite")
+    with pytest.raises(LedgerIntegrityError, match="deleted, replaced or reset"):
+        acc.charge(0.05)
+    with pytest.raises(LedgerIntegrityError):
+        acc.spent
+    with pytest.raises(LedgerIntegrityError):
+        pickle.loads(state)
+    with pytest.raises(LedgerIntegrityError, match=r"reset_ledger\("):
+        PrivacyAccountant(cap=1.0, ledger=ledger)
+    PrivacyAccountant.reset_ledger(ledger)
+    fresh = PrivacyAccountant(cap=2.0, ledger=ledger)  # a new budget, with settings of its own
+    assert (fresh.frames, fresh.spent) == (0, 0.0)
+    fresh.charge(0.5)
+    with pytest.raises(LedgerIntegrityError):
+        acc.charge(0.05)  # the old accountant never charges the new budget
+    assert PrivacyAccountant(cap=2.0, ledger=ledger).spent == 0.5
+
+
+def test_a_ledger_rolled_back_while_closed_is_refused(tmp_path):
+    """An older copy restored in place (same file, same identity, fewer charges) while no process held it: a new
+    opener compares it with the lock file's memory, and an accountant that reopens it with its own."""
+    ledger = tmp_path / "camera.sqlite"
+    acc = PrivacyAccountant(cap=1.0, ledger=ledger)
+    acc.charge(0.1)
+    backup(ledger, tmp_path / "older.sqlite")
+    acc.charge(0.8)
+    acc._history.close()  # the last connection: the log is checkpointed and removed
+    shutil.copyfile(tmp_path / "older.sqlite", ledger)
+    assert Path(f"{ledger}.lock").read_text().split()[1] == "2"  # the lock file remembers 2 charges
+    with pytest.raises(LedgerIntegrityError, match="holds 1 charges, but .* remembers 2"):
+        PrivacyAccountant(cap=1.0, ledger=ledger)
+    Path(f"{ledger}.lock").unlink()  # the lock file lost too: the accountant still remembers
+    with pytest.raises(LedgerIntegrityError, match="went back from 2 to 1 charges"):
+        acc.charge(0.05)
+
+
+def test_a_ledger_survives_restarts_forks_and_a_changed_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    acc = PrivacyAccountant(cap=1.0, ledger="camera.sqlite")  # a relative path
+    acc.charge(0.25)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    acc._history.close()  # reopened as after a fork: the same file, not ./camera.sqlite here
+    acc.charge(0.25)
+    assert pickle.loads(pickle.dumps(acc)).spent == 0.5
+    assert PrivacyAccountant(cap=1.0, ledger=tmp_path / "camera.sqlite").spent == 0.5
+
+
+def test_a_ledger_of_the_previous_format_gains_an_identity(tmp_path):
+    ledger = tmp_path / "old.sqlite"
+    with sqlite3.connect(ledger) as db:
+        db.executescript(
+            """CREATE TABLE settings (id INTEGER PRIMARY KEY CHECK (id = 0), cap REAL, window INTEGER,
+                   window_cap REAL, fps REAL);
+               CREATE TABLE runs (id INTEGER PRIMARY KEY, epsilon REAL NOT NULL, frames INTEGER NOT NULL);
+               CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 0), frames INTEGER NOT NULL, spent REAL NOT NULL);
+               INSERT INTO settings VALUES (0, 1.0, NULL, NULL, NULL);
+               INSERT INTO runs (epsilon, frames) VALUES (0.3, 2);
+               INSERT INTO totals VALUES (0, 2, 0.6);"""
+        )
+    acc = PrivacyAccountant(cap=1.0, ledger=ledger)
+    acc.charge(0.3)
+    assert (acc.frames, acc.spent) == (3, pytest.approx(0.9))
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("CREATE TABLE results (x)")
+    other.close()
+    with pytest.raises(ValueError, match="not a PrivacyAccountant ledger"):
+        PrivacyAccountant.reset_ledger(tmp_path / "other.db")  # a reset touches nothing but a ledger
+
+
+def test_the_cli_refuses_a_deleted_ledger(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((16, 16, 3), 128, np.uint8))
+    args = ["--epsilon", "0.5", "--b", "4", "--cap", "1", "--ledger", str(tmp_path / "camera.sqlite"), "--quiet"]
+    assert main([str(image), "-o", str(tmp_path / "a.png"), *args]) == 0
+    (tmp_path / "camera.sqlite").unlink()
+    assert main([str(image), "-o", str(tmp_path / "b.png"), *args]) == 3
+    assert "reset_ledger" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
