@@ -1,7 +1,7 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
 from . import detectors, functional, kernels, reference
-from .accounting import BudgetExceededError, PrivacyAccountant, PrivacyGuarantee
+from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant, PrivacyGuarantee
 from .detectors import ProtectDetected
 from .functional import dp_pixelize, dp_pixelize_adaptive
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
@@ -15,6 +15,7 @@ __all__ = [
     "DPPixelize",
     "GridPartition",
     "KeyStream",
+    "LedgerIntegrityError",
     "MultiLevelGrid",
     "NoisyGrid",
     "NoisyGridFormatError",

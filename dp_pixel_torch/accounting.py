@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import sqlite3
 import threading
 import weakref
@@ -201,25 +202,53 @@ class PrivacyGuarantee:
 
 
 class BudgetExceededError(RuntimeError):
-    """A release would exceed the accountant's cap; it was refused before any noise was drawn."""
+    """A release would exceed the accountant's cap; it was refused before any noise was drawn.
+
+    ``final`` is False when only the w-event window refused it: a smaller chunk may fit now, and frames skipped with
+    :meth:`PrivacyAccountant.skip` slide the window so that later frames fit. It is True when nothing later fits: the
+    total cap is reached, or one frame alone passes the window cap.
+    """
+
+    def __init__(self, message: str, *, final: bool = True) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+class LedgerIntegrityError(RuntimeError):
+    """The ledger file is not the history this accountant (or the lock file beside it) knew: it was deleted, replaced,
+    reset or rolled back to an older copy. Charging it would restart the budget, so nothing is charged; see
+    :meth:`PrivacyAccountant.reset_ledger` to start over deliberately."""
 
 
 class PrivacyAccountant:
     """Sequential composition over a stream of releases (video frames), with an optional cap (SPEC §6).
 
     Every released frame is charged its total ε (:meth:`PrivacyGuarantee.total_epsilon`), and all frames are taken to
-    show the same people: a person visible in T frames is covered at the sum of those T frames' ε. The history is
-    kept as runs of equal ε, so a day of video at one ε is one run.
+    show the same people: a person visible in T frames is covered at the sum of those T frames' ε. A frame of the
+    stream that goes out with nothing released (refused by the window, dropped) is recorded by :meth:`skip` as a
+    frame of ε = 0, so that windows and :meth:`epsilon_for` count frames of the stream, not only released ones. The
+    history is kept as runs of equal ε, so a day of video at one ε is one run.
 
     Args:
         cap: the most ε the whole stream may spend; the release that would pass it raises :class:`BudgetExceededError`.
-        window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames.
+        window: w-event mode: at most ``window_cap`` over any ``window`` consecutive frames of the stream (released or
+            skipped). Every charge and skip keeps this true of the whole history: a skip adds frames of ε = 0, which
+            raise no window's sum, and a charge is refused unless every window that holds one of its frames (the
+            last ``window - 1`` frames before it and at most ``window`` of its own) stays within the cap, checked
+            and recorded in one step. A refused charge records nothing, so that retrying the same frame cannot
+            pass for a later one: the caller that drops the frame calls :meth:`skip`.
         window_cap: the budget of every window of ``window`` frames.
         fps: frame rate, to give windows and queries in seconds.
         ledger: a SQLite file that holds the history, shared by every process and DataLoader worker that charges this
             budget and kept across restarts. Each charge is one committed transaction (WAL, synchronous=FULL) before
             the release draws its noise, so a crash loses no charge and no release goes uncharged. A ledger keeps the
-            settings it was created with; opening it with others raises.
+            settings it was created with; opening it with others raises. It holds a random identity and a count of
+            its charges and skips that only grows; ``<ledger>.lock`` beside it remembers both. A charge or query
+            raises :class:`LedgerIntegrityError` when the file this accountant opened was deleted, replaced or reset,
+            or its count went back (a restored older copy); so does opening a ledger that is missing, another one or
+            behind what the lock file remembers. Not detected: a ledger deleted or rolled back together with its lock
+            file, or a ledger at a new path; keep ledgers where only the operator can write, and never copy or move
+            one in use. :meth:`reset_ledger` starts a budget over on purpose.
 
     Without a ledger the history lives in this object, and only this object in this process may charge it: a copy
     (pickled into a DataLoader worker, forked, deep-copied) refuses to charge, because its charges would never reach
@@ -251,6 +280,14 @@ class PrivacyAccountant:
         self._history = _Runs() if ledger is None else _Ledger(self.ledger, self._settings())
         self._owner: int | None = os.getpid()  # the one process whose in-memory charges count
 
+    @staticmethod
+    def reset_ledger(path: str | Path) -> None:
+        """Deliberately discard the history of the ledger at ``path`` (and the lock file's memory of it): the next
+        accountant opened on it starts a new budget at 0, with its own settings. Every accountant still open on the
+        old history refuses to charge from then on (:class:`LedgerIntegrityError`). The privacy spent so far is
+        not undone: releases made under the old history still count against anyone they showed."""
+        _Ledger.reset(Path(path))
+
     def _settings(self) -> dict:
         return {"cap": self.cap, "window": self.window, "window_cap": self.window_cap, "fps": self.fps}
 
@@ -260,6 +297,22 @@ class PrivacyAccountant:
     def charge(self, epsilon: float, frames: int = 1) -> None:
         """Record ``frames`` consecutive releases of ``epsilon`` each, or raise before recording any of them."""
         epsilon = check_epsilon(epsilon)
+        if self._may_record(frames):
+            with self._history.transaction() as history:
+                self._check(history, epsilon, frames)
+                history.append(epsilon, frames)
+
+    def skip(self, frames: int = 1) -> None:
+        """Record ``frames`` consecutive frames of the stream that went out with nothing released (refused by the
+        window, or dropped): they cost 0 and slide the w-event window, so that later frames fit again.
+
+        Call it only for frames of the stream that really passed: frames recorded that the stream never had would
+        stretch a window of ``window`` recorded frames over more than ``window`` frames of real time."""
+        if self._may_record(frames):
+            with self._history.transaction() as history:
+                history.append(0.0, frames)
+
+    def _may_record(self, frames: int) -> bool:
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
             raise TypeError(f"frames must be an int >= 0, got {frames!r}")
         if self.ledger is None and self._owner != os.getpid():
@@ -268,11 +321,7 @@ class PrivacyAccountant:
                 "deep-copied): its charges would never reach the original, so it refuses to charge. Share one "
                 "budget across processes with a ledger: PrivacyAccountant(cap=..., ledger='budget.sqlite')"
             )
-        if frames == 0:
-            return
-        with self._history.transaction() as history:
-            self._check(history, epsilon, frames)
-            history.append(epsilon, frames)
+        return frames > 0
 
     def _check(self, history: _Runs | _Ledger, epsilon: float, frames: int) -> None:
         spent = history.spent
@@ -281,15 +330,41 @@ class PrivacyAccountant:
                 f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {spent + epsilon * frames:g}, "
                 f"over the cap of {self.cap:g} (spent so far: {spent:g})"
             )
-        if self.window is not None:
-            # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
-            recent = history.tail(self.window - 1) + [(epsilon, min(frames, self.window))]
-            worst = _worst_window(recent, self.window)
-            if worst > self.window_cap * (1 + 1e-12):
-                raise BudgetExceededError(
-                    f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
-                    f"consecutive frames, over the window cap of {self.window_cap:g}"
-                )
+        if self.window is None:
+            return
+        most = self._largest_chunk(epsilon)
+        if most == 0:
+            raise BudgetExceededError(
+                f"one frame at ε = {epsilon:g} passes the window cap of {self.window_cap:g}: no frame at this ε can "
+                "ever be released"
+            )
+        if frames > most:
+            raise BudgetExceededError(
+                f"a chunk of {frames} frames at ε = {epsilon:g} would spend {epsilon * min(frames, self.window):g} "
+                f"within {self.window} consecutive frames, over the window cap of {self.window_cap:g} even when "
+                f"the frames before it cost nothing: the largest chunk that fits is {most} frame(s)",
+                final=False,
+            )
+        # Windows that hold a new frame lie in the last w-1 old frames followed by (at most w) new ones.
+        recent = history.tail(self.window - 1) + [(epsilon, min(frames, self.window))]
+        worst = _worst_window(recent, self.window)
+        if worst > self.window_cap * (1 + 1e-12):
+            raise BudgetExceededError(
+                f"releasing {frames} frame(s) at ε = {epsilon:g} would spend {worst:g} within {self.window} "
+                f"consecutive frames, over the window cap of {self.window_cap:g}; frames skipped with skip() slide the "
+                "window",
+                final=False,
+            )
+
+    def _largest_chunk(self, epsilon: float) -> int | float:
+        """The most frames at ``epsilon`` that one charge may hold when the last ``window`` frames cost nothing."""
+        limit = self.window_cap * (1 + 1e-12)
+        if epsilon * self.window <= limit:
+            return math.inf
+        most = math.floor(limit / epsilon)
+        while most > 0 and epsilon * most > limit:  # the division may round up
+            most -= 1
+        return most
 
     def charge_release(self, guarantee: PrivacyGuarantee, channels: int, frames: int = 1) -> None:
         """Charge ``frames`` releases described by ``guarantee`` for images with ``channels`` channels."""
@@ -301,12 +376,18 @@ class PrivacyAccountant:
         return self._history.frames
 
     @property
+    def skipped(self) -> int:
+        """Frames recorded with nothing released (:meth:`skip`)."""
+        return self._history.skipped
+
+    @property
     def spent(self) -> float:
         """ε of everything released so far: the cover of a person visible in every frame."""
         return self._history.spent
 
     def epsilon_for(self, frames: int | None = None, *, seconds: float | None = None) -> float:
-        """ε for a person visible in ``frames`` consecutive frames (or ``seconds`` at ``fps``): the worst such run."""
+        """ε for a person visible in ``frames`` consecutive frames of the stream, skipped ones included (or
+        ``seconds`` at ``fps``): the worst such run."""
         if (frames is None) == (seconds is None):
             raise ValueError("give exactly one of frames and seconds")
         if seconds is not None:
@@ -329,7 +410,8 @@ class PrivacyAccountant:
             raise ValueError("not a saved PrivacyAccountant (version 1)")
         accountant = cls(state["cap"], window=state["window"], window_cap=state["window_cap"], fps=state["fps"])
         for eps, n in state["frames"]:
-            accountant._history.append(check_epsilon(eps), check_positive_int(n, "frames"))
+            skipped = type(eps) in (int, float) and eps == 0
+            accountant._history.append(0.0 if skipped else check_epsilon(eps), check_positive_int(n, "frames"))
         return accountant
 
     def save(self, path: str | Path) -> None:
@@ -340,7 +422,8 @@ class PrivacyAccountant:
         return cls.from_json(Path(path).read_text())
 
     def __str__(self) -> str:
-        text = f"{self.frames} frames released, ε spent = {self.spent:g}"
+        skipped = f" ({self.skipped} skipped: nothing released)" if self.skipped else ""
+        text = f"{self.frames} frames released{skipped}, ε spent = {self.spent:g}"
         if self.cap is not None:
             text += f" of a cap of {self.cap:g}"
         if self.window is not None:
@@ -371,11 +454,11 @@ def _worst_window(runs: list[tuple[float, int]], width: int) -> float:
 
 
 class _Runs:
-    """An in-memory history: runs ``(ε, frames)`` of equal ε in release order, and their totals."""
+    """An in-memory history: runs ``(ε, frames)`` of equal ε in release order (ε = 0: skipped), and their totals."""
 
     def __init__(self) -> None:
         self._runs: list[tuple[float, int]] = []
-        self.frames, self.spent = 0, 0.0
+        self.frames, self.skipped, self.spent = 0, 0, 0.0
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -394,8 +477,11 @@ class _Runs:
             self._runs[-1] = (epsilon, self._runs[-1][1] + frames)
         else:
             self._runs.append((epsilon, frames))
-        self.frames += frames
-        self.spent += epsilon * frames
+        if epsilon:
+            self.frames += frames
+            self.spent += epsilon * frames
+        else:
+            self.skipped += frames
 
     def tail(self, frames: int) -> list[tuple[float, int]]:
         """The runs of the last ``frames`` frames (the first one cut to fit), oldest first."""
@@ -425,6 +511,14 @@ class _Ledger:
     closes its connection and stays locked until the fork is done, so the child inherits neither a connection nor a
     held lock (each process opens its own connection). A lock file next to the ledger serialises the opening of a
     connection, when the schema may still be made.
+
+    Integrity: the ledger holds a random identity and a count of the charges and skips committed to it, which only
+    grows. This object remembers the file it opened (device, inode) and the identity and highest count it saw (a
+    pickled copy carries the identity and count), and every charge and query first checks, inside its transaction,
+    that the file at ``path`` is still that file, with that identity, and that the count has not gone back. The lock
+    file remembers the identity and the highest count committed (raised after each commit, so after a crash it may
+    lag by the last charge but never leads), and a new object refuses a ledger that does not match it. Lock order:
+    the lock file, then the database; a charge takes the lock file only after its commit.
     """
 
     SCHEMA = """
@@ -433,12 +527,17 @@ class _Ledger:
         CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, epsilon REAL NOT NULL, frames INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS totals (
             id INTEGER PRIMARY KEY CHECK (id = 0), frames INTEGER NOT NULL, spent REAL NOT NULL);
+        CREATE TABLE IF NOT EXISTS identity (
+            id INTEGER PRIMARY KEY CHECK (id = 0), ledger TEXT NOT NULL, charges INTEGER NOT NULL);
     """
 
-    def __init__(self, path: Path, settings: dict) -> None:
-        self.path = path
+    def __init__(self, path: Path, settings: dict | None, seen: tuple[str, int] | None = None) -> None:
+        self.path = Path(os.path.abspath(path))  # the same file whatever the working directory becomes
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file this object opened
+        self._seen = seen  # (identity, highest charge count seen)
+        self._committing: int | None = None  # the charge count a transaction in progress will commit
         self._lock = threading.RLock()
         with _REGISTRY:
             _OPEN_LEDGERS.add(self)
@@ -446,10 +545,32 @@ class _Ledger:
             ledger._write_settings(settings)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path}  # each process opens its own connection
+        return {"path": self.path, "seen": self._seen}  # each process opens its own connection
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], None)
+        self.__init__(state["path"], None, state["seen"])
+
+    @staticmethod
+    def reset(path: Path) -> None:
+        """Empty the ledger at ``path`` and its lock file's memory (see :meth:`PrivacyAccountant.reset_ledger`)."""
+        path = Path(os.path.abspath(path))
+        with open(f"{path}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # no accountant opens the ledger meanwhile
+            if path.exists():
+                db = sqlite3.connect(path, timeout=120, isolation_level=None)
+                try:
+                    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                    if not {"settings", "runs", "totals"} <= tables:
+                        raise ValueError(f"path {str(path)!r} is not a PrivacyAccountant ledger")
+                    db.execute("PRAGMA synchronous=FULL")
+                    db.executescript(_Ledger.SCHEMA)
+                    db.execute("BEGIN IMMEDIATE")
+                    for table in ("settings", "runs", "totals", "identity"):
+                        db.execute(f"DELETE FROM {table}")
+                    db.execute("COMMIT")
+                finally:
+                    db.close()
+            lock.truncate(0)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the modules it needs may be gone
@@ -467,11 +588,20 @@ class _Ledger:
 
     def _db(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
-            with open(f"{self.path}.lock", "a") as lock:
+            with open(f"{self.path}.lock", "a+") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
                 db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(self.SCHEMA)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(self.SCHEMA)
+                    if self._file is None:
+                        stat = os.stat(self.path)
+                        self._file = (stat.st_dev, stat.st_ino)
+                    if self._seen is None:
+                        self._adopt(db, lock)
+                except BaseException:
+                    db.close()
+                    raise
             db.execute("PRAGMA synchronous=FULL")
             # Checkpoint the write-ahead log every 64 pages and cut it back to 256 KiB: the files stay small.
             db.execute("PRAGMA wal_autocheckpoint=64")
@@ -479,18 +609,91 @@ class _Ledger:
             self._connection, self._pid = db, os.getpid()
         return self._connection
 
+    def _adopt(self, db: sqlite3.Connection, lock) -> None:
+        """Take the ledger at ``path`` as it is (giving it an identity if it has none), unless the lock file remembers
+        another ledger, or more charges than it holds: it was then deleted, replaced or rolled back."""
+        lock.seek(0)
+        memory = lock.read().split()
+        if memory and (len(memory) != 2 or not memory[1].isdigit()):
+            raise LedgerIntegrityError(f"{lock.name} does not hold a ledger's identity and count; {self._reset_hint()}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT ledger, charges FROM identity").fetchone()
+            if memory:
+                known, charges = memory[0], int(memory[1])
+                if row is None or row[0] != known:
+                    found = "holds no history" if row is None else f"is ledger {row[0]}"
+                    self._refuse(
+                        f"{found}, but {lock.name} remembers ledger {known} after {charges} charges: it was deleted or "
+                        "replaced"
+                    )
+                if row[1] < charges:
+                    self._refuse(f"holds {row[1]} charges, but {lock.name} remembers {charges}: an older copy")
+            if row is None:
+                row = (secrets.token_hex(16), 0)
+                db.execute("INSERT INTO identity VALUES (0, ?, ?)", row)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._seen = tuple(row)
+        if memory != [row[0], str(row[1])]:
+            _write_memory(lock, *row)
+
+    def _verify(self, db: sqlite3.Connection) -> None:
+        """Refuse a ledger that is no longer the file and history this object opened, or whose count went back."""
+        try:
+            stat = os.stat(self.path)
+            file = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            file = None
+        row = db.execute("SELECT ledger, charges FROM identity").fetchone()
+        if file != self._file or row is None or row[0] != self._seen[0]:
+            self._refuse(f"is not the ledger {self._seen[0]} this accountant opened: it was deleted, replaced or reset")
+        if row[1] < self._seen[1]:
+            self._refuse(f"went back from {self._seen[1]} to {row[1]} charges: it was rolled back to an older copy")
+        self._seen = tuple(row)
+
+    def _refuse(self, what: str) -> None:
+        raise LedgerIntegrityError(
+            f"ledger {str(self.path)!r} {what}. Charging it would restart the budget, so nothing is charged; "
+            f"{self._reset_hint()}"
+        )
+
+    def _reset_hint(self) -> str:
+        return (
+            "restore the ledger, or start a new budget deliberately with "
+            f"PrivacyAccountant.reset_ledger({str(self.path)!r})"
+        )
+
+    def _remember(self, charges: int) -> None:
+        """Raise the lock file's count to ``charges`` (after the commit, so that it never leads the ledger), when it
+        remembers this ledger."""
+        with open(f"{self.path}.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.seek(0)
+            memory = lock.read().split()
+            if len(memory) == 2 and memory[0] == self._seen[0] and memory[1].isdigit() and int(memory[1]) < charges:
+                _write_memory(lock, self._seen[0], charges)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_Ledger]:
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
+                self._verify(db)
                 yield self
             except BaseException:
+                self._committing = None
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if self._committing is not None:
+                self._seen, self._committing = (self._seen[0], self._committing), None
+                self._remember(self._seen[1])
 
     def _write_settings(self, settings: dict | None) -> None:
         db = self._db()
@@ -508,15 +711,23 @@ class _Ledger:
                 "open it with the same settings, or start a new ledger"
             )
 
+    def _query(self, sql: str) -> list[tuple]:
+        with self._lock:
+            db = self._db()
+            self._verify(db)
+            return [tuple(row) for row in db.execute(sql)]
+
     @property
     def frames(self) -> int:
-        with self._lock:
-            return self._db().execute("SELECT frames FROM totals").fetchone()[0]
+        return self._query("SELECT frames FROM totals")[0][0]
+
+    @property
+    def skipped(self) -> int:
+        return self._query("SELECT COALESCE(SUM(frames), 0) FROM runs WHERE epsilon = 0")[0][0]
 
     @property
     def spent(self) -> float:
-        with self._lock:
-            return self._db().execute("SELECT spent FROM totals").fetchone()[0]
+        return self._query("SELECT spent FROM totals")[0][0]
 
     def append(self, epsilon: float, frames: int) -> None:
         db = self._db()
@@ -525,14 +736,22 @@ class _Ledger:
             db.execute("UPDATE runs SET frames = frames + ? WHERE id = ?", (frames, last[0]))
         else:
             db.execute("INSERT INTO runs (epsilon, frames) VALUES (?, ?)", (epsilon, frames))
-        db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
+        if epsilon:
+            db.execute("UPDATE totals SET frames = frames + ?, spent = spent + ?", (frames, epsilon * frames))
+        db.execute("UPDATE identity SET charges = charges + 1")
+        self._committing = self._seen[1] + 1  # _verify read the count under this transaction's write lock
 
     def tail(self, frames: int) -> list[tuple[float, int]]:
         return _cut_tail(self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id DESC"), frames)
 
     def runs(self) -> list[tuple[float, int]]:
-        with self._lock:
-            return [tuple(row) for row in self._db().execute("SELECT epsilon, frames FROM runs ORDER BY id")]
+        return self._query("SELECT epsilon, frames FROM runs ORDER BY id")
+
+
+def _write_memory(lock, ledger: str, charges: int) -> None:
+    """Replace the content of the lock file ``lock`` (open in "a+" mode, locked) with a ledger's identity and count."""
+    lock.truncate(0)
+    lock.write(f"{ledger} {charges}\n")
 
 
 _OPEN_LEDGERS: weakref.WeakSet[_Ledger] = weakref.WeakSet()

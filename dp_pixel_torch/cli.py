@@ -11,7 +11,8 @@
 Noise comes from a ChaCha20 stream keyed with fresh OS entropy on every call (``secure=True``) unless ``--seed``
 asks for a reproducible experiment; under ``--ray`` every item is keyed from the run key, so that retries repeat its
 one release (see :mod:`dp_pixel_torch.distributed`). ``--ledger`` keeps the budget of ``--cap`` in a file, so that
-successive runs on the same camera share it.
+successive runs on the same camera share it; a ledger deleted, replaced or rolled back behind its lock file's memory
+is refused (exit 3), and ``PrivacyAccountant.reset_ledger`` starts one over on purpose.
 ``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame, grows the boxes by
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .accounting import BudgetExceededError, PrivacyAccountant
+from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError, NoisyGridFormatError, sqlite3.Error) as error:
         print(f"dp-pixel: error: {error}", file=sys.stderr)
         return 2
+    except LedgerIntegrityError as error:
+        print(f"dp-pixel: ledger refused, stopped: {error}", file=sys.stderr)
+        return 3
     return 0
 
 

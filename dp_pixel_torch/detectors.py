@@ -123,8 +123,8 @@ class ProtectDetected:
     of ``layer`` that meet them are released whole with the protected scale. ``layer`` must be a
     :class:`~dp_pixel_torch.RegionAdaptiveDPPixelize` with ``protect=True, region_from="detector"``, so that its
     guarantee says it holds CONDITIONAL on the disclosed boxes and that a missed region gets only ``m``. Its
-    accountant is charged once per frame. Counts: ``frames`` released, ``found`` boxes, ``frames_with`` frames with
-    at least one box.
+    accountant is charged once per frame. Counts, of released frames only (a release the accountant refuses counts
+    nothing): ``frames`` released, ``found`` boxes, ``frames_with`` frames with at least one box.
 
     Works with :func:`~dp_pixel_torch.video.sanitize_stream` as its ``layer``.
     """
@@ -153,21 +153,34 @@ class ProtectDetected:
 
     def masks(self, x: torch.Tensor) -> torch.Tensor:
         """The grown detector regions of uint8 RGB frames ``x [..., 3, H, W]``: bool ``[..., H, W]`` on ``x``'s device."""
+        return self._detect(x)[0]
+
+    def _detect(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """:meth:`masks` and the number of boxes found in each frame."""
         height, width = x.shape[-2:]
-        masks = []
+        masks, found = [], []
         for frame in x.reshape(-1, *x.shape[-3:]):
             boxes = self.detector(frame)
-            self.frames += 1
-            self.found += len(boxes)
-            self.frames_with += len(boxes) > 0
+            found.append(len(boxes))
             masks.append(boxes_mask(dilate_boxes(boxes, self.margin, height, width), height, width))
-        return torch.stack(masks).reshape(*x.shape[:-3], height, width).to(x.device)
+        return torch.stack(masks).reshape(*x.shape[:-3], height, width).to(x.device), found
+
+    def _count(self, found: list[int]) -> None:
+        self.frames += len(found)
+        self.found += sum(found)
+        self.frames_with += sum(n > 0 for n in found)
 
     def release(self, x: torch.Tensor, *, generator: Randomness = None) -> NoisyGrid:
         """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its own detections lie (``generator``:
         as for the layer's ``release``)."""
-        return self.layer.release(x, mask=self.masks(x), generator=generator)
+        masks, found = self._detect(x)
+        released = self.layer.release(x, mask=masks, generator=generator)
+        self._count(found)
+        return released
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The released uint8 image(s) of ``x [..., 3, H, W]``, same shape."""
-        return self.layer.released_image(x, mask=self.masks(x))
+        masks, found = self._detect(x)
+        released = self.layer.released_image(x, mask=masks)
+        self._count(found)
+        return released

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .accounting import PrivacyAccountant
+from .accounting import BudgetExceededError, PrivacyAccountant
 from .mechanisms import _DPLayer
+from .storage import NoisyGrid
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -93,19 +94,24 @@ def read_frames(path: str | Path) -> Iterator[torch.Tensor]:
 class StreamReport:
     """What :func:`sanitize_stream` did."""
 
-    frames: int
+    frames: int  # of the stream, released or skipped
     height: int
     width: int
     epsilon_per_frame: float
     epsilon_spent: float | None  # by the accountant, when there is one
     output: Path | None
     grids: Path | None
+    skipped: int  # refused by the accountant's w-event window: nothing released, a black frame in the video
 
     def __str__(self) -> str:
         spent = "" if self.epsilon_spent is None else f"; accountant: ε spent = {self.epsilon_spent:g}"
+        frames, refused = f"{self.frames}", ""
+        if self.skipped:
+            frames = f"{self.frames - self.skipped} of {self.frames}"
+            refused = f" (the w-event window refused {self.skipped}: nothing released, black in the video)"
         return (
-            f"{self.frames} frames of {self.width}×{self.height} released at ε = {self.epsilon_per_frame:g} per frame: "
-            f"a person visible in T frames is covered at T·{self.epsilon_per_frame:g}{spent}"
+            f"{frames} frames of {self.width}×{self.height} released at ε = {self.epsilon_per_frame:g} per frame"
+            f"{refused}: a person visible in T frames is covered at T·{self.epsilon_per_frame:g}{spent}"
         )
 
 
@@ -125,7 +131,11 @@ def sanitize_stream(
     Args:
         frames: a video file, or an iterable of uint8 ``[C, H, W]`` frames (or ``[T, C, H, W]`` chunks); a video
             output needs RGB (C = 3).
-        layer: the DP layer; its accountant, if any, is charged for every frame before its noise is drawn.
+        layer: the DP layer; its accountant, if any, is charged for every frame before its noise is drawn. When a
+            w-event window refuses a chunk, its frames are released one by one; a frame the window refuses goes out
+            as nothing (a black frame in the video, no record in ``grids``) and is recorded with
+            :meth:`~dp_pixel_torch.PrivacyAccountant.skip`, so the window slides on. The total cap (or a frame that
+            passes the window cap alone) stops the stream with :class:`~dp_pixel_torch.BudgetExceededError`.
         output: the released video file (codec from the suffix: .avi MJPG, .mp4 mp4v); None writes no video.
         grids: a file for the NoisyGrid records of every chunk (see :func:`~dp_pixel_torch.load_video`).
         fps: frame rate of the output (default: the input file's, else 25).
@@ -142,7 +152,7 @@ def sanitize_stream(
     if region == "mask":
         raise ValueError("streams take layers whose partition needs no per-frame mask (uniform, complexity, previous)")
     bar = _progress(progress)
-    writer, sink, count, shape = None, None, 0, None
+    writer, sink, count, skipped, shape = None, None, 0, 0, None
     try:
         sink = None if grids is None else open(grids, "wb")
         for block in _chunks(frames, chunk):
@@ -152,14 +162,15 @@ def sanitize_stream(
             block = block.to(device)
             # A "previous" partition is sequential in time: release the chunk frame by frame.
             parts = block.split(1) if region == "previous" else [block]
-            for part in parts:
-                released = layer.release(part)
-                if sink is not None:
+            for released in (grid for part in parts for grid in _release(layer, part)):
+                skipped += released is None
+                if sink is not None and released is not None:
                     sink.write(released.to_bytes())
                 if output is not None:
                     if writer is None:
                         writer = _open_writer(cv2, Path(output), fps, shape[-2:])
-                    for frame in released.restore().cpu():
+                    restored = torch.zeros(1, *shape, dtype=torch.uint8) if released is None else released.restore()
+                    for frame in restored.cpu():
                         writer.write(to_bgr(frame))
             count += block.shape[0]
             bar.update(block.shape[0])
@@ -180,7 +191,29 @@ def sanitize_stream(
         None if accountant is None else accountant.spent,
         None if output is None else Path(output),
         None if grids is None else Path(grids),
+        skipped,
     )
+
+
+def _release(layer: _DPLayer, part: torch.Tensor) -> list[NoisyGrid | None]:
+    """The releases of ``part``: one NoisyGrid, or, when the w-event window refuses it, one per frame and None for
+    each frame the window refuses, which is recorded as skipped (ε = 0) so that the window slides."""
+    if part.shape[0] > 1:
+        try:
+            return [layer.release(part)]
+        except BudgetExceededError as refused:
+            if refused.final:
+                raise
+    grids: list[NoisyGrid | None] = []
+    for frame in part.split(1):
+        try:
+            grids.append(layer.release(frame))
+        except BudgetExceededError as refused:
+            if refused.final:
+                raise
+            layer.accountant.skip()
+            grids.append(None)
+    return grids
 
 
 def _chunks(frames: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dp_pixel_torch import PrivacyAccountant, RegionAdaptiveDPPixelize, load_video
+from dp_pixel_torch import BudgetExceededError, PrivacyAccountant, RegionAdaptiveDPPixelize, load_video
 from dp_pixel_torch.cli import main
 from dp_pixel_torch.detectors import (
     ProtectDetected,
@@ -13,7 +13,7 @@ from dp_pixel_torch.detectors import (
     detect_people,
     dilate_boxes,
 )
-from dp_pixel_torch.video import read_frames, read_image, to_bgr
+from dp_pixel_torch.video import read_frames, read_image, sanitize_stream, to_bgr
 
 cv2 = pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -98,6 +98,20 @@ def test_each_frame_is_protected_where_its_own_detections_lie():
     grid = layer.release(frames[:1])  # the third detection: no face
     assert grid.split[0].all() and (layer.frames, layer.found, layer.frames_with) == (3, 2, 2)
     assert accountant.frames == 3
+
+
+def test_frames_the_accountant_refuses_are_not_counted():
+    """The detector counted a frame before the accountant could refuse it: under a w-event window, sanitize_stream
+    retries a refused chunk frame by frame, and every frame was counted twice."""
+    accountant = PrivacyAccountant(window=4, window_cap=2.0)  # 2 frames of ε = 1 in any 4
+    layer = ProtectDetected(protect_layer(accountant=accountant), lambda f: torch.tensor([[4.0, 4, 20, 20]]), 0.0)
+    frames = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    report = sanitize_stream(list(frames), layer, chunk=4, progress=False, device="cpu")
+    assert (report.skipped, accountant.frames, accountant.skipped) == (4, 4, 4)
+    assert (layer.frames, layer.found, layer.frames_with) == (4, 4, 4)
+    with pytest.raises(BudgetExceededError, match="largest chunk that fits is 2"):
+        layer(frames[:3])
+    assert layer.frames == 4
 
 
 def test_protect_detected_needs_a_detector_labelled_protect_layer():
