@@ -15,7 +15,7 @@ import torch
 from . import kernels
 from ._validation import check_cells, check_choice, check_generator_device, check_image, check_input
 from .accounting import PrivacyGuarantee
-from .kernels import Compiled, check_backend, use_compiled
+from .kernels import Compiled, check_backend, choose
 from .noise import (
     KeyStream,
     Randomness,
@@ -205,8 +205,9 @@ def dp_pixelize(
     if x.numel() == 0:
         return x.clone()
     check_generator_device(generator, x.device)
-    compiled = use_compiled(check_backend(backend), x)
-    return like_layout(uniform_release(x, guarantee, bounds, generator, compiled), x)
+    with choose(check_backend(backend), x, guarantee) as compiled:
+        released = uniform_release(x, guarantee, bounds, generator, compiled)
+    return like_layout(released, x)
 
 
 def uniform_release(
@@ -580,7 +581,7 @@ def dp_pixelize_adaptive(
     if x.numel() == 0:
         return x.clone()
     check_generator_device(generator, x.device)
-    compiled = use_compiled(check_backend(backend), x)
+    backend = check_backend(backend)
     grid = MultiLevelGrid(*x.shape[-2:], guarantee.levels)
     if previous is not None:
         previous = check_input(previous, value_range, "previous")[0]
@@ -603,14 +604,16 @@ def dp_pixelize_adaptive(
         split_threshold=split_threshold,
         split_fraction=split_fraction,
     )
-    values, split = adaptive_cell_values(
-        x,
-        guarantee,
-        bounds,
-        generator,
-        split,
-        split_threshold=split_threshold,
-        split_fraction=split_fraction,
-        compiled=compiled,
-    )
-    return like_layout(restore_adaptive(grid, values, split, compiled), x)
+    with choose(backend, x, (guarantee, region)) as compiled:
+        values, split = adaptive_cell_values(
+            x,
+            guarantee,
+            bounds,
+            generator,
+            split,
+            split_threshold=split_threshold,
+            split_fraction=split_fraction,
+            compiled=compiled,
+        )
+        released = restore_adaptive(grid, values, split, compiled)
+    return like_layout(released, x)

@@ -11,9 +11,14 @@ place).
 
 ``backend`` (of the layers and functions):
 
-* ``"auto"``: compiled where it works (CUDA with Triton; a CPU with a C++ compiler), unless compilation is disabled
-  (``TORCH_COMPILE_DISABLE=1``) or the input has fewer than :data:`AUTO_MIN_VALUES` values, where a kernel launch
-  costs more than it saves and a first-call compile would not pay back.
+* ``"auto"`` (the default): eager until compiling has been shown to pay, per release signature and process
+  (:class:`AutoChoice`). A signature (the guarantee, the input's shape, dtype and device) runs eagerly until its eager
+  calls have taken :data:`AUTO_COMPILE_AFTER_S` seconds in this process; then it compiles, times
+  :data:`AUTO_TRIAL_CALLS` compiled calls, and keeps whichever path was faster per call. A job that is short in one
+  process (a DataLoader worker, a CLI run on a clip, a first call) never compiles, so it runs at the eager speed; a
+  long one pays one compile, and at most that, for kernels that make the rest of it faster. Never compiled where
+  compilation is disabled (``TORCH_COMPILE_DISABLE=1``) or has no compiler, or for inputs with fewer than
+  :data:`AUTO_MIN_VALUES` values.
 * ``"compiled"``: always compiled; raises where no compiler is found.
 * ``"eager"``: plain torch operations.
 
@@ -31,11 +36,14 @@ instead of the four launches of the compiled path. It draws the same keystream w
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +55,14 @@ from .partitions import GridPartition
 BACKENDS = ("auto", "compiled", "eager")
 #: Inputs with fewer values than this run eagerly under ``backend="auto"``.
 AUTO_MIN_VALUES = 1 << 18
+#: Seconds of eager calls per release signature and process after which ``backend="auto"`` tries the compiled path:
+#: about what a cold compile costs on 2 CPU cores (3.5-15 s), so a job loses at most that once, and only a job that
+#: has already run this long eagerly.
+AUTO_COMPILE_AFTER_S = 20.0
+#: Compiled calls (after the one that compiles) that ``backend="auto"`` times before it keeps the faster path.
+AUTO_TRIAL_CALLS = 3
+#: Signatures whose eager time ``backend="auto"`` keeps per process; further ones run eagerly, untimed.
+AUTO_MAX_SIGNATURES = 4096
 #: Shapes compiled per function; more run eagerly.
 MAX_SHAPES = 16
 #: Block sides whose sums are one pass over b² shifted views; larger blocks sum rows first, then columns.
@@ -63,7 +79,7 @@ def check_backend(backend: object) -> str:
 
 
 def use_compiled(backend: str, x: torch.Tensor) -> bool:
-    """Whether ``x`` takes the compiled path under ``backend``."""
+    """Whether ``x`` may take the compiled path under ``backend`` (under ``"auto"``, :func:`choose` decides when)."""
     if backend == "eager":
         return False
     if backend == "compiled":
@@ -75,6 +91,84 @@ def use_compiled(backend: str, x: torch.Tensor) -> bool:
             )
         return True
     return x.numel() >= AUTO_MIN_VALUES and compiler_available(x.device)
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What ``backend="auto"`` has measured of one release signature."""
+
+    eager_s: float = 0.0
+    eager_calls: int = 0
+    compiled_s: float = 0.0
+    compiled_calls: int = -1  # the first compiled call compiles: it is not timed
+    plan: str = "eager"  # "eager", "trial", "compiled" or "eager for good"
+
+
+class AutoChoice:
+    """The choice of ``backend="auto"`` in one process: per release signature, eager until the eager calls have taken
+    :data:`AUTO_COMPILE_AFTER_S` seconds, then :data:`AUTO_TRIAL_CALLS` timed compiled calls (after the one that
+    compiles), then whichever path was faster per call, for good.
+
+    This is the ski-rental rule: a job that ends before the threshold runs at the eager speed; one that goes on pays
+    one compile (about the threshold again, cold) and then runs on the faster path, so no job loses more than one
+    compile. A compiled path that turns out slower per call (per-sample calls, where guards and launches outweigh
+    the work) is dropped after the trial. Both paths release the same image, so the choice never shows in the output.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tallies: dict[Hashable, _Tally] = {}
+
+    def compiled(self, signature: Hashable) -> bool:
+        """Whether the next call of ``signature`` takes the compiled path."""
+        return self.plan(signature) in ("trial", "compiled")
+
+    def plan(self, signature: Hashable) -> str | None:
+        """``"eager"``, ``"trial"``, ``"compiled"``, ``"eager for good"``, or None for a signature not seen yet."""
+        with self._lock:
+            tally = self._tallies.get(signature)
+        return None if tally is None else tally.plan
+
+    def record(self, signature: Hashable, seconds: float, compiled: bool) -> None:
+        """Count one call of ``signature`` that took ``seconds`` on the path it was given."""
+        with self._lock:
+            tally = self._tallies.get(signature)
+            if tally is None:
+                if len(self._tallies) >= AUTO_MAX_SIGNATURES:
+                    return
+                tally = self._tallies[signature] = _Tally()
+            if tally.plan == "eager" and not compiled:
+                tally.eager_s += seconds
+                tally.eager_calls += 1
+                if tally.eager_s >= AUTO_COMPILE_AFTER_S:
+                    tally.plan = "trial"
+            elif tally.plan == "trial" and compiled:
+                if tally.compiled_calls >= 0:
+                    tally.compiled_s += seconds
+                tally.compiled_calls += 1
+                if tally.compiled_calls >= AUTO_TRIAL_CALLS:
+                    faster = tally.compiled_s / tally.compiled_calls < tally.eager_s / tally.eager_calls
+                    tally.plan = "compiled" if faster else "eager for good"
+
+
+#: The choice of ``backend="auto"`` in this process.
+AUTO = AutoChoice()
+
+
+@contextlib.contextmanager
+def choose(backend: str, x: torch.Tensor, release: Hashable) -> Iterator[bool]:
+    """Whether the release of ``x`` in the ``with`` block takes the compiled path under ``backend``; under ``"auto"``
+    the block's time is counted for the signature (``release`` — the guarantee, say — and ``x``'s shape, dtype and
+    device) by :data:`AUTO`. A block that raises is not counted."""
+    allowed = use_compiled(backend, x)
+    if backend != "auto" or not allowed:
+        yield allowed
+        return
+    signature = (release, tuple(x.shape), x.dtype, x.device)
+    compiled = AUTO.compiled(signature)
+    start = time.perf_counter()
+    yield compiled
+    AUTO.record(signature, time.perf_counter() - start, compiled)
 
 
 def compiler_available(device: torch.device) -> bool:

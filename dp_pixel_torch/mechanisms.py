@@ -31,7 +31,7 @@ from .functional import (
     restore_adaptive,
     uniform_release,
 )
-from .kernels import check_backend, use_compiled
+from .kernels import check_backend, choose
 from .noise import KeyStream, NoiseSource, Randomness, check_randomness
 from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid
@@ -227,17 +227,17 @@ class DPPixelize(_DPLayer):
         x, bounds, generator = self._checked(x, generator)
         g = self._guarantee
         partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
-        compiled = use_compiled(self.backend, x)
-        self._charge(x)
-        values = noisy_cell_values(x, g, partition, bounds, generator, compiled)
+        with choose(self.backend, x, g) as compiled:
+            self._charge(x)
+            values = noisy_cell_values(x, g, partition, bounds, generator, compiled)
         return NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, [values], [], storage)
 
     @torch.no_grad()
     def released_image(self, x: torch.Tensor) -> torch.Tensor:
         x, bounds, generator = self._checked(x, None)
-        compiled = use_compiled(self.backend, x)
-        self._charge(x)
-        return uniform_release(x, self._guarantee, bounds, generator, compiled)
+        with choose(self.backend, x, self._guarantee) as compiled:
+            self._charge(x)
+            return uniform_release(x, self._guarantee, bounds, generator, compiled)
 
     def extra_repr(self) -> str:
         g = self._guarantee
@@ -404,18 +404,18 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             split_threshold=self.split_threshold,
             split_fraction=self.split_fraction,
         )
-        compiled = use_compiled(self.backend, x)
-        self._charge(x)  # every check is done; nothing random has been drawn yet
-        values, split = adaptive_cell_values(
-            x,
-            g,
-            bounds,
-            generator,
-            split,
-            split_threshold=self.split_threshold,
-            split_fraction=self.split_fraction,
-            compiled=compiled,
-        )
+        with choose(self.backend, x, (g, self.region)) as compiled:
+            self._charge(x)  # every check is done; nothing random has been drawn yet
+            values, split = adaptive_cell_values(
+                x,
+                g,
+                bounds,
+                generator,
+                split,
+                split_threshold=self.split_threshold,
+                split_fraction=self.split_fraction,
+                compiled=compiled,
+            )
         if self.region == "previous":  # what frame t+1 may see of frame t: its released level-0 cell values
             self._previous = grid.finest_values(grid.released(split), values)
         return x, bounds, grid, values, split, compiled

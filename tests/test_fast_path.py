@@ -352,3 +352,58 @@ def test_the_triton_chacha20_kernel_writes_openssl_keystream():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_auto_compiles_a_signature_only_once_its_eager_calls_have_taken_the_threshold():
+    choice, sig = kernels.AutoChoice(), ("g", (3, 720, 1280))
+    assert choice.plan(sig) is None and not choice.compiled(sig)
+    for _ in range(19):
+        choice.record(sig, 1.0, compiled=False)
+    assert choice.plan(sig) == "eager" and not choice.compiled(sig)  # 19 s < 20 s: a short job never compiles
+    choice.record(sig, 1.0, compiled=False)
+    assert choice.plan(sig) == "trial" and choice.compiled(sig)
+    choice.record(sig, 30.0, compiled=True)  # the call that compiles is not held against the compiled path
+    for _ in range(kernels.AUTO_TRIAL_CALLS):
+        choice.record(sig, 0.5, compiled=True)
+    assert choice.plan(sig) == "compiled" and choice.compiled(sig)
+    assert choice.plan(("g", (3, 1080, 1920))) is None  # another shape starts over
+
+
+def test_auto_drops_a_compiled_path_that_is_not_faster_per_call():
+    choice, sig = kernels.AutoChoice(), "per-sample"
+    for _ in range(2000):
+        choice.record(sig, 0.01, compiled=False)
+    assert choice.compiled(sig)
+    for _ in range(1 + kernels.AUTO_TRIAL_CALLS):
+        choice.record(sig, 0.011, compiled=True)
+    assert choice.plan(sig) == "eager for good" and not choice.compiled(sig)
+    choice.record(sig, 100.0, compiled=False)
+    assert choice.plan(sig) == "eager for good"
+
+
+def test_auto_keeps_a_bounded_number_of_signatures(monkeypatch):
+    monkeypatch.setattr(kernels, "AUTO_MAX_SIGNATURES", 2)
+    choice = kernels.AutoChoice()
+    for sig in "abc":
+        choice.record(sig, 1.0, compiled=False)
+    assert choice.plan("a") == choice.plan("b") == "eager" and choice.plan("c") is None
+
+
+@needs_compiler
+def test_a_release_under_auto_runs_eagerly_until_compiling_pays_then_compiles_the_same_output(monkeypatch):
+    """By default a short job never compiles; past the threshold the same calls compile and release the same image."""
+    monkeypatch.setattr(kernels, "AUTO", kernels.AutoChoice())
+    monkeypatch.setattr(kernels, "AUTO_MIN_VALUES", 0)
+    x = image((2, 3, 37, 53), torch.uint8)
+    layer, eager = DPPixelize(1.0, 4, seed=3), DPPixelize(1.0, 4, seed=3, backend="eager")
+    COMPILED_CALLS.clear()
+    outs = [layer(x) for _ in range(3)]
+    assert COMPILED_CALLS == []  # three calls of a few milliseconds: eager
+    monkeypatch.setattr(kernels, "AUTO_COMPILE_AFTER_S", 0.0)
+    outs += [layer(x) for _ in range(2 + kernels.AUTO_TRIAL_CALLS)]
+    assert "noisy_means" in COMPILED_CALLS  # the next call of the signature compiled
+    assert kernels.AUTO.plan((layer.guarantee, tuple(x.shape), x.dtype, x.device)) in ("compiled", "eager for good")
+    assert all(torch.equal(out, eager(x)) for out in outs)
+    COMPILED_CALLS.clear()
+    forced = DPPixelize(1.0, 4, seed=3, backend="compiled")
+    assert torch.equal(forced(x), outs[0]) and "noisy_means" in COMPILED_CALLS  # compiled still compiles at once
