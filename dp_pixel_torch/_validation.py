@@ -128,3 +128,41 @@ def check_input(x: object, value_range: object, name: str = "x") -> tuple[torch.
     bounds = check_value_range(value_range, x.dtype)
     check_pixel_values(x, bounds, name)
     return x.detach(), bounds
+
+
+def check_mask(mask: object, lead: tuple[int, ...], height: int, width: int) -> torch.Tensor:
+    """A region mask for images ``[*lead, C, height, width]``, read by its rank: bool, broadcastable to
+    ``[*lead, height, width]``. ``[H, W]``: one region for every image; ``[*lead, H, W]``: one per image;
+    ``[*lead, K, H, W]``: K instance masks per image, united per image; a 1 in a leading axis is shared along it.
+    Float masks are inside where > 0.5. Any other layout, or one that reads two ways, is refused: a region read the
+    wrong way leaves part of it unprotected."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor [..., {height}, {width}] matching the image, got {shape}")
+    if mask.is_floating_point() and torch.isnan(mask).any():
+        raise ValueError("mask holds NaN: a region map must say for every pixel whether it is inside")
+    shape, axes = tuple(mask.shape), mask.ndim - 2
+    per_image = all(m in (1, n) for m, n in zip(shape, lead))
+    if axes not in (0, len(lead), len(lead) + 1) or (axes and not per_image):
+        raise ValueError(
+            f"mask of shape {shape} does not match images with leading shape {lead}: {_mask_layouts(lead, shape)}"
+        )
+    if lead and axes == len(lead) + 1 and len(set(shape[:axes])) == 1 and shape[0] > 1:
+        raise ValueError(
+            f"mask of shape {shape} reads two ways for images with leading shape {lead}: {shape[0]} instance masks "
+            f"of each image, or {shape[0]} instance masks shared along the images; {_mask_layouts(lead, shape)}. "
+            f"Unite each image's instances first (mask.any({len(lead)}))"
+        )
+    inside = mask if mask.dtype == torch.bool else mask > 0.5
+    return inside.any(-3) if axes == len(lead) + 1 else inside
+
+
+def _mask_layouts(lead: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    def dims(*sizes: object) -> str:
+        return f"[{', '.join(map(str, sizes))}]"
+
+    layouts = [f"{dims(*shape[-2:])} (one region for every image)"]
+    if lead:
+        layouts.append(f"{dims(*lead, *shape[-2:])} (one per image)")
+    layouts.append(f"{dims(*lead, 'K', *shape[-2:])} (K instance masks per image, united per image)")
+    return f"accepted layouts are {', '.join(layouts)}; a 1 in a leading axis is shared along it"

@@ -347,8 +347,8 @@ class RegionAdaptiveDPPixelize(_DPLayer):
                     f"{sorted(sizes)}: resize the boxes with the image"
                 )
         params: dict[str, Any] = {}
-        if masks:
-            params["mask"] = torch.cat([m.as_subclass(torch.Tensor).reshape(-1, *m.shape[-2:]) for m in masks])
+        if masks:  # each read on its own against the image it protects
+            params["mask"] = tuple(m.as_subclass(torch.Tensor) for m in masks)
         if boxes:
             xyxy = [TF.convert_bounding_box_format(b, new_format=tv_tensors.BoundingBoxFormat.XYXY) for b in boxes]
             params["boxes"] = torch.cat([b.as_subclass(torch.Tensor).reshape(-1, 4) for b in xyxy])
@@ -372,7 +372,9 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     ) -> NoisyGrid:
         """Release ``x [..., C, H, W]`` and keep only the noisy statistics and the partition bits.
 
-        ``mask``/``boxes``: the public region for ``region="mask"`` (bool/float ``[..., H, W]``; XYXY pixel boxes).
+        ``mask``/``boxes``: the public region for ``region="mask"``: a bool/float mask ``[H, W]`` for every image,
+        ``[..., H, W]`` one per image or ``[..., K, H, W]`` K instances per image (or a sequence of masks); XYXY pixel
+        boxes ``[K, 4]``. A mask layout that reads two ways is refused.
         ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
         (not for secure layers).
         """

@@ -272,3 +272,93 @@ def test_each_thread_releases_its_own_samples_region():
     other.start()
     other.join()
     assert torch.equal(layer.make_params([image])["mask"][0], mine)
+
+
+# --- region inputs read one way only (issue 18, finding 4) -------------------------------------------------
+
+
+def protected_cells(layer, x, **region) -> torch.Tensor:
+    """The 16-px cells a protect layer releases whole: bool ``[..., 4, 4]`` for 64×64 images."""
+    return ~layer.release(x, **region).split[-1]
+
+
+def instance_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Instance masks ``[2, 3, 64, 64]`` of two images, and the 16-px cells each image's union meets ``[2, 4, 4]``."""
+    instances = torch.zeros(2, 3, SIDE, SIDE, dtype=torch.bool)
+    instances[0, 0, :16, :16] = instances[0, 1, 4:8, 20:24] = True  # image 0: cells (0, 0) and (0, 1)
+    instances[1, 0, 50:60, 50:60] = instances[1, 2, 40:44, 0:4] = True  # image 1: cells (3, 3) and (2, 0)
+    cells = torch.zeros(2, 4, 4, dtype=torch.bool)
+    cells[0, 0, 0] = cells[0, 0, 1] = cells[1, 3, 3] = cells[1, 2, 0] = True
+    return instances, cells
+
+
+def test_per_image_instance_masks_are_united_per_image():
+    """``[N, K, H, W]``: each image is protected where any of ITS OWN K instances lies. The layer used to unite the
+    first axis (the images), so N ≠ K was refused and N = K left regions of each image in fine cells."""
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    instances, cells = instance_masks()
+    x = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
+    assert torch.equal(protected_cells(layer, x, mask=instances), cells)
+    assert torch.equal(protected_cells(layer, x[1], mask=instances[1]), cells[1])  # one image: [K, H, W]
+    videos = torch.zeros(3, 2, 1, SIDE, SIDE, dtype=torch.uint8)  # [B, T, C, H, W] with [B, T, K, H, W]
+    assert torch.equal(
+        protected_cells(layer, videos, mask=instances.expand(3, -1, -1, -1, -1)), cells.expand(3, -1, -1, -1)
+    )
+    first = torch.zeros(1, 4, 4, dtype=torch.bool)
+    first[0, 0, 0] = True  # image 0's first instance alone: one image, one instance, [1, 1, H, W]
+    assert torch.equal(protected_cells(layer, x[:1], mask=instances[:1, :1]), first)
+
+
+@pytest.mark.parametrize(("images", "stack"), [((2,), (2, 2)), ((3,), (3, 3)), ((2, 2), (2, 2, 2))])
+def test_instance_masks_that_read_two_ways_are_refused(images, stack):
+    """``[N, N, H, W]`` for N images is N instances per image (``[N, K]``) or N instances shared along the images
+    (``[K, N]``, the layer's old reading): the two protect different pixels, so the layer refuses to guess."""
+    x = torch.zeros(*images, 1, SIDE, SIDE, dtype=torch.uint8)
+    mask = torch.zeros(*stack, SIDE, SIDE, dtype=torch.bool)
+    mask[(0,) * len(images)][1, :16, :16] = True
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    for release in (
+        lambda: layer.release(x, mask=mask),
+        lambda: dp_pixelize_adaptive(x, 1.0, levels=LEVELS, protect=True, mask=mask),
+        lambda: layer(x, tv_tensors.Mask(mask)),
+    ):
+        with pytest.raises(ValueError, match="reads two ways") as refused:
+            release()
+        assert "accepted layouts" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("images", "shape"),
+    [
+        ((2,), (3, 2)),  # the instance axis first, [K, N, H, W]: the old reading
+        ((2, 3), (3,)),  # one mask per frame without the batch axis
+        ((), (2, 3)),  # a 2-D stack for one image
+        ((2,), (3,)),  # three masks for two images
+        ((2,), (2, 3, 4)),  # an axis too many
+    ],
+)
+def test_masks_in_no_accepted_layout_are_refused(images, shape):
+    x = torch.zeros(*images, 1, SIDE, SIDE, dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    with pytest.raises(ValueError, match="accepted layouts"):
+        layer.release(x, mask=torch.ones(*shape, SIDE, SIDE, dtype=torch.bool))
+
+
+def test_each_mask_of_a_v2_sample_is_read_on_its_own():
+    """Two ``tv_tensors.Mask [H, W]`` next to a batch of two images each cover both images: they were stacked into
+    one ``[2, H, W]`` and read as one mask per image, so each image lost the other mask's region."""
+    x = torch.randint(0, 256, (2, 1, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    top, left = torch.zeros(2, SIDE, SIDE, dtype=torch.bool)
+    top[:8], left[:, :8] = True, True
+    instances, _ = instance_masks()
+
+    def layer() -> RegionAdaptiveDPPixelize:
+        return RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, generator=KeyStream.from_seed(4))
+
+    for sample, union in (
+        ((tv_tensors.Mask(top), tv_tensors.Mask(left)), top | left),
+        ((tv_tensors.Mask(instances),), instances.any(1)),
+        ((tv_tensors.Mask(top), tv_tensors.Mask(instances)), top | instances.any(1)),
+    ):
+        out = layer()(tv_tensors.Image(x), *sample)[0].as_subclass(torch.Tensor)
+        assert torch.equal(out, layer().release(x, mask=union).restore())
