@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
 
-from ._validation import check_levels, check_mask, check_positive_int
+from ._validation import box_pixels, check_boxes, check_levels, check_mask, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -263,14 +262,14 @@ class MultiLevelGrid:
 def region_cells(
     partition: GridPartition,
     mask: torch.Tensor | Sequence[torch.Tensor] | None,
-    boxes: torch.Tensor | None,
+    boxes: object,
     lead: tuple[int, ...],
 ) -> torch.Tensor:
     """Which cells of ``partition`` touch a public region: bool ``[*lead or broadcastable, rows, cols]``.
 
     The region is the union of ``mask``, in a layout of :func:`~dp_pixel_torch._validation.check_mask` (or a
-    sequence of masks, each read on its own: the Masks of a v2 sample), and ``boxes``: ``[K, 4]`` as
-    ``(x0, y0, x1, y1)`` in pixels, shared by the batch; a pixel is inside a box when its centre is.
+    sequence of masks, each read on its own: the Masks of a v2 sample), and ``boxes`` of
+    :func:`~dp_pixel_torch._validation.check_boxes`, shared by the batch.
     """
     masks = [] if mask is None else list(mask) if isinstance(mask, (list, tuple)) else [mask]
     if not masks and boxes is None:
@@ -284,27 +283,16 @@ def region_cells(
         inside = check_mask(one, lead, height, width)
         touched = touched.to(inside.device) | (partition.cell_sums(inside.to(torch.uint8)) > 0)
     if boxes is not None:
-        boxes = torch.as_tensor(boxes, dtype=torch.float64)
-        if boxes.shape[-1:] != (4,) or boxes.ndim > 2 or not torch.isfinite(boxes).all():
-            raise ValueError(
-                f"boxes must be finite XYXY pixel boxes [K, 4] (or one [4]), got shape {tuple(boxes.shape)}: a "
-                "detector's [K, 5] with scores must drop the score column"
-            )
         touched = touched.clone()
         row_edges = [0, *itertools.accumulate(partition.row_sizes)]
         col_edges = [0, *itertools.accumulate(partition.col_sizes)]
-        for x0, y0, x1, y1 in boxes.reshape(-1, 4).tolist():  # boxes are few
-            rows = _cells_between(row_edges, math.ceil(y0 - 0.5), math.ceil(y1 - 0.5))
-            cols = _cells_between(col_edges, math.ceil(x0 - 0.5), math.ceil(x1 - 0.5))
-            touched[..., rows, cols] = True
+        for c0, r0, c1, r1 in box_pixels(check_boxes(boxes, height, width), height, width).tolist():
+            touched[..., _cells_between(row_edges, r0, r1), _cells_between(col_edges, c0, c1)] = True
     return touched
 
 
 def _cells_between(edges: list[int], first: int, stop: int) -> slice:
-    """The cells holding pixels ``first .. stop-1`` (clipped to the image), for cell boundaries ``edges``."""
-    first, stop = max(first, 0), min(stop, edges[-1])
-    if first >= stop:
-        return slice(0, 0)
+    """The cells holding pixels ``first .. stop-1`` (at least one, inside the image), for cell boundaries ``edges``."""
     return slice(bisect.bisect_right(edges, first) - 1, bisect.bisect_left(edges, stop))
 
 

@@ -10,10 +10,12 @@ import math
 import threading
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from scipy import stats
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize, dp_pixelize_adaptive
 from dp_pixel_torch.audit import audit, protected_pair
@@ -274,7 +276,7 @@ def test_each_thread_releases_its_own_samples_region():
     assert torch.equal(layer.make_params([image])["mask"][0], mine)
 
 
-# --- region inputs read one way only (issue 18, finding 4) -------------------------------------------------
+# --- region inputs read one way only (issue 18, findings 4 and 5) -------------------------------------------------
 
 
 def protected_cells(layer, x, **region) -> torch.Tensor:
@@ -362,3 +364,73 @@ def test_each_mask_of_a_v2_sample_is_read_on_its_own():
     ):
         out = layer()(tv_tensors.Image(x), *sample)[0].as_subclass(torch.Tensor)
         assert torch.equal(out, layer().release(x, mask=union).restore())
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        ([[20, 20, 8, 8]], "x1 <= x0 or y1 <= y0"),  # OpenCV's (x, y, w, h) given as XYXY
+        ([[8, 20, 30, 20]], "x1 <= x0 or y1 <= y0"),  # no height
+        ([[70, 0, 90, 20]], "covers no pixel"),  # right of the 64×64 image: drawn for a larger one
+        ([[-20, -20, -1, 30]], "covers no pixel"),
+        ([[10.6, 0, 11.4, 30]], "covers no pixel"),  # between two pixel centres
+        ([[0, 0, 32, 32], [20, 20, 8, 8]], "box 1"),  # one bad box among good ones
+    ],
+)
+def test_boxes_that_would_protect_nothing_are_refused(boxes, message):
+    from dp_pixel_torch.detectors import boxes_mask, dilate_boxes
+
+    x = torch.zeros(3, SIDE, SIDE, dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    given = torch.tensor(boxes, dtype=torch.float32)
+    for release in (
+        lambda: layer.release(x, boxes=given),
+        lambda: dp_pixelize_adaptive(x, 1.0, levels=LEVELS, protect=True, boxes=given),
+        lambda: layer(tv_tensors.Image(x), tv_tensors.BoundingBoxes(given, format="XYXY", canvas_size=(SIDE, SIDE))),
+        lambda: boxes_mask(given, SIDE, SIDE),
+        lambda: dilate_boxes(given, 0.25, SIDE, SIDE),
+    ):
+        with pytest.raises(ValueError, match=message) as refused:
+            release()
+        assert "would protect nothing" in str(refused.value)
+    # No box at all is a region with nothing in it: every cell is released fine.
+    assert not protected_cells(layer, x, boxes=torch.zeros(0, 4)).any()
+
+
+def test_boxes_drawn_for_another_canvas_are_refused_next_to_any_image():
+    """A BoundingBoxes' canvas_size is checked against the image it protects, whatever the image's type (it was
+    checked only next to a tv_tensors.Image) and also when it is given as ``boxes=``."""
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    x = torch.zeros(3, SIDE, SIDE, dtype=torch.uint8)
+    other = tv_tensors.BoundingBoxes([[0, 0, 32, 32]], format="XYXY", canvas_size=(128, 128))
+    for image in (x, tv_tensors.Image(x), PIL.Image.new("RGB", (SIDE, SIDE))):
+        with pytest.raises(ValueError, match="canvas_size"):
+            layer(image, other)
+    with pytest.raises(ValueError, match="canvas_size"):
+        layer.release(x, boxes=other)
+
+
+@pytest.mark.parametrize("fmt", list(tv_tensors.BoundingBoxFormat), ids=lambda f: f.name)
+def test_bounding_boxes_in_every_format_protect_their_region(fmt):
+    """A BoundingBoxes protects the cells of its XYXY corners in any format, in a v2 sample or as ``boxes=``; a
+    rotated box protects the axis-aligned box that encloses it."""
+    height, width = 48, SIDE
+    x = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    if tv_tensors.is_rotated_bounding_format(fmt):
+        # XYWHR (20, 10, 10, 6, 30°): corners (20, 10), (20 + 10 cos, 10 - 10 sin), (20 + 6 sin, 10 + 6 cos), …
+        given = tv_tensors.BoundingBoxes([[20.0, 10, 10, 6, 30]], format="XYWHR", canvas_size=(height, width))
+        c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+        enclosing = [[20, 10 - 10 * s, 20 + 10 * c + 6 * s, 10 + 6 * c]]
+    else:
+        given = tv_tensors.BoundingBoxes([[10.0, 6, 30, 20]], format="XYXY", canvas_size=(height, width))
+        enclosing = [[10, 6, 30, 20]]
+    boxes = TF.convert_bounding_box_format(given, new_format=fmt)
+    assert boxes.format == fmt
+
+    def layer() -> RegionAdaptiveDPPixelize:
+        return RegionAdaptiveDPPixelize(1.0, levels=(2, 8), protect=True, generator=KeyStream.from_seed(6))
+
+    expected = layer().release(x, boxes=torch.tensor(enclosing))
+    assert torch.equal(layer().release(x, boxes=boxes).split[-1], expected.split[-1])
+    out = layer()(tv_tensors.Image(x), boxes)[0].as_subclass(torch.Tensor)
+    assert torch.equal(out, expected.restore())
