@@ -11,6 +11,8 @@ import numbers
 from collections.abc import Sequence
 
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 #: Image dtypes the mechanisms accept. uint8 has range 255; floats have range ``value_range`` (default [0, 1]).
 SUPPORTED_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -128,3 +130,98 @@ def check_input(x: object, value_range: object, name: str = "x") -> tuple[torch.
     bounds = check_value_range(value_range, x.dtype)
     check_pixel_values(x, bounds, name)
     return x.detach(), bounds
+
+
+def check_mask(mask: object, lead: tuple[int, ...], height: int, width: int) -> torch.Tensor:
+    """A region mask for images ``[*lead, C, height, width]``, read by its rank: bool, broadcastable to
+    ``[*lead, height, width]``. ``[H, W]``: one region for every image; ``[*lead, H, W]``: one per image;
+    ``[*lead, K, H, W]``: K instance masks per image, united per image; a 1 in a leading axis is shared along it.
+    Float masks are inside where > 0.5. Any other layout, or one that reads two ways, is refused: a region read the
+    wrong way leaves part of it unprotected."""
+    if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a tensor [..., {height}, {width}] matching the image, got {shape}")
+    if mask.is_floating_point() and torch.isnan(mask).any():
+        raise ValueError("mask holds NaN: a region map must say for every pixel whether it is inside")
+    shape, axes = tuple(mask.shape), mask.ndim - 2
+    per_image = all(m in (1, n) for m, n in zip(shape, lead))
+    if axes not in (0, len(lead), len(lead) + 1) or (axes and not per_image):
+        raise ValueError(
+            f"mask of shape {shape} does not match images with leading shape {lead}: {_mask_layouts(lead, shape)}"
+        )
+    if lead and axes == len(lead) + 1 and len(set(shape[:axes])) == 1 and shape[0] > 1:
+        raise ValueError(
+            f"mask of shape {shape} reads two ways for images with leading shape {lead}: {shape[0]} instance masks "
+            f"of each image, or {shape[0]} instance masks shared along the images; {_mask_layouts(lead, shape)}. "
+            f"Unite each image's instances first (mask.any({len(lead)}))"
+        )
+    inside = mask if mask.dtype == torch.bool else mask > 0.5
+    return inside.any(-3) if axes == len(lead) + 1 else inside
+
+
+def _mask_layouts(lead: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    def dims(*sizes: object) -> str:
+        return f"[{', '.join(map(str, sizes))}]"
+
+    layouts = [f"{dims(*shape[-2:])} (one region for every image)"]
+    if lead:
+        layouts.append(f"{dims(*lead, *shape[-2:])} (one per image)")
+    layouts.append(f"{dims(*lead, 'K', *shape[-2:])} (K instance masks per image, united per image)")
+    return f"accepted layouts are {', '.join(layouts)}; a 1 in a leading axis is shared along it"
+
+
+def check_boxes(boxes: object, height: int, width: int) -> torch.Tensor:
+    """Region boxes on a ``height×width`` image as float64 XYXY pixels ``[K, 4]`` (K = 0: no region).
+
+    ``boxes``: XYXY pixels ``[K, 4]`` (or one ``[4]``), a ``tv_tensors.BoundingBoxes`` drawn on this canvas in any
+    format (a rotated box stands for the axis-aligned box that encloses it), or a sequence of BoundingBoxes. Every box
+    must cover a pixel (hold its centre): one that covers none would protect nothing, so it is refused, never skipped.
+    """
+    if isinstance(boxes, (list, tuple)) and any(isinstance(b, tv_tensors.BoundingBoxes) for b in boxes):
+        return torch.cat([check_boxes(b, height, width) for b in boxes])
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        boxes = _enclosing_xyxy(boxes, height, width)
+    boxes = torch.as_tensor(boxes, dtype=torch.float64, device="cpu")
+    if boxes.shape[-1:] != (4,) or boxes.ndim > 2 or not torch.isfinite(boxes).all():
+        raise ValueError(
+            f"boxes must be finite XYXY pixel boxes [K, 4] (or one [4]), got shape {tuple(boxes.shape)}: a "
+            "detector's [K, 5] with scores must drop the score column"
+        )
+    boxes = boxes.reshape(-1, 4)
+    pixels = box_pixels(boxes, height, width)
+    for bad, why in (
+        ((boxes[:, 2:] <= boxes[:, :2]).any(1), "has x1 <= x0 or y1 <= y0 (an OpenCV (x, y, w, h) rectangle is XYWH)"),
+        (
+            (pixels[:, 2:] <= pixels[:, :2]).any(1),
+            f"covers no pixel of the {height}×{width} image (boxes drawn for another image size must be scaled to it)",
+        ),
+    ):
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            corners = ", ".join(f"{v:g}" for v in boxes[i].tolist())
+            raise ValueError(
+                f"boxes must be XYXY pixel boxes [K, 4] that each hold a pixel centre: box {i} ({corners}) {why}, "
+                "so it would protect nothing"
+            )
+    return boxes
+
+
+def _enclosing_xyxy(boxes: tv_tensors.BoundingBoxes, height: int, width: int) -> torch.Tensor:
+    if tuple(boxes.canvas_size) != (height, width):
+        raise ValueError(
+            f"BoundingBoxes with canvas_size {tuple(boxes.canvas_size)} do not belong to the {height}×{width} image: "
+            "resize the boxes with the image"
+        )
+    boxes = boxes.to(torch.float64)  # integer boxes would round converted corners inwards
+    if tv_tensors.is_rotated_bounding_format(boxes.format):
+        corners = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXYXYXY)
+        corners = corners.as_subclass(torch.Tensor).reshape(-1, 4, 2)
+        return torch.cat([corners.amin(1), corners.amax(1)], dim=1)
+    return TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY).as_subclass(torch.Tensor)
+
+
+def box_pixels(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The pixels that XYXY ``boxes [K, 4]`` hold, clipped to a ``height×width`` image: int64 ``[K, 4]`` as
+    (first column, first row, stop column, stop row). A pixel is inside a box when its centre is."""
+    limit = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(torch.ceil(boxes - 0.5).clamp(min=0), limit).long()

@@ -18,9 +18,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._validation import check_boxes
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .mechanisms import RegionAdaptiveDPPixelize
 from .noise import Randomness
+from .partitions import GridPartition, region_cells
 from .storage import NoisyGrid
 from .video import import_cv2, to_bgr
 
@@ -93,27 +95,22 @@ def _check_margin(margin: float) -> None:
 
 def dilate_boxes(boxes: torch.Tensor, margin: float, height: int, width: int) -> torch.Tensor:
     """Grow XYXY ``boxes [K, 4]`` by ``margin`` × their width (height) on each side, clipped to a ``height×width``
-    image: float32 ``[K, 4]``. The margin covers what a detector box leaves out (hair, ears, chin for a face)."""
+    image: float32 ``[K, 4]``. The margin covers what a detector box leaves out (hair, ears, chin for a face). A box
+    that covers no pixel of the image is refused (:func:`~dp_pixel_torch._validation.check_boxes`): it would protect
+    nothing."""
     _check_margin(margin)
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must be XYXY [K, 4], got shape {tuple(boxes.shape)}")
+    boxes = check_boxes(boxes, height, width)
     grow = (boxes[:, 2:] - boxes[:, :2]) * margin
-    limit = torch.tensor([width, height], dtype=torch.float32)
+    limit = torch.tensor([width, height], dtype=boxes.dtype)
     low = (boxes[:, :2] - grow).clamp(min=0).minimum(limit)
     high = (boxes[:, 2:] + grow).clamp(min=0).minimum(limit)
-    return torch.cat([low, high], dim=1)
+    return torch.cat([low, high], dim=1).float()
 
 
 def boxes_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bool ``[height, width]``: the pixels whose centre lies inside one of the XYXY ``boxes [K, 4]`` (the rule
-    ``boxes=`` follows in the protected layer)."""
-    ys = torch.arange(height, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, dtype=torch.float32) + 0.5
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes.tolist():
-        mask |= ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
-    return mask
+    """Bool ``[height, width]``: the pixels whose centre lies inside one of the XYXY ``boxes [K, 4]``, the pixels
+    ``boxes=`` marks in the layers (a box that covers none is refused)."""
+    return region_cells(GridPartition.blocks(height, width, 1), None, boxes, ())
 
 
 class ProtectDetected:

@@ -544,11 +544,12 @@ def dp_pixelize_adaptive(
     elsewhere, on the aligned grid ``levels = (b_0 < … < b_L)`` (SPEC §3). Returns the same as :func:`dp_pixelize`.
 
     Args:
-        region: ``"mask"``: split the cells that touch the public ``mask [..., H, W]`` or XYXY pixel ``boxes
-            [K, 4]`` (no budget). ``"complexity"``: private complexity scores paid with ``partition_epsilon`` (total
-            ε = ``partition_epsilon + epsilon``). ``"previous"``: the scores of ``previous``, the previous *released*
-            frame (same shape and dtype as ``x``; None: coarse cells only; no budget). It is taken as public: a raw
-            frame here would choose the cells from private pixels for free.
+        region: ``"mask"``: split the cells that touch the public ``mask`` (``[H, W]`` for every image,
+            ``[..., H, W]`` one per image, ``[..., K, H, W]`` K instances per image) or XYXY pixel ``boxes [K, 4]``
+            (or ``tv_tensors.BoundingBoxes``); no budget. ``"complexity"``: private complexity scores paid with
+            ``partition_epsilon`` (total ε = ``partition_epsilon + epsilon``). ``"previous"``: the scores of
+            ``previous``, the previous *released* frame (same shape and dtype as ``x``; None: coarse cells only; no
+            budget). It is taken as public: a raw frame here would choose the cells from private pixels for free.
         split_threshold / split_fraction: for ``"complexity"`` and ``"previous"``: split a cell whose score exceeds
             the threshold (a fraction of R), or the top fraction of each image's cells per level (default 0.25).
         protect: ``mask``/``boxes`` mark regions to *protect* (faces, people): the coarsest cells that meet them are

@@ -337,22 +337,11 @@ class RegionAdaptiveDPPixelize(_DPLayer):
 
     @staticmethod
     def _region_in(flat_inputs: list[Any]) -> dict[str, Any]:
-        masks = [i for i in flat_inputs if isinstance(i, tv_tensors.Mask)]
-        boxes = [i for i in flat_inputs if isinstance(i, tv_tensors.BoundingBoxes)]
-        sizes = {tuple(TF.get_size(i)) for i in flat_inputs if isinstance(i, (tv_tensors.Image, tv_tensors.Video))}
-        for b in boxes:
-            if sizes and tuple(b.canvas_size) not in sizes:
-                raise ValueError(
-                    f"BoundingBoxes with canvas_size {tuple(b.canvas_size)} do not belong to the image(s) of size "
-                    f"{sorted(sizes)}: resize the boxes with the image"
-                )
-        params: dict[str, Any] = {}
-        if masks:
-            params["mask"] = torch.cat([m.as_subclass(torch.Tensor).reshape(-1, *m.shape[-2:]) for m in masks])
-        if boxes:
-            xyxy = [TF.convert_bounding_box_format(b, new_format=tv_tensors.BoundingBoxFormat.XYXY) for b in boxes]
-            params["boxes"] = torch.cat([b.as_subclass(torch.Tensor).reshape(-1, 4) for b in xyxy])
-        return params
+        """The sample's Masks and BoundingBoxes, each kept apart: each is read on its own against the image it
+        protects (its layout, its box format and canvas)."""
+        masks = tuple(i.as_subclass(torch.Tensor) for i in flat_inputs if isinstance(i, tv_tensors.Mask))
+        boxes = tuple(i for i in flat_inputs if isinstance(i, tv_tensors.BoundingBoxes))
+        return {name: region for name, region in (("mask", masks), ("boxes", boxes)) if region}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if self.region == "previous" and isinstance(inpt, tv_tensors.Video):
@@ -372,7 +361,10 @@ class RegionAdaptiveDPPixelize(_DPLayer):
     ) -> NoisyGrid:
         """Release ``x [..., C, H, W]`` and keep only the noisy statistics and the partition bits.
 
-        ``mask``/``boxes``: the public region for ``region="mask"`` (bool/float ``[..., H, W]``; XYXY pixel boxes).
+        ``mask``/``boxes``: the public region for ``region="mask"``: a bool/float mask ``[H, W]`` for every image,
+        ``[..., H, W]`` one per image or ``[..., K, H, W]`` K instances per image (or a sequence of masks); XYXY pixel
+        boxes ``[K, 4]`` or ``tv_tensors.BoundingBoxes``. A layout that reads two ways and a box that covers no pixel
+        are refused.
         ``generator`` (a torch.Generator or KeyStream) draws this release's noise instead of the layer's own source
         (not for secure layers).
         """

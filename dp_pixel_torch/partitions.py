@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
 
-from ._validation import check_levels, check_positive_int
+from ._validation import box_pixels, check_boxes, check_levels, check_mask, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -260,58 +260,39 @@ class MultiLevelGrid:
 
 
 def region_cells(
-    partition: GridPartition, mask: torch.Tensor | None, boxes: torch.Tensor | None, lead: tuple[int, ...]
+    partition: GridPartition,
+    mask: torch.Tensor | Sequence[torch.Tensor] | None,
+    boxes: object,
+    lead: tuple[int, ...],
 ) -> torch.Tensor:
     """Which cells of ``partition`` touch a public region: bool ``[*lead or broadcastable, rows, cols]``.
 
-    ``mask``: bool or float (``> 0.5`` is inside) ``[..., H, W]``; leading dims beyond the images' (instance masks
-    of one image, say) are merged with ``any``. ``boxes``: ``[K, 4]`` as ``(x0, y0, x1, y1)`` in pixels, shared by the
-    batch; a pixel is inside a box when its centre is.
+    The region is the union of ``mask``, in a layout of :func:`~dp_pixel_torch._validation.check_mask` (or a
+    sequence of masks, each read on its own: the Masks of a v2 sample), and ``boxes`` of
+    :func:`~dp_pixel_torch._validation.check_boxes`, shared by the batch.
     """
-    if mask is None and boxes is None:
+    masks = [] if mask is None else list(mask) if isinstance(mask, (list, tuple)) else [mask]
+    if not masks and boxes is None:
         raise ValueError(
             "region='mask' needs a public region: pass mask= or boxes= (or a tv_tensors.Mask / "
             "BoundingBoxes in the sample)"
         )
     height, width = partition.image_shape
     touched = torch.zeros(partition.shape, dtype=torch.bool)
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.ndim < 2 or tuple(mask.shape[-2:]) != (height, width):
-            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"mask must be a tensor [..., {height}, {width}] matching the image, got {shape}")
-        if mask.is_floating_point() and torch.isnan(mask).any():
-            raise ValueError("mask holds NaN: a region map must say for every pixel whether it is inside")
-        inside = mask if mask.dtype == torch.bool else mask > 0.5
-        extra = inside.ndim - 2 - len(lead)
-        if extra > 0:
-            inside = inside.flatten(0, extra - 1).any(0)
-        try:
-            torch.broadcast_shapes(inside.shape[:-2], lead)
-        except RuntimeError:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match images with leading shape {lead}")
+    for one in masks:
+        inside = check_mask(one, lead, height, width)
         touched = touched.to(inside.device) | (partition.cell_sums(inside.to(torch.uint8)) > 0)
     if boxes is not None:
-        boxes = torch.as_tensor(boxes, dtype=torch.float64)
-        if boxes.shape[-1:] != (4,) or boxes.ndim > 2 or not torch.isfinite(boxes).all():
-            raise ValueError(
-                f"boxes must be finite XYXY pixel boxes [K, 4] (or one [4]), got shape {tuple(boxes.shape)}: a "
-                "detector's [K, 5] with scores must drop the score column"
-            )
         touched = touched.clone()
         row_edges = [0, *itertools.accumulate(partition.row_sizes)]
         col_edges = [0, *itertools.accumulate(partition.col_sizes)]
-        for x0, y0, x1, y1 in boxes.reshape(-1, 4).tolist():  # boxes are few
-            rows = _cells_between(row_edges, math.ceil(y0 - 0.5), math.ceil(y1 - 0.5))
-            cols = _cells_between(col_edges, math.ceil(x0 - 0.5), math.ceil(x1 - 0.5))
-            touched[..., rows, cols] = True
+        for c0, r0, c1, r1 in box_pixels(check_boxes(boxes, height, width), height, width).tolist():
+            touched[..., _cells_between(row_edges, r0, r1), _cells_between(col_edges, c0, c1)] = True
     return touched
 
 
 def _cells_between(edges: list[int], first: int, stop: int) -> slice:
-    """The cells holding pixels ``first .. stop-1`` (clipped to the image), for cell boundaries ``edges``."""
-    first, stop = max(first, 0), min(stop, edges[-1])
-    if first >= stop:
-        return slice(0, 0)
+    """The cells holding pixels ``first .. stop-1`` (at least one, inside the image), for cell boundaries ``edges``."""
     return slice(bisect.bisect_right(edges, first) - 1, bisect.bisect_left(edges, stop))
 
 

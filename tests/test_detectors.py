@@ -194,3 +194,18 @@ def test_people_in_frames_smaller_than_the_hog_window_are_none():
     for height, width in ((64, 96), (127, 200), (200, 63)):
         boxes = detect_people(torch.zeros(3, height, width, dtype=torch.uint8))
         assert boxes.shape == (0, 4) and boxes.dtype == torch.float32
+
+
+def test_detections_that_would_protect_nothing_raise():
+    """A detector's box that covers no pixel (an OpenCV (x, y, w, h) rectangle read as XYXY, a box off the frame)
+    protected nothing in silence: the frame raises before the accountant is charged. No detection is no region."""
+    frames = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    for found in ([[20.0, 20.0, 8.0, 8.0]], [[70.0, 0.0, 90.0, 20.0]]):
+        accountant = PrivacyAccountant()
+        layer = ProtectDetected(protect_layer(accountant=accountant), lambda frame, boxes=found: torch.tensor(boxes))
+        for release in (layer, layer.release, layer.masks):
+            with pytest.raises(ValueError, match="would protect nothing"):
+                release(frames)
+        assert accountant.frames == 0 and layer.frames == 0
+    nothing = ProtectDetected(protect_layer(), lambda frame: torch.zeros(0, 4))
+    assert nothing.release(frames).split[0].all() and not nothing.masks(frames).any()

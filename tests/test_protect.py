@@ -10,10 +10,12 @@ import math
 import threading
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from scipy import stats
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize, dp_pixelize_adaptive
 from dp_pixel_torch.audit import audit, protected_pair
@@ -272,3 +274,163 @@ def test_each_thread_releases_its_own_samples_region():
     other.start()
     other.join()
     assert torch.equal(layer.make_params([image])["mask"][0], mine)
+
+
+# --- region inputs read one way only (issue 18, findings 4 and 5) -------------------------------------------------
+
+
+def protected_cells(layer, x, **region) -> torch.Tensor:
+    """The 16-px cells a protect layer releases whole: bool ``[..., 4, 4]`` for 64×64 images."""
+    return ~layer.release(x, **region).split[-1]
+
+
+def instance_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """Instance masks ``[2, 3, 64, 64]`` of two images, and the 16-px cells each image's union meets ``[2, 4, 4]``."""
+    instances = torch.zeros(2, 3, SIDE, SIDE, dtype=torch.bool)
+    instances[0, 0, :16, :16] = instances[0, 1, 4:8, 20:24] = True  # image 0: cells (0, 0) and (0, 1)
+    instances[1, 0, 50:60, 50:60] = instances[1, 2, 40:44, 0:4] = True  # image 1: cells (3, 3) and (2, 0)
+    cells = torch.zeros(2, 4, 4, dtype=torch.bool)
+    cells[0, 0, 0] = cells[0, 0, 1] = cells[1, 3, 3] = cells[1, 2, 0] = True
+    return instances, cells
+
+
+def test_per_image_instance_masks_are_united_per_image():
+    """``[N, K, H, W]``: each image is protected where any of ITS OWN K instances lies. The layer used to unite the
+    first axis (the images), so N ≠ K was refused and N = K left regions of each image in fine cells."""
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    instances, cells = instance_masks()
+    x = torch.zeros(2, 1, SIDE, SIDE, dtype=torch.uint8)
+    assert torch.equal(protected_cells(layer, x, mask=instances), cells)
+    assert torch.equal(protected_cells(layer, x[1], mask=instances[1]), cells[1])  # one image: [K, H, W]
+    videos = torch.zeros(3, 2, 1, SIDE, SIDE, dtype=torch.uint8)  # [B, T, C, H, W] with [B, T, K, H, W]
+    assert torch.equal(
+        protected_cells(layer, videos, mask=instances.expand(3, -1, -1, -1, -1)), cells.expand(3, -1, -1, -1)
+    )
+    first = torch.zeros(1, 4, 4, dtype=torch.bool)
+    first[0, 0, 0] = True  # image 0's first instance alone: one image, one instance, [1, 1, H, W]
+    assert torch.equal(protected_cells(layer, x[:1], mask=instances[:1, :1]), first)
+
+
+@pytest.mark.parametrize(("images", "stack"), [((2,), (2, 2)), ((3,), (3, 3)), ((2, 2), (2, 2, 2))])
+def test_instance_masks_that_read_two_ways_are_refused(images, stack):
+    """``[N, N, H, W]`` for N images is N instances per image (``[N, K]``) or N instances shared along the images
+    (``[K, N]``, the layer's old reading): the two protect different pixels, so the layer refuses to guess."""
+    x = torch.zeros(*images, 1, SIDE, SIDE, dtype=torch.uint8)
+    mask = torch.zeros(*stack, SIDE, SIDE, dtype=torch.bool)
+    mask[(0,) * len(images)][1, :16, :16] = True
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    for release in (
+        lambda: layer.release(x, mask=mask),
+        lambda: dp_pixelize_adaptive(x, 1.0, levels=LEVELS, protect=True, mask=mask),
+        lambda: layer(x, tv_tensors.Mask(mask)),
+    ):
+        with pytest.raises(ValueError, match="reads two ways") as refused:
+            release()
+        assert "accepted layouts" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("images", "shape"),
+    [
+        ((2,), (3, 2)),  # the instance axis first, [K, N, H, W]: the old reading
+        ((2, 3), (3,)),  # one mask per frame without the batch axis
+        ((), (2, 3)),  # a 2-D stack for one image
+        ((2,), (3,)),  # three masks for two images
+        ((2,), (2, 3, 4)),  # an axis too many
+    ],
+)
+def test_masks_in_no_accepted_layout_are_refused(images, shape):
+    x = torch.zeros(*images, 1, SIDE, SIDE, dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    with pytest.raises(ValueError, match="accepted layouts"):
+        layer.release(x, mask=torch.ones(*shape, SIDE, SIDE, dtype=torch.bool))
+
+
+def test_each_mask_of_a_v2_sample_is_read_on_its_own():
+    """Two ``tv_tensors.Mask [H, W]`` next to a batch of two images each cover both images: they were stacked into
+    one ``[2, H, W]`` and read as one mask per image, so each image lost the other mask's region."""
+    x = torch.randint(0, 256, (2, 1, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    top, left = torch.zeros(2, SIDE, SIDE, dtype=torch.bool)
+    top[:8], left[:, :8] = True, True
+    instances, _ = instance_masks()
+
+    def layer() -> RegionAdaptiveDPPixelize:
+        return RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, generator=KeyStream.from_seed(4))
+
+    for sample, union in (
+        ((tv_tensors.Mask(top), tv_tensors.Mask(left)), top | left),
+        ((tv_tensors.Mask(instances),), instances.any(1)),
+        ((tv_tensors.Mask(top), tv_tensors.Mask(instances)), top | instances.any(1)),
+    ):
+        out = layer()(tv_tensors.Image(x), *sample)[0].as_subclass(torch.Tensor)
+        assert torch.equal(out, layer().release(x, mask=union).restore())
+
+
+@pytest.mark.parametrize(
+    ("boxes", "message"),
+    [
+        ([[20, 20, 8, 8]], "x1 <= x0 or y1 <= y0"),  # OpenCV's (x, y, w, h) given as XYXY
+        ([[8, 20, 30, 20]], "x1 <= x0 or y1 <= y0"),  # no height
+        ([[70, 0, 90, 20]], "covers no pixel"),  # right of the 64×64 image: drawn for a larger one
+        ([[-20, -20, -1, 30]], "covers no pixel"),
+        ([[10.6, 0, 11.4, 30]], "covers no pixel"),  # between two pixel centres
+        ([[0, 0, 32, 32], [20, 20, 8, 8]], "box 1"),  # one bad box among good ones
+    ],
+)
+def test_boxes_that_would_protect_nothing_are_refused(boxes, message):
+    from dp_pixel_torch.detectors import boxes_mask, dilate_boxes
+
+    x = torch.zeros(3, SIDE, SIDE, dtype=torch.uint8)
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    given = torch.tensor(boxes, dtype=torch.float32)
+    for release in (
+        lambda: layer.release(x, boxes=given),
+        lambda: dp_pixelize_adaptive(x, 1.0, levels=LEVELS, protect=True, boxes=given),
+        lambda: layer(tv_tensors.Image(x), tv_tensors.BoundingBoxes(given, format="XYXY", canvas_size=(SIDE, SIDE))),
+        lambda: boxes_mask(given, SIDE, SIDE),
+        lambda: dilate_boxes(given, 0.25, SIDE, SIDE),
+    ):
+        with pytest.raises(ValueError, match=message) as refused:
+            release()
+        assert "would protect nothing" in str(refused.value)
+    # No box at all is a region with nothing in it: every cell is released fine.
+    assert not protected_cells(layer, x, boxes=torch.zeros(0, 4)).any()
+
+
+def test_boxes_drawn_for_another_canvas_are_refused_next_to_any_image():
+    """A BoundingBoxes' canvas_size is checked against the image it protects, whatever the image's type (it was
+    checked only next to a tv_tensors.Image) and also when it is given as ``boxes=``."""
+    layer = RegionAdaptiveDPPixelize(1.0, levels=LEVELS, protect=True, seed=0)
+    x = torch.zeros(3, SIDE, SIDE, dtype=torch.uint8)
+    other = tv_tensors.BoundingBoxes([[0, 0, 32, 32]], format="XYXY", canvas_size=(128, 128))
+    for image in (x, tv_tensors.Image(x), PIL.Image.new("RGB", (SIDE, SIDE))):
+        with pytest.raises(ValueError, match="canvas_size"):
+            layer(image, other)
+    with pytest.raises(ValueError, match="canvas_size"):
+        layer.release(x, boxes=other)
+
+
+@pytest.mark.parametrize("fmt", list(tv_tensors.BoundingBoxFormat), ids=lambda f: f.name)
+def test_bounding_boxes_in_every_format_protect_their_region(fmt):
+    """A BoundingBoxes protects the cells of its XYXY corners in any format, in a v2 sample or as ``boxes=``; a
+    rotated box protects the axis-aligned box that encloses it."""
+    height, width = 48, SIDE
+    x = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    if tv_tensors.is_rotated_bounding_format(fmt):
+        # XYWHR (20, 10, 10, 6, 30°): corners (20, 10), (20 + 10 cos, 10 - 10 sin), (20 + 6 sin, 10 + 6 cos), …
+        given = tv_tensors.BoundingBoxes([[20.0, 10, 10, 6, 30]], format="XYWHR", canvas_size=(height, width))
+        c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+        enclosing = [[20, 10 - 10 * s, 20 + 10 * c + 6 * s, 10 + 6 * c]]
+    else:
+        given = tv_tensors.BoundingBoxes([[10.0, 6, 30, 20]], format="XYXY", canvas_size=(height, width))
+        enclosing = [[10, 6, 30, 20]]
+    boxes = TF.convert_bounding_box_format(given, new_format=fmt)
+    assert boxes.format == fmt
+
+    def layer() -> RegionAdaptiveDPPixelize:
+        return RegionAdaptiveDPPixelize(1.0, levels=(2, 8), protect=True, generator=KeyStream.from_seed(6))
+
+    expected = layer().release(x, boxes=torch.tensor(enclosing))
+    assert torch.equal(layer().release(x, boxes=boxes).split[-1], expected.split[-1])
+    out = layer()(tv_tensors.Image(x), boxes)[0].as_subclass(torch.Tensor)
+    assert torch.equal(out, expected.restore())
