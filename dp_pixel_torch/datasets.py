@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ._validation import box_pixels
 from .video import from_bgr, import_cv2, read_image
 
 
@@ -26,7 +27,7 @@ class MOTSequence(Dataset):
 
     Layout: ``<root>/<benchmark>/<split>/<name>/img1/000001.jpg…``, ``gt/gt.txt`` (optional) and ``seqinfo.ini``
     (optional). Items are ``(frame, target)``: uint8 RGB ``[3, H, W]`` and ``{"boxes": float32 [K, 4] XYXY pixels,
-    "ids": int64 [K], "frame": int}`` (MOT15 ``gt.txt`` rows: frame, id, left, top, width, height, conf, …).
+    "ids": int64 [K], "frame": int}``, the boxes that hold a pixel of the frame (MOT15 ``gt.txt`` rows: frame, id, left, top, width, height, conf, …).
     """
 
     LAYOUT = "<root>/2DMOT2015/train/<name>/img1/000001.jpg… with gt/gt.txt and seqinfo.ini when present"
@@ -76,7 +77,10 @@ class MOTSequence(Dataset):
         rows = self._boxes.get(number, [])
         boxes = torch.tensor([box for _, box in rows], dtype=torch.float32).reshape(-1, 4)
         ids = torch.tensor([track for track, _ in rows], dtype=torch.int64)
-        return read_image(self.frames[index]), {"boxes": boxes, "ids": ids, "frame": number}
+        frame = read_image(self.frames[index])
+        pixels = box_pixels(boxes, *frame.shape[-2:])
+        seen = (pixels[:, 2:] > pixels[:, :2]).all(1)  # an annotation off the frame (or empty) shows no one
+        return frame, {"boxes": boxes[seen], "ids": ids[seen], "frame": number}
 
 
 class PETS2009(Dataset):

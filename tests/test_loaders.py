@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dp_pixel_torch.datasets import PETS2009, PPM100, CelebA, MOTSequence
+from dp_pixel_torch.detectors import boxes_mask
 
 
 def write_jpg(path, h=24, w=32, value=100):
@@ -18,13 +19,15 @@ def test_mot_sequence_with_ground_truth_and_seqinfo(tmp_path):
     for i in (1, 2, 3):
         write_jpg(seq / "img1" / f"{i:06d}.jpg")
     (seq / "gt").mkdir()
-    (seq / "gt" / "gt.txt").write_text("1,1,10,5,8,12,1,-1,-1,-1\n1,2,0,0,4,4,1,-1,-1,-1\n3,1,11,6,8,12,1,-1,-1,-1\n")
+    rows = ["1,1,10,5,8,12", "1,2,0,0,4,4", "1,3,40,2,6,6", "3,1,11,6,8,12"]  # track 3 is off the 32-pixel frame
+    (seq / "gt" / "gt.txt").write_text("".join(f"{row},1,-1,-1,-1\n" for row in rows))
     (seq / "seqinfo.ini").write_text("[Sequence]\nname=Venice-2\nframeRate=30\n")
     data = MOTSequence(tmp_path, "Venice-2")
     assert len(data) == 3 and data.fps == 30 and data.has_ground_truth
     frame, target = data[0]
     assert frame.shape == (3, 24, 32) and frame.dtype == torch.uint8
     assert target["boxes"].tolist() == [[10, 5, 18, 17], [0, 0, 4, 4]] and target["ids"].tolist() == [1, 2]
+    assert boxes_mask(target["boxes"], 24, 32).sum() == 8 * 12 + 4 * 4
     assert data[1][1]["boxes"].shape == (0, 4)
 
 
