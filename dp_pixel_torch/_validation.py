@@ -41,6 +41,22 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_device(device: object) -> torch.device:
+    """A CPU or an available CUDA device (``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device)."""
+    try:
+        parsed = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here; use 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return parsed
+
+
 def check_grid(grid: object) -> tuple[int, int]:
     if not isinstance(grid, Sequence) or isinstance(grid, str) or len(grid) != 2:
         raise TypeError(f"grid must be a pair (rows, cols) of integers >= 1, got {grid!r}")

@@ -17,6 +17,9 @@ is refused (exit 3), and ``PrivacyAccountant.reset_ledger`` starts one over on p
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
 CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection.
+``--backend`` picks the kernels (see :mod:`dp_pixel_torch.kernels`): ``auto`` compiles only once a long run has
+shown that compiling pays, and never changes the output. An option the input cannot use (``--grids`` on an image,
+``--device`` under ``--ray``, ``--workers`` without it) is refused rather than ignored.
 The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
 with a non-zero status and a one-line message.
 """
@@ -31,12 +34,15 @@ from pathlib import Path
 import torch
 
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
+from ._validation import check_device, check_epsilon, check_positive_int
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
+from .kernels import BACKENDS
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 WRITABLE = (".png", ".jpg", ".jpeg")
+CHUNK = 16
 DETECTORS = {"faces": (detect_faces, FACE_MARGIN), "people": (detect_people, PEOPLE_MARGIN)}
 
 
@@ -75,8 +81,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fps", type=float, help="frame rate of the output video (default: the input's)")
     p.add_argument("--grids", type=Path, help="also write the NoisyGrid records of a video to this file")
-    p.add_argument("--chunk", type=int, default=16, help="frames per release for videos (bounded memory)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--chunk", type=int, help=f"frames per release for videos (bounded memory; default {CHUNK})")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: compile the kernels only once a long run has shown it pays (default); compiled; eager",
+    )
     p.add_argument("--seed", type=int, help="reproducible noise for experiments (never in deployment)")
     p.add_argument(
         "--ray",
@@ -95,8 +107,8 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--ray: continue the run of an existing --key-file (any folder or files inside its input root)",
     )
-    p.add_argument("--workers", type=int, default=1, help="--ray: actors that hold the layer (default 1)")
-    p.add_argument("--gpus", type=float, default=0, help="--ray: GPUs per actor (default 0)")
+    p.add_argument("--workers", type=int, help="--ray: actors that hold the layer (default 1)")
+    p.add_argument("--gpus", type=float, help="--ray: GPUs per actor (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -108,7 +120,7 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
         randomness = {"seed": args.seed} if args.seed is not None else {"secure": True}
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
-    common = dict(noise=args.noise, accountant=accountant, **randomness)
+    common = dict(noise=args.noise, accountant=accountant, backend=args.backend, **randomness)
     if args.protect:
         return protect_layer(args, common)
     if args.protect_cell is not None or args.protect_m is not None or args.protect_margin is not None:
@@ -157,6 +169,39 @@ def protect_layer(args: argparse.Namespace, common: dict) -> ProtectDetected:
     return ProtectDetected(layer, detector, margin if args.protect_margin is None else args.protect_margin)
 
 
+def check_options(args: argparse.Namespace, kind: str) -> None:
+    """Refuse an option that the input ``kind`` ("image", "folder", "video" or "ray") cannot use, or a value out of
+    range, before anything is read or charged: an option silently ignored would release what the user did not ask."""
+    given = {
+        "--chunk": args.chunk is not None,
+        "--device": args.device is not None,
+        "--fps": args.fps is not None,
+        "--grids": args.grids is not None,
+        "--workers": args.workers is not None,
+        "--gpus": args.gpus is not None,
+    }
+    usable = {
+        "image": ("--device",),
+        "folder": ("--device",),
+        "video": ("--chunk", "--device", "--fps", "--grids"),
+        "ray": ("--chunk", "--workers", "--gpus"),
+    }[kind]
+    unusable = [name for name, present in given.items() if present and name not in usable]
+    if unusable:
+        what = {"image": "an image", "folder": "a folder of images", "video": "a video", "ray": "--ray"}[kind]
+        raise ValueError(f"{', '.join(unusable)} cannot apply to {what}: it takes {', '.join(usable)}")
+    if args.chunk is not None:
+        check_positive_int(args.chunk, "--chunk")
+    if args.device is not None:
+        check_device(args.device)
+    if args.fps is not None:
+        check_epsilon(args.fps, "--fps")  # a finite number > 0
+    if args.workers is not None:
+        check_positive_int(args.workers, "--workers")
+    if args.gpus is not None and not 0 <= args.gpus < float("inf"):
+        raise ValueError(f"--gpus must be a finite number >= 0, got {args.gpus}")
+
+
 def write_image(image: torch.Tensor, path: Path) -> None:
     if path.suffix.lower() not in WRITABLE:
         raise ValueError(f"output image must end in one of {WRITABLE}, got {path.name!r}")
@@ -175,8 +220,7 @@ def run_on_ray(args: argparse.Namespace) -> str:
             "--ray keys every item from its run key and writes a record per item: drop --seed, --cap, "
             "--ledger and --grids (the summary reports ε per item and frame)"
         )
-    if args.workers < 1 or args.gpus < 0:
-        raise ValueError(f"--workers must be >= 1 and --gpus >= 0, got {args.workers} and {args.gpus}")
+    check_options(args, "ray")
     layer = make_layer(args, None)
     if args.key_file is not None and args.key_file.exists():
         if not args.resume:
@@ -199,7 +243,13 @@ def run_on_ray(args: argparse.Namespace) -> str:
         where = f"key saved to {args.key_file} (keep it secret)" if args.key_file else "key not saved: no resume"
     connect(args.ray, quiet=args.quiet)
     summary = release_files(
-        args.input, layer, args.output, key, workers=args.workers, num_gpus=args.gpus, chunk=args.chunk
+        args.input,
+        layer,
+        args.output,
+        key,
+        workers=args.workers or 1,
+        num_gpus=args.gpus or 0.0,
+        chunk=args.chunk or CHUNK,
     )
     text = f"{summary}\nRun key {key.fingerprint}: {where}; outputs in {args.output}"
     if summary.errors:
@@ -212,35 +262,38 @@ def run(args: argparse.Namespace) -> str:
         return run_on_ray(args)
     if args.key_file is not None or args.resume:
         raise ValueError("--key-file and --resume apply to --ray (a run whose items are keyed from its run key)")
+    source = args.input
+    if not source.exists():
+        raise ValueError(f"input {str(source)!r} does not exist")
+    kind = "folder" if source.is_dir() else "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
+    check_options(args, kind)
     if args.ledger is None and args.cap is None:
         accountant = None
     else:
         accountant = PrivacyAccountant(args.cap, ledger=args.ledger)
     layer = make_layer(args, accountant)
-    source = args.input
-    if not source.exists():
-        raise ValueError(f"input {str(source)!r} does not exist")
-    if source.is_dir():
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "folder":
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         for path in images:
-            write_image(layer(read_image(path)), args.output / (path.stem + ".png"))
+            write_image(layer(read_image(path).to(device)), args.output / (path.stem + ".png"))
         summary = f"{len(images)} images written to {args.output}"
-    elif source.suffix.lower() in VIDEO_SUFFIXES:
+    elif kind == "video":
         report = sanitize_stream(
             source,
             layer,
             args.output,
             grids=args.grids,
             fps=args.fps,
-            chunk=args.chunk,
-            device=args.device,
+            chunk=args.chunk or CHUNK,
+            device=device,
             progress=not args.quiet,
         )
         summary = f"{report}; video written to {args.output}" + (f", grids to {args.grids}" if args.grids else "")
     else:
-        write_image(layer(read_image(source)), args.output)
+        write_image(layer(read_image(source).to(device)), args.output)
         summary = f"image written to {args.output}"
     if isinstance(layer, ProtectDetected):
         summary += (

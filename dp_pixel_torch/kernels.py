@@ -18,8 +18,11 @@ place).
   process (a DataLoader worker, a CLI run on a clip, a first call) never compiles, so it runs at the eager speed; a
   long one pays one compile, and at most that, for kernels that make the rest of it faster. Never compiled where
   compilation is disabled (``TORCH_COMPILE_DISABLE=1``) or has no compiler, or for inputs with fewer than
-  :data:`AUTO_MIN_VALUES` values.
-* ``"compiled"``: always compiled; raises where no compiler is found.
+  :data:`AUTO_MIN_VALUES` values. Where a compile fails (a broken compiler toolchain, say), the call that met the
+  failure runs the same function eagerly on the same arguments (the noise words already drawn, so the release is
+  the one the compiled path would have made, and no word is drawn twice), with one warning, and every later
+  ``"auto"`` call on that device type runs eagerly.
+* ``"compiled"``: always compiled; raises where no compiler is found or a compile fails.
 * ``"eager"``: plain torch operations.
 
 Every compiled function specialises on its shapes (``dynamic=False``: the fastest code, and the code whose ``log``
@@ -37,6 +40,7 @@ instead of the four launches of the compiled path. It draws the same keystream w
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
@@ -72,6 +76,12 @@ _ONE_PASS_MAX_B = 8
 _COMPILED_MAX_B = 64
 
 
+#: True inside a ``backend="compiled"`` release: a compile failure raises there instead of falling back to eager.
+_STRICT = contextvars.ContextVar("dp_pixel_torch_strict_compile", default=False)
+#: Device types on which a compile has failed in this process: ``backend="auto"`` runs eagerly there from then on.
+_FAILED: set[str] = set()
+
+
 def check_backend(backend: object) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -90,7 +100,7 @@ def use_compiled(backend: str, x: torch.Tensor) -> bool:
                 + "; use backend='auto' to fall back to the eager path"
             )
         return True
-    return x.numel() >= AUTO_MIN_VALUES and compiler_available(x.device)
+    return x.numel() >= AUTO_MIN_VALUES and x.device.type not in _FAILED and compiler_available(x.device)
 
 
 @dataclasses.dataclass
@@ -161,7 +171,14 @@ def choose(backend: str, x: torch.Tensor, release: Hashable) -> Iterator[bool]:
     the block's time is counted for the signature (``release`` — the guarantee, say — and ``x``'s shape, dtype and
     device) by :data:`AUTO`. A block that raises is not counted."""
     allowed = use_compiled(backend, x)
-    if backend != "auto" or not allowed:
+    if backend == "compiled":
+        strict = _STRICT.set(True)
+        try:
+            yield allowed
+        finally:
+            _STRICT.reset(strict)
+        return
+    if not allowed:
         yield allowed
         return
     signature = (release, tuple(x.shape), x.dtype, x.device)
@@ -199,7 +216,9 @@ class Compiled:
     """``fn`` compiled by ``torch.compile(dynamic=False)``, for at most :data:`MAX_SHAPES` argument signatures
     (shapes, dtypes, devices and plain values); other signatures run ``fn`` eagerly, with one warning. Dynamo's own
     ``recompile_limit`` is raised to the budget during these calls, so that the budget, not Dynamo, decides when to
-    stop compiling."""
+    stop compiling. A compile that fails raises inside a ``backend="compiled"`` release; anywhere else the call runs
+    ``fn`` eagerly on the same arguments (the same output: ``fn`` is pure), warns once, and marks the device type as
+    failed for ``backend="auto"``."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
@@ -221,8 +240,14 @@ class Compiled:
         if known:
             if self._compiled is None:  # made on first use: importing torch._dynamo takes a while
                 self._compiled = torch.compile(self.fn, dynamic=False)
-            with torch._dynamo.config.patch(recompile_limit=MAX_SHAPES):
-                return self._compiled(*args)
+            try:
+                with torch._dynamo.config.patch(recompile_limit=MAX_SHAPES):
+                    return self._compiled(*args)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                if _STRICT.get():
+                    raise
+                _fall_back(args, error)
+                return self.fn(*args)
         if not self._warned:
             self._warned = True
             warnings.warn(
@@ -232,6 +257,21 @@ class Compiled:
                 stacklevel=3,
             )
         return self.fn(*args)
+
+
+def _fall_back(args: tuple, error: Exception) -> None:
+    """Mark the device type of ``args`` as failed for ``backend="auto"``, with one warning."""
+    device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+    if device not in _FAILED:
+        _FAILED.add(device)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"torch.compile failed on {device} ({reason}); backend='auto' runs eagerly there from now on (same "
+            "output, slower). backend='compiled' raises instead; backend='eager' or TORCH_COMPILE_DISABLE=1 skips "
+            "compiling.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def block_sums(x: torch.Tensor, b: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ._validation import check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, PrivacyAccountant
 from .mechanisms import _DPLayer
 from .storage import NoisyGrid
@@ -140,14 +141,16 @@ def sanitize_stream(
         grids: a file for the NoisyGrid records of every chunk (see :func:`~dp_pixel_torch.load_video`).
         fps: frame rate of the output (default: the input file's, else 25).
         chunk: frames per release: memory holds one chunk.
-        device: where to release (default: CUDA when available).
+        device: where to release, ``"cpu"`` or an available ``"cuda[:N]"`` (default: CUDA when available).
     """
+    chunk = check_positive_int(chunk, "chunk")
+    fps = None if fps is None else check_epsilon(fps, "fps")  # a finite number > 0
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cv2 = import_cv2() if output is not None else None
     if isinstance(frames, (str, Path)):
         fps = fps or probe(frames).fps
         frames = read_frames(frames)
     fps = fps or 25.0
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     region = getattr(layer, "region", None)
     if region == "mask":
         raise ValueError("streams take layers whose partition needs no per-frame mask (uniform, complexity, previous)")

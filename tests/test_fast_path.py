@@ -407,3 +407,51 @@ def test_a_release_under_auto_runs_eagerly_until_compiling_pays_then_compiles_th
     COMPILED_CALLS.clear()
     forced = DPPixelize(1.0, 4, seed=3, backend="compiled")
     assert torch.equal(forced(x), outs[0]) and "noisy_means" in COMPILED_CALLS  # compiled still compiles at once
+
+
+BROKEN_COMPILER = """#!/bin/sh
+for arg in "$@"; do [ "$arg" = "--version" ] && exec {cxx} --version; done
+echo "this compiler fails every compile" >&2
+exit 1
+"""
+
+FALL_BACK = """
+import warnings
+import torch
+from dp_pixel_torch import DPPixelize, kernels
+kernels.AUTO_COMPILE_AFTER_S = 0.0  # the second call of the signature compiles
+x = torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+auto, eager = DPPixelize(1.0, 8, seed=5), DPPixelize(1.0, 8, seed=5, backend="eager")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    same = [torch.equal(auto(x), eager(x)) for _ in range(4)]
+print("same", same)
+print("warnings", sum("torch.compile failed on cpu" in str(w.message) for w in caught))
+print("plan", kernels.use_compiled("auto", x))
+try:
+    DPPixelize(1.0, 8, seed=5, backend="compiled")(x)
+except torch._dynamo.exc.BackendCompilerFailed as error:
+    print("compiled raised", "CppCompileError" in str(error))
+"""
+
+
+@needs_compiler
+def test_auto_falls_back_to_the_eager_release_of_the_same_words_when_a_compile_fails(tmp_path):
+    """A C++ compiler that answers ``--version`` but fails every compile (issue 18, finding 9): under ``auto`` the call
+    that meets the failure releases what eager releases with the same seed, so the words it drew are used once and the
+    stream stays in step for the calls after it; one warning; later calls run eagerly. ``compiled`` raises."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    cxx = tmp_path / "broken-cxx"
+    cxx.write_text(BROKEN_COMPILER.format(cxx=get_cpp_compiler()))
+    cxx.chmod(0o755)
+    env = dict(os.environ, CXX=str(cxx), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env.pop("TORCH_COMPILE_DISABLE", None)
+    done = subprocess.run([sys.executable, "-c", FALL_BACK], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "same [True, True, True, True]",
+        "warnings 1",
+        "plan False",
+        "compiled raised True",
+    ], done.stdout + done.stderr[-3000:]

@@ -192,3 +192,71 @@ def test_cli_argument_errors_exit_2(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 2 and "invalid float value" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "message"),
+    [
+        ("clip", ["--chunk", "0"], "--chunk must be an integer >= 1"),
+        ("clip", ["--chunk", "-1"], "--chunk must be an integer >= 1"),
+        ("clip", ["--device", "tpu:7"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+        ("clip", ["--device", "cuda:99"], "'cuda:99'"),
+        ("clip", ["--fps", "nan"], "fps must be a finite number > 0"),
+        ("clip", ["--workers", "2"], "--workers cannot apply to a video"),
+        ("image", ["--grids", "o.dpxg"], "--grids cannot apply to an image"),
+        ("image", ["--fps", "10"], "--fps cannot apply to an image"),
+        ("image", ["--chunk", "4"], "--chunk cannot apply to an image"),
+        ("image", ["--gpus", "1"], "--gpus cannot apply to an image"),
+        ("image", ["--device", "tpu:7"], "device must be 'cpu', 'cuda' or 'cuda:N'"),
+        ("folder", ["--grids", "o.dpxg"], "--grids cannot apply to a folder of images"),
+        ("folder", ["--ray", "--device", "cpu"], "--device cannot apply to --ray"),
+        ("folder", ["--ray", "--fps", "10"], "--fps cannot apply to --ray"),
+        ("folder", ["--ray", "--gpus", "inf"], "--gpus must be a finite number >= 0"),
+    ],
+)
+def test_cli_refuses_an_option_it_cannot_use_or_would_ignore(target, extra, message, clip, tmp_path, capsys):
+    """Issue 18, finding 10: one line and exit status 2, before anything is written, charged or connected."""
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 120, np.uint8))
+    (tmp_path / "folder").mkdir()
+    shutil.copy(image, tmp_path / "folder" / "a.png")
+    source = {"clip": clip, "image": image, "folder": tmp_path / "folder"}[target]
+    ledger, out = tmp_path / "ledger.sqlite", tmp_path / ("out.avi" if target == "clip" else "out.png")
+    argv = [str(source), "-o", str(out), "--epsilon", "1", "--b", "8", "--quiet", *extra]
+    if "--ray" not in extra:
+        argv += ["--cap", "100", "--ledger", str(ledger)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dp-pixel: error:") and message in err and err.count("\n") == 1, err
+    assert not out.exists() and not ledger.exists()
+
+
+def test_stream_refuses_a_chunk_fps_or_device_it_cannot_use(clip, tmp_path):
+    layer, out = DPPixelize(1.0, 8, seed=0), tmp_path / "out.avi"
+    for bad, error in [
+        ({"chunk": 0}, ValueError),
+        ({"chunk": -1}, ValueError),
+        ({"chunk": 2.5}, TypeError),
+        ({"fps": float("nan")}, ValueError),
+        ({"fps": -25.0}, ValueError),
+        ({"device": "tpu:7"}, ValueError),
+    ]:
+        with pytest.raises(error, match=next(iter(bad))):
+            sanitize_stream(clip, layer, out, progress=False, **bad)
+    assert not out.exists()
+
+
+def test_cli_releases_an_image_on_the_device_it_is_given(tmp_path, capsys, monkeypatch):
+    """``--device`` is used for images (it was ignored), and ``--backend`` reaches the layer."""
+    seen = []
+    call = DPPixelize.forward
+    monkeypatch.setattr(
+        DPPixelize, "forward", lambda self, x: seen.append((x.device.type, self.backend)) or call(self, x)
+    )
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 120, np.uint8))
+    argv = [str(image), "-o", str(tmp_path / "o.png"), "--epsilon", "1", "--b", "4", "--device", "cpu"]
+    assert main([*argv, "--backend", "eager"]) == 0
+    assert seen == [("cpu", "eager")] and cv2.imread(str(tmp_path / "o.png")).shape == (20, 30, 3)
+    assert main(argv) == 0
+    assert seen[-1] == ("cpu", "auto")
