@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
 from ._validation import check_device, check_epsilon, check_positive_int
+from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
 from .kernels import BACKENDS
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize

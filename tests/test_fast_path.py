@@ -447,7 +447,9 @@ def test_auto_falls_back_to_the_eager_release_of_the_same_words_when_a_compile_f
     cxx.chmod(0o755)
     env = dict(os.environ, CXX=str(cxx), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     env.pop("TORCH_COMPILE_DISABLE", None)
-    done = subprocess.run([sys.executable, "-c", FALL_BACK], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", FALL_BACK], capture_output=True, text=True, env=env, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [
         "same [True, True, True, True]",
