@@ -170,19 +170,18 @@ def choose(backend: str, x: torch.Tensor, release: Hashable) -> Iterator[bool]:
     """Whether the release of ``x`` in the ``with`` block takes the compiled path under ``backend``; under ``"auto"``
     the block's time is counted for the signature (``release`` — the guarantee, say — and ``x``'s shape, dtype and
     device) by :data:`AUTO`. A block that raises is not counted."""
-    allowed = use_compiled(backend, x)
     if backend == "compiled":
-        strict = _STRICT.set(True)
+        strict = _STRICT.set(use_compiled(backend, x))
         try:
-            yield allowed
+            yield True
         finally:
             _STRICT.reset(strict)
         return
-    if not allowed:
-        yield allowed
+    if backend == "eager" or x.numel() < AUTO_MIN_VALUES:
+        yield False
         return
     signature = (release, tuple(x.shape), x.dtype, x.device)
-    compiled = AUTO.compiled(signature)
+    compiled = AUTO.compiled(signature) and use_compiled(backend, x)  # the compiler is looked for once it may pay
     start = time.perf_counter()
     yield compiled
     AUTO.record(signature, time.perf_counter() - start, compiled)
