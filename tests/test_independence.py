@@ -306,3 +306,48 @@ def test_a_source_made_during_a_fork_is_counted_before_it_or_made_after_it(tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["uncounted", "0", "shared", "0"], done.stdout
+
+
+def _in_forked_child(work) -> list:
+    """``work()`` run in a forked child: its result (a list) comes back through a pipe."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, pickle.dumps(work()))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        result = pickle.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return result
+
+
+def test_a_stream_copied_into_processes_draws_its_own_words_and_derives_the_same_children():
+    """Each forked copy (a child, its own child, the parent's next child) draws other words than the parent and each
+    other; derive() gives the same children everywhere (ReleasedOnce's per-sample streams); a pickle in the same
+    process replays the stream, re-keyed or not."""
+    stream = KeyStream.from_seed(11)
+    child = stream.derive("sample", 3).words(4).tolist()
+
+    def in_child():
+        grandchild = _in_forked_child(lambda: stream.words(4).tolist())  # forked before the child drew
+        drawn = stream.words(4).tolist()
+        clone = pickle.loads(pickle.dumps(stream))
+        return [
+            stream.derive("sample", 3).words(4).tolist(),
+            drawn,
+            grandchild,
+            clone.words(4).tolist() == stream.words(4).tolist(),
+        ]
+
+    derived, first, grandchild, replayed = _in_forked_child(in_child)
+    second = _in_forked_child(lambda: stream.words(4).tolist())
+    assert derived == child
+    assert replayed
+    own = stream.words(4).tolist()
+    assert own == KeyStream.from_seed(11).words(4).tolist()  # the parent kept its stream
+    assert len({tuple(d) for d in [own, first, grandchild, second]}) == 4
+    clone = pickle.loads(pickle.dumps(stream))
+    assert torch.equal(clone.words(4), stream.words(4))
