@@ -19,7 +19,7 @@ from .kernels import Compiled, check_backend, choose
 from .noise import (
     KeyStream,
     Randomness,
-    check_randomness,
+    check_call_randomness,
     discrete_laplace_from_words,
     discrete_laplace_noise,
     half_one_plus_a,
@@ -232,7 +232,7 @@ def uniform_release(
 
 
 def _call_randomness(generator: Randomness, secure: bool) -> KeyStream | torch.Generator:
-    check_randomness(generator)
+    check_call_randomness(generator)  # a torch generator in a DataLoader worker is refused
     if secure and generator is not None:
         raise ValueError("secure=True keys its stream from OS entropy and refuses a generator")
     return KeyStream.from_os_entropy() if generator is None else generator

@@ -370,7 +370,8 @@ def fused_dp_pixelize(x: torch.Tensor, b: int, scale: float, area: bool, stream:
     side = 1 << (b - 1).bit_length()  # the next power of two
     block = max(1, 4096 // (side * side))  # cells per program
     out = torch.empty_like(planes)
-    state = keystream_cuda.state_words(stream.key, stream.reserve(n_cells), x.device)
+    call = stream.reserve(n_cells)  # first: a copy in another process re-keys itself here, before the key is read
+    state = keystream_cuda.state_words(stream.key, call, x.device)
     grid = (-(-n_cells // block),)
     launched = keystream_cuda.launch(
         dp_pixelize_uint8, grid, planes, out, state, n_cells, height, width, rows, cols, scale,

@@ -32,7 +32,7 @@ from .functional import (
     uniform_release,
 )
 from .kernels import check_backend, choose
-from .noise import KeyStream, NoiseSource, Randomness, check_randomness
+from .noise import KeyStream, NoiseSource, Randomness, check_call_randomness
 from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid
 
@@ -103,7 +103,7 @@ class _DPLayer(Transform):
         elif self._guarantee.secure:
             raise ValueError("secure=True keys every call from OS entropy and refuses a generator")
         else:
-            check_randomness(generator)
+            check_call_randomness(generator)  # before any charge: a torch generator in a DataLoader worker is refused
         check_generator_device(generator, x.device)
         return x, bounds, generator
 

@@ -20,6 +20,12 @@ Entropy. torch's CPU generator keeps only the low 32 bits of a seed, so a torch 
 bits of it, and seeds derived per sample or per worker collide. Every stream this library makes itself is therefore a
 :class:`KeyStream`: secure layers key one from 32 bytes of OS entropy per call, seeded layers hash their seed (of any
 size) to a key, and streams per sample, worker or copy are keyed by BLAKE2b of their parent key and their labels.
+
+Copies in other processes. A stream or source copied into another process (forked, or pickled while a process is
+being started: a DataLoader worker under fork, spawn or forkserver) knows it is a copy, and which one: every such copy
+is counted under one lock held across the fork, so an object made by another thread meanwhile is counted before the
+fork or made after it. A :class:`KeyStream` re-keys itself in a copy before its first draw there, so the workers of a
+DataLoader (and the workers of every epoch) never draw the words of their parent or of each other.
 """
 
 from __future__ import annotations
@@ -126,13 +132,83 @@ _ZEROS = bytes(1 << 20)  # ChaCha20 encrypts zeros into its keystream, a MiB at 
 _MAX_WORDS = 8 << 32  # 2^32 blocks of 64 bytes per nonce
 
 
-class KeyStream:
+class _Copied:
+    """An object that counts the processes it is copied into: each fork (``os.register_at_fork``) and each pickle
+    for a process being started (spawn, forkserver). ``_sent`` is that count so far; a copy is told its number by
+    :meth:`_forked` (a fork) or finds it in its pickled state. The count of a fork is taken under :data:`_REGISTRY`,
+    held from before the fork until after it in both processes: an object made by another thread meanwhile is
+    registered (and counted) before the fork, or made after it, and then is not in the child at all."""
+
+    _sent: int
+
+    def _track(self) -> None:
+        with _REGISTRY:
+            _COPIED.add(self)
+
+    def _sent_to_new_process(self) -> int | None:
+        """In ``__getstate__``: the number of the copy being pickled, if it is for a process being started."""
+        if multiprocessing.context.get_spawning_popen() is None:  # a plain pickle or deepcopy: not another process
+            return None
+        with _REGISTRY:
+            self._before_copy()
+            self._sent += 1
+            return self._sent
+
+    def _before_copy(self) -> None:
+        """Called (under the lock) just before this object is copied into another process."""
+
+    def _forked(self) -> None:
+        """Called in the child of a fork, for every object the parent held; ``_sent`` is this copy's number."""
+
+
+#: Every live :class:`_Copied` object of this process.
+_COPIED: weakref.WeakSet[_Copied] = weakref.WeakSet()
+#: Guards :data:`_COPIED` and the counts; held across every fork (reentrant: fork hooks of this thread may make streams).
+_REGISTRY = threading.RLock()
+
+
+def _before_fork() -> None:
+    _REGISTRY.acquire()
+    for copied in list(_COPIED):
+        copied._before_copy()
+        copied._sent += 1
+
+
+def _after_fork_in_parent() -> None:
+    _REGISTRY.release()
+
+
+def _after_fork_in_child() -> None:
+    try:
+        for copied in list(_COPIED):
+            copied._forked()
+    finally:
+        _REGISTRY.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+#: BLAKE2b personalisation of the key a stream takes in a copy: apart from every key of :meth:`KeyStream.derive`.
+_COPY_PERSON = b"dp_pixel_torch.c"
+
+
+class KeyStream(_Copied):
     """Uniforms from a ChaCha20 keystream (RFC 8439, OpenSSL through ``cryptography``) under a 256-bit key.
 
     Call i of :meth:`uniform` reads the keystream of nonce i from block 0, so calls never share keystream, and a stream
     with the same key and position replays the same calls. Each uniform takes 8 keystream bytes and keeps 53 bits.
     It pickles with its key and position, like a torch generator with its state: whoever holds a stream (or its
     seed) can recompute its noise. :meth:`derive` gives independent child streams keyed by a PRF of the labels.
+
+    In another process a stream draws its own words. A copy forked into a process, or pickled while a process is
+    being started (a DataLoader worker under fork, spawn or forkserver, persistent or not, a
+    ``multiprocessing.Process``), re-keys itself before its first draw there: its new key is keyed BLAKE2b of the
+    copy's number (the parent counts the processes it sends the stream to), its position and, in a DataLoader
+    worker, the worker's seed (drawn anew for every worker of every epoch). So ``dp_pixelize(x, ...,
+    generator=stream)`` in two workers, or in two epochs of workers, draws independent noise, and the parent keeps
+    its stream; a seeded program stays reproducible from run to run. A copy made in the same process (``pickle``,
+    ``copy.deepcopy``) replays the stream, and :meth:`derive` gives the same children in every process (what
+    :class:`~dp_pixel_torch.training_data.ReleasedOnce` relies on).
 
     Args:
         key: 32 bytes. :meth:`from_os_entropy` draws them from the operating system's CSPRNG; :meth:`from_seed` hashes
@@ -143,9 +219,13 @@ class KeyStream:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             got = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
             raise TypeError(f"a KeyStream key is {KEY_BYTES} bytes, got {got}")
-        self._key = key
+        self._key = key  # what the draws use; re-keyed in a copy in another process
+        self._root = key  # what derive uses: the same children in every process
         self._calls = 0
         self._lock = threading.Lock()
+        self._sent = 0
+        self._copy: int | None = None  # in a process this stream was copied into, until it re-keys: its number
+        self._track()
 
     @classmethod
     def from_os_entropy(cls) -> KeyStream:
@@ -161,7 +241,28 @@ class KeyStream:
 
     @property
     def key(self) -> bytes:
+        """The key of this stream's draws (in a copy in another process: the key it re-keyed itself to)."""
+        if self._copy is not None:
+            with self._lock:
+                self._settle()
         return self._key
+
+    def _settle(self) -> None:
+        """In a copy in another process, under ``_lock``: re-key before the first draw (see the class doc)."""
+        if self._copy is None:
+            return
+        info = get_worker_info()
+        labels = _encode("copy", self._copy, self._calls, "-" if info is None else info.seed)
+        self._key = hashlib.blake2b(labels, key=self._key, digest_size=KEY_BYTES, person=_COPY_PERSON).digest()
+        self._copy = None
+
+    def _before_copy(self) -> None:
+        with self._lock:  # waits for another thread's reserve; a copy settles before it is copied further
+            self._settle()
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()  # another thread of the parent may have held it across the fork
+        self._copy = self._sent
 
     @property
     def position(self) -> int:
@@ -172,7 +273,7 @@ class KeyStream:
         """An independent stream for ``labels`` (a sample index, a worker seed, …): keyed BLAKE2b of the labels under
         this stream's key, a PRF, so distinct labels give unrelated 256-bit keys."""
         return KeyStream(
-            hashlib.blake2b(_encode(*labels), key=self._key, digest_size=KEY_BYTES, person=_PERSON).digest()
+            hashlib.blake2b(_encode(*labels), key=self._root, digest_size=KEY_BYTES, person=_PERSON).digest()
         )
 
     def words(self, shape: tuple[int, ...] | int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -186,6 +287,7 @@ class KeyStream:
         if n > _MAX_WORDS:
             raise ValueError(f"one call draws at most {_MAX_WORDS} words (a 32-bit ChaCha20 block counter), got {n}")
         with self._lock:
+            self._settle()
             call, self._calls = self._calls, self._calls + 1
         return call
 
@@ -200,14 +302,15 @@ class KeyStream:
             raise ValueError(f"words {start}..{start + n - 1} lie outside one call's {_MAX_WORDS} words")
         device = torch.device(device)
         first, skip = divmod(start, 8)
+        key = self.key
         if device.type == "cuda" and keystream_cuda.available():
-            words = keystream_cuda.chacha20_words(self._key, call, first, skip + n, device)
+            words = keystream_cuda.chacha20_words(key, call, first, skip + n, device)
             if words is not None:
                 return words[skip:]
         words = torch.empty(skip + n + 8, dtype=torch.int64)  # 64 spare bytes: update_into's slack for the last block
         out = memoryview(words.numpy()).cast("B")
         nonce = first.to_bytes(4, "little") + call.to_bytes(12, "little")
-        encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), None).encryptor()
+        encryptor = Cipher(algorithms.ChaCha20(key, nonce), None).encryptor()
         size = 8 * (skip + n)
         for offset in range(0, size, len(_ZEROS)):
             encryptor.update_into(memoryview(_ZEROS)[: min(len(_ZEROS), size - offset)], out[offset:])
@@ -220,11 +323,20 @@ class KeyStream:
         return self.words(shape, device).bitwise_right_shift_(11).double().mul_(2.0**-53).add_(0.5)
 
     def __getstate__(self) -> dict:
-        return {"key": self._key, "calls": self._calls}
+        copy = self._sent_to_new_process()
+        state = {"key": self._root, "calls": self._calls, "sent": self._sent}
+        if self._key != self._root:
+            state["drawn"] = self._key
+        if copy is not None or self._copy is not None:
+            state["copy"] = self._copy if copy is None else copy
+        return state
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["key"])
+        self._key = state.get("drawn", self._key)
         self._calls = state["calls"]
+        self._sent = state.get("sent", 0)
+        self._copy = state.get("copy")
 
     def __repr__(self) -> str:
         return f"KeyStream(<{8 * KEY_BYTES}-bit key>, calls={self._calls})"
@@ -276,7 +388,7 @@ def _generator_key(generator: torch.Generator) -> KeyStream:
     return KeyStream(digest.digest())
 
 
-class NoiseSource:
+class NoiseSource(_Copied):
     """Where a layer's randomness comes from, resolved per call, per process and per DataLoader worker.
 
     * ``secure=True``: a :class:`KeyStream` keyed with fresh OS entropy for every call; no generator or seed is
@@ -294,8 +406,9 @@ class NoiseSource:
     position, how many processes it was sent to before this one (counted at each fork and each pickle for a spawned
     process), and the worker's seed, which DataLoader draws anew for every worker of every epoch. Workers then draw
     independent streams, also when one layer serves two loaders seeded alike, and stay reproducible from run to run
-    of a seeded program. Copies of a seeded layer outside DataLoader workers (``copy.deepcopy``, other processes)
-    replay its stream, as a copied seed would.
+    of a seeded program. Copies of a seeded layer in the same process (``copy.deepcopy``, ``pickle``) replay its
+    stream, as a copied seed would; in another process outside DataLoader workers its :class:`KeyStream` re-keys
+    itself (see there), while a torch generator replays.
     """
 
     def __init__(self, *, generator: Randomness = None, seed: int | None = None, secure: bool = False):
@@ -311,13 +424,11 @@ class NoiseSource:
         self._stream = KeyStream.from_seed(seed) if seed is not None else generator
         self._worker_seed: int | None = None
         self._pid: int | None = None  # the process that keyed a fresh stream
-        self._sent = 0  # processes this source was forked or pickled into, to be started
-        with _REGISTRY:
-            _SOURCES.add(self)
+        self._sent = 0  # processes this source was forked or pickled into (for a process being started)
+        self._track()
 
     def __getstate__(self) -> dict:
-        if multiprocessing.context.get_spawning_popen() is not None:  # pickled for a process being started
-            self._sent += 1
+        self._sent_to_new_process()
         state = self.__dict__.copy()
         if self._fresh:
             state["_stream"], state["_pid"] = None, None  # never travels: a copy keys itself
@@ -331,8 +442,7 @@ class NoiseSource:
         if isinstance(state["_stream"], tuple):
             state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
-        with _REGISTRY:
-            _SOURCES.add(self)
+        self._track()
 
     def generator_for(self) -> KeyStream | torch.Generator:
         """The randomness of this call's noise."""
@@ -350,22 +460,25 @@ class NoiseSource:
         return self._stream
 
 
-_SOURCES: weakref.WeakSet[NoiseSource] = weakref.WeakSet()
-_REGISTRY = threading.Lock()  # guards _SOURCES
-
-
-def _count_fork() -> None:
-    with _REGISTRY:
-        for source in list(_SOURCES):
-            source._sent += 1
-
-
-os.register_at_fork(before=_count_fork)
-
-
 def check_randomness(generator: object) -> None:
     if generator is not None and not isinstance(generator, (torch.Generator, KeyStream)):
         raise TypeError(f"generator must be a torch.Generator, a KeyStream or None, got {type(generator).__name__}")
+
+
+def check_call_randomness(generator: object) -> None:
+    """The randomness given for one call (not to a layer): refuse a torch generator inside a DataLoader worker.
+
+    DataLoader copies it into every worker with the same state, and on the CPU it keeps 32 bits of its seed; nothing
+    tells a per-call generator apart from the copy of another worker, so workers would draw the same noise. A
+    :class:`KeyStream` re-keys itself per worker, and a layer splits its own seed or generator per worker."""
+    check_randomness(generator)
+    if isinstance(generator, torch.Generator) and get_worker_info() is not None:
+        raise ValueError(
+            "a torch.Generator given for one call in a DataLoader worker is refused: DataLoader copies it into every "
+            "worker with the same state (and on the CPU it keeps only 32 bits of its seed), so the workers would draw "
+            "the same noise. Pass a KeyStream (KeyStream.from_seed(seed): it re-keys itself in each worker), or give "
+            "the seed or generator to the layer (DPPixelize(..., seed=...)), which splits it per worker"
+        )
 
 
 def _freeze(generator: torch.Generator) -> tuple[str, bytes]:

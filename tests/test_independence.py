@@ -5,14 +5,24 @@ Pearson correlation between two noise fields is within 5/sqrt(n) of 0 (false-fai
 would give a correlation of 1.
 """
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from dp_pixel_torch import DPPixelize
+from dp_pixel_torch import (
+    DPPixelize,
+    KeyStream,
+    PrivacyAccountant,
+    RegionAdaptiveDPPixelize,
+    dp_pixelize,
+    dp_pixelize_adaptive,
+)
 
 from conftest import assert_uncorrelated, generator, grey
 
@@ -122,8 +132,184 @@ def test_pickle_round_trip_keeps_the_generator_state():
     assert torch.equal(layer(x), clone(x))
 
 
+# --- explicit randomness given to the functional API inside DataLoader workers (issue 18, finding 6) ------------------
+
+SMALL = 32  # n = 1,024 noise values per image: 5/sqrt(n) = 0.16
+
+
+class GreyThroughFunctions(Dataset):
+    """Every item is the same mid-grey image, released by ``dp_pixelize(..., generator=randomness)`` in the worker."""
+
+    def __init__(self, randomness, n: int = 2):
+        self.randomness, self.n = randomness, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return dp_pixelize(grey(1, SMALL, SMALL), EPS, 1, generator=self.randomness)
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["fresh-workers", "persistent"])
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_generator_given_to_functions_in_workers_is_split_per_worker(context, persistent):
+    """DataLoader copies a KeyStream into every worker with the same key and position: ``dp_pixelize(x, ...,
+    generator=stream)`` drew the same noise in every worker and every epoch (correlation 1). A copy in another process
+    now re-keys itself before its first draw there; the parent keeps its stream."""
+    stream = KeyStream.from_seed(7)
+    loader = DataLoader(
+        GreyThroughFunctions(stream),
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=context,
+        persistent_workers=persistent,
+        generator=torch.Generator().manual_seed(0),
+    )
+    items = [item for _ in range(2) for item in loader]  # items 0, 2 from worker 0; 1, 3 from worker 1
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert_uncorrelated(items[i], items[j])  # workers, and epochs (a persistent worker's stream moved on)
+    assert stream.position == 0  # the parent drew nothing
+    parent = dp_pixelize(grey(1, SMALL, SMALL), EPS, 1, generator=stream)
+    assert all(not torch.equal(parent, item) for item in items)
+    assert torch.equal(parent, dp_pixelize(grey(1, SMALL, SMALL), EPS, 1, generator=KeyStream.from_seed(7)))
+
+
+class PerCallRelease(Dataset):
+    """Releases item i with the torch generator given to it; returns the error message if it is refused."""
+
+    def __init__(self, release, n: int = 2):
+        self.release, self.n = release, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            self.release(grey(1, SMALL, SMALL), torch.Generator().manual_seed(i))
+        except ValueError as error:
+            return str(error)
+        return "released"
+
+
+def _functional(x, g):
+    return dp_pixelize(x, EPS, 1, generator=g)
+
+
+def _adaptive(x, g):
+    return dp_pixelize_adaptive(x, EPS, levels=(2, 4), region="previous", generator=g)
+
+
+@pytest.mark.parametrize("release", ["dp_pixelize", "dp_pixelize_adaptive", "DPPixelize", "RegionAdaptiveDPPixelize"])
+def test_a_torch_generator_given_per_call_in_a_worker_is_refused(release, tmp_path):
+    """A torch generator given for one call is copied into every worker with the same state (and keeps 32 bits of
+    seed on the CPU): it is refused in a worker, with a message, before the accountant is charged; outside workers it
+    is used as given."""
+    ledger = tmp_path / "budget.sqlite"
+    layer = DPPixelize(EPS, 1, accountant=PrivacyAccountant(cap=10 * EPS, ledger=ledger))
+    calls = {
+        "dp_pixelize": _functional,
+        "dp_pixelize_adaptive": _adaptive,
+        "DPPixelize": lambda x, g: layer.release(x, generator=g),
+        "RegionAdaptiveDPPixelize": lambda x, g: RegionAdaptiveDPPixelize(
+            EPS, levels=(2, 4), region="complexity", partition_epsilon=1.0
+        ).release(x, generator=g),
+    }
+    call = calls[release]
+    loader = DataLoader(PerCallRelease(call), batch_size=None, num_workers=1)
+    for message in loader:
+        assert "torch.Generator given for one call in a DataLoader worker is refused" in message
+        assert "KeyStream" in message
+    assert PrivacyAccountant(cap=10 * EPS, ledger=ledger).spent == 0.0  # nothing was charged
+    call(grey(1, SMALL, SMALL), torch.Generator().manual_seed(0))  # outside a worker: used as given
+
+
+# --- a source made by another thread while the main thread forks (issue 18, fork race) ---------------------------------
+
+RACE = """
+import logging, os, sys, threading, time
+from dp_pixel_torch.noise import KeyStream, NoiseSource
+
+def child_report(made):
+    # In the child: every source the parent had finished is a counted copy, and every stream draws other words.
+    uncounted = sum(1 for s in list(made) if isinstance(s, NoiseSource) and s._sent < 1)
+    shared = sum(1 for s in list(made) if isinstance(s, KeyStream) and s.words(4).tolist() == s.derived_words)
+    return uncounted, shared
+
+def make(made):
+    for kind in (NoiseSource, KeyStream):
+        s = kind(seed=1) if kind is NoiseSource else KeyStream.from_seed(len(made))
+        if isinstance(s, KeyStream):
+            s.derived_words = KeyStream.from_seed(len(made)).words(4).tolist()  # what the parent draws next
+        made.append(s)
+
+made, stop = [], threading.Event()
+def maker():
+    while not stop.is_set():
+        make(made)
+        del made[:-200]
+sys.setswitchinterval(1e-6)
+threads = [threading.Thread(target=maker) for _ in range(2)]
+for t in threads:
+    t.start()
+
+def stall_the_fork():
+    # logging's fork hook runs after this library's: while it waits for logging's lock, a thread makes sources.
+    # Before the fix they were registered after the count, and the child held them uncounted.
+    with logging._lock:
+        ready.set()
+        time.sleep(0.05)  # the main thread is now in the fork, waiting for logging's lock
+        worker = threading.Thread(target=make, args=(made,), daemon=True)
+        worker.start()
+        worker.join(0.2)  # made at once, or (fixed) waits for the fork to end
+
+bad = [0, 0]
+for i in range(int(sys.argv[1])):
+    ready = threading.Event()
+    staller = None
+    if i % 5 == 0 and hasattr(logging, "_lock"):
+        staller = threading.Thread(target=stall_the_fork)
+        staller.start()
+        ready.wait()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.write(w, ("%d %d" % child_report(made)).encode())
+        os._exit(0)
+    os.close(w)
+    uncounted, shared = map(int, os.read(r, 100).split())
+    os.close(r)
+    os.waitpid(pid, 0)
+    if staller is not None:
+        staller.join()
+    bad[0] += uncounted
+    bad[1] += shared
+stop.set()
+for t in threads:
+    t.join()
+print("uncounted", bad[0], "shared", bad[1])
+"""
+
+
+def test_a_source_made_during_a_fork_is_counted_before_it_or_made_after_it(tmp_path):
+    """The fork hook counted the sources under its lock but released it before the fork: a NoiseSource made by another
+    thread in between was in the child uncounted, a copy that did not know it was one. The lock is now held across
+    the fork. Threads make sources and streams while the main thread forks; some forks are stalled in logging's fork
+    hook (which runs after this library's) while a thread makes more. Run in a fresh interpreter: forking a process
+    whose threads are in arbitrary states is not for the test runner's."""
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script), "40"], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["uncounted", "0", "shared", "0"], done.stdout
+
+
 def _in_forked_child(work) -> list:
-    """``work()`` run in a forked child: its result (a list of ints) comes back through a pipe."""
+    """``work()`` run in a forked child: its result (a list) comes back through a pipe."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -141,21 +327,27 @@ def _in_forked_child(work) -> list:
 def test_a_stream_copied_into_processes_draws_its_own_words_and_derives_the_same_children():
     """Each forked copy (a child, its own child, the parent's next child) draws other words than the parent and each
     other; derive() gives the same children everywhere (ReleasedOnce's per-sample streams); a pickle in the same
-    process replays the stream."""
+    process replays the stream, re-keyed or not."""
     stream = KeyStream.from_seed(11)
     child = stream.derive("sample", 3).words(4).tolist()
 
     def in_child():
         grandchild = _in_forked_child(lambda: stream.words(4).tolist())  # forked before the child drew
-        return [stream.derive("sample", 3).words(4).tolist(), stream.words(4).tolist(), grandchild]
+        drawn = stream.words(4).tolist()
+        clone = pickle.loads(pickle.dumps(stream))
+        return [
+            stream.derive("sample", 3).words(4).tolist(),
+            drawn,
+            grandchild,
+            clone.words(4).tolist() == stream.words(4).tolist(),
+        ]
 
-    derived, first, grandchild = _in_forked_child(in_child)
+    derived, first, grandchild, replayed = _in_forked_child(in_child)
     second = _in_forked_child(lambda: stream.words(4).tolist())
     assert derived == child
+    assert replayed
     own = stream.words(4).tolist()
     assert own == KeyStream.from_seed(11).words(4).tolist()  # the parent kept its stream
-    draws = [own, first, grandchild, second]
-    assert len({tuple(d) for d in draws}) == 4
-    assert torch.equal(pickle.loads(pickle.dumps(stream)).words(4), KeyStream.from_seed(11).words(4)[:0].new_tensor(
-        KeyStream.from_seed(11).uniform(1).new_empty(0).tolist() or stream.words(4).tolist()
-    )) or True
+    assert len({tuple(d) for d in [own, first, grandchild, second]}) == 4
+    clone = pickle.loads(pickle.dumps(stream))
+    assert torch.equal(clone.words(4), stream.words(4))
