@@ -443,7 +443,8 @@ def release_files(
     items with the same bytes as one already released are reported as duplicates and not released again.
     ``workers`` actors each hold the layer, ``num_gpus`` per actor; ``batch_size`` items per task and ``chunk``
     video frames per release bound the memory. A failed task is retried up to ``retries`` times and reproduces the
-    same release. Unreadable files are reported in the summary and skipped.
+    same release. Unreadable files are reported in the summary and skipped. Each actor releases with the layer's own
+    ``backend``: under ``"auto"`` an actor compiles only once its own eager calls have shown that compiling pays.
     """
     ray = import_ray()
     check_layer(layer)

@@ -136,7 +136,8 @@ def sanitize_stream(
             w-event window refuses a chunk, its frames are released one by one; a frame the window refuses goes out
             as nothing (a black frame in the video, no record in ``grids``) and is recorded with
             :meth:`~dp_pixel_torch.PrivacyAccountant.skip`, so the window slides on. The total cap (or a frame that
-            passes the window cap alone) stops the stream with :class:`~dp_pixel_torch.BudgetExceededError`.
+            passes the window cap alone) stops the stream with :class:`~dp_pixel_torch.BudgetExceededError`. The
+            layer's ``backend`` picks the kernels (``dp-pixel --backend``); it never changes the release.
         output: the released video file (codec from the suffix: .avi MJPG, .mp4 mp4v); None writes no video.
         grids: a file for the NoisyGrid records of every chunk (see :func:`~dp_pixel_torch.load_video`).
         fps: frame rate of the output (default: the input file's, else 25).
