@@ -558,7 +558,8 @@ def dp_pixelize_adaptive(
         protect_m: ``m_r >= m``, the pixels hidden inside the protected cells; None: all of them.
         region_from: ``"public"`` or ``"detector"`` (the map was found in the private image: the guarantee holds
             conditional on the disclosed positions, and says so).
-        Other arguments as :func:`dp_pixelize`; every other released cell sum gets noise of scale ``C·R·m/epsilon``.
+
+    Other arguments as :func:`dp_pixelize`; every other released cell sum gets noise of scale ``C·R·m/epsilon``.
     """
     split_threshold, split_fraction = check_split_rule(region, partition_epsilon, split_threshold, split_fraction)
     guarantee = adaptive_guarantee(
