@@ -10,18 +10,20 @@ Methods (:data:`METHODS`):
 * ``"fill"``: paint every cell with its value (the layer's own output).
 * ``"smooth"``: bilinear interpolation between cell centres; a region-adaptive release is interpolated level by
   level, so that a coarse cell becomes a smooth ramp instead of a flat block.
-* ``"denoise"``: an empirical-Bayes (Wiener) estimate of every cell mean, then ``"smooth"``. A precision-weighted
+* ``"denoise"``: an empirical-Bayes (Wiener) estimate of every cell mean, then a bilinear image whose mean over
+  every cell is that estimate (:func:`consistent`). A precision-weighted
   pyramid (pull) predicts every cell from its neighbourhood at coarser scales; going back down (push), each cell's
   value is shrunk toward that prediction by ``τ²/(τ² + σ²)``, where σ² is the cell's public noise variance and τ² the
-  local signal variance, estimated from the release (squared residuals minus the known noise, over 3×3 cells). Noisy
+  local signal variance, estimated from the release (squared residuals minus the known noise, over 5×5 cells). Noisy
   cells in flat regions are pulled in, edges and texture above the noise are kept, and as σ² → 0 the estimate tends to
-  the released values (``"smooth"``). A protected cell (huge σ²) takes its value from its neighbours in proportion to
+  the released values. A protected cell (huge σ²) takes its value from its neighbours in proportion to
   its variance: a smooth patch instead of saturated confetti. RGB is denoised in an orthonormal opponent colour basis,
   in which the noise stays independent with the same variance and the chroma, whose signal is weak, shrinks most.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -68,6 +70,31 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     return out.to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
 
 
+def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
+    """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (float64): the
+    bilinear image whose mean over every cell is that cell's value, so that no cell's mean is blurred into its
+    neighbours'. Reads: cell values and the public layout. Per axis, the cell means of the interpolated unit cells
+    form a tridiagonal matrix ``K`` (about ``[1/8, 3/4, 1/8]``, inverted once per layout): the image of coefficients
+    ``c`` has cell means ``K_rowsᵀ·c·K_cols``, so ``c = K_rows⁻ᵀ·values·K_cols⁻¹``."""
+    b = partition.block_side
+    rows = _inverse_cell_means(partition.row_sizes, b).to(values.device)
+    cols = _inverse_cell_means(partition.col_sizes, b).to(values.device)
+    return rows.T @ values @ cols
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_cell_means(sizes: tuple[int, ...], b: int | None) -> torch.Tensor:
+    """``K⁻¹`` along one axis of cells of ``sizes`` (interpolated as :func:`upsample` does), where ``K[i, j]`` is
+    the mean over cell ``j`` of the interpolated unit vector of cell ``i``."""
+    n, length = len(sizes), sum(sizes)
+    eye = torch.eye(n, dtype=torch.float64)[None, None]
+    up = F.interpolate(eye, size=(n, n * b if b is not None else length), mode="bilinear", align_corners=False)
+    running = F.pad(up[0, 0, :, :length].cumsum(1), (1, 0))
+    width = torch.tensor(sizes)
+    ends = width.cumsum(0)
+    return torch.linalg.inv((running[:, ends] - running[:, ends - width]) / width.double())
+
+
 def smooth_finest(grid: MultiLevelGrid, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
     """Level-0 cell values of a smooth region-adaptive image: float64 ``[..., C, rows_0, cols_0]``.
 
@@ -89,12 +116,12 @@ def smooth_finest(grid: MultiLevelGrid, released: list[torch.Tensor], values: li
 
 
 def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Empirical-Bayes estimates of the means behind noisy cell values ``y [N, rows, cols]`` (float64) observed with
+    """Empirical-Bayes estimates of the means behind noisy cell values ``y [N, rows, cols]`` (floating) observed with
     independent noise of known ``variance`` (broadcastable to ``y``): a precision-weighted pull-push pyramid.
 
     Reads: the values and their public variances. Pull: 2×2 precision-weighted means up to one cell. Push: each
     level's cells are predicted by bilinear interpolation of the level above (prediction variance ``v_m``), the local
-    signal variance is ``τ² = max(0, mean over 3×3 of (y - m)² - σ² - v_m)`` weighted by ``1/(σ² + v_m)²`` (so that
+    signal variance is ``τ² = max(0, mean over 5×5 of (y - m)² - σ² - v_m)`` weighted by ``1/(σ² + v_m)²`` (so that
     cells of huge variance do not swamp it), and the estimate is ``m + (τ² + v_m)/(τ² + v_m + σ²)·(y - m)``.
     """
     variance = variance.expand_as(y)
@@ -110,7 +137,7 @@ def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         v_m = upsample(spread.unsqueeze(1), halves).squeeze(1)
         weight = 1.0 / (v_ + v_m).square()
         excess = weight * ((y_ - m).square() - v_ - v_m)
-        tau2 = (_box3(excess) / _box3(weight)).clamp_(min=0.0)
+        tau2 = (_local_mean(excess) / _local_mean(weight)).clamp_(min=0.0)
         prior = tau2 + v_m
         estimate = m + prior / (prior + v_) * (y_ - m)
         spread = prior * v_ / (prior + v_)
@@ -123,8 +150,9 @@ def _pool_sum(x: torch.Tensor) -> torch.Tensor:
     return x.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
 
 
-def _box3(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(x.unsqueeze(1), 3, stride=1, padding=1, count_include_pad=False).squeeze(1)
+def _local_mean(x: torch.Tensor) -> torch.Tensor:
+    """Means over the 5×5 cells around every cell of ``[N, rows, cols]`` (fewer at the borders)."""
+    return F.avg_pool2d(x.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
 
 
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
@@ -137,9 +165,9 @@ def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     rgb = channels == 3
     if rgb:
         values = torch.einsum("ij,...jhw->...ihw", _OPPONENT.to(values.device), values)
-    variance = variance.expand_as(values)
-    flat = wiener_pyramid(values.reshape(-1, *values.shape[-2:]), variance.reshape(-1, *values.shape[-2:]))
-    estimate = flat.reshape(values.shape)
+    variance = variance.expand_as(values).float()  # float32: 2x faster, far below the noise in precision
+    flat = wiener_pyramid(values.float().reshape(-1, *values.shape[-2:]), variance.reshape(-1, *values.shape[-2:]))
+    estimate = flat.double().reshape(values.shape)
     if rgb:
         estimate = torch.einsum("ji,...jhw->...ihw", _OPPONENT.to(values.device), estimate)
     return estimate
@@ -188,6 +216,8 @@ def restore_cells(
         if method == "denoise":
             values = denoise_adaptive(layout, released, values, variances)
         cells, partition = smooth_finest(layout, released, values), layout.partition(0)
+    if method == "denoise":
+        cells = consistent(cells, partition)
     lo, hi = value_range
     cells = cells.clamp(lo, hi)
     if dtype == torch.uint8:
