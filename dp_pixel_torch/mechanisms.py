@@ -486,9 +486,10 @@ class Restore(Transform):
         return self.restore(inpt)
 
     @torch.no_grad()
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        """The restored image of a released image ``x [..., C, H, W]`` (same shape and dtype)."""
-        x, bounds = check_input(x, self.value_range, "released image")
+    def restore(self, released: torch.Tensor) -> torch.Tensor:
+        """The restored image of a released image ``[..., C, H, W]`` (same shape and dtype). Reads: that image, the
+        public guarantee and the value range."""
+        x, bounds = check_input(released, self.value_range, "released image")
         if x.numel() == 0:
             return x.clone()
         g = self.guarantee

@@ -73,7 +73,8 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
 def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (float64): the
     bilinear image whose mean over every cell is that cell's value, so that no cell's mean is blurred into its
-    neighbours'. Reads: cell values and the public layout. Per axis, the cell means of the interpolated unit cells
+    neighbours' (up to the clipping of the coefficients to the value range, at the strongest edges). Reads: cell
+    values and the public layout. Per axis, the cell means of the interpolated unit cells
     form a tridiagonal matrix ``K`` (about ``[1/8, 3/4, 1/8]``, inverted once per layout): the image of coefficients
     ``c`` has cell means ``K_rowsᵀ·c·K_cols``, so ``c = K_rows⁻ᵀ·values·K_cols⁻¹``."""
     b = partition.block_side
@@ -144,15 +145,15 @@ def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     return estimate
 
 
-def _pool_sum(x: torch.Tensor) -> torch.Tensor:
+def _pool_sum(cells: torch.Tensor) -> torch.Tensor:
     """Sums over 2×2 blocks of ``[N, rows, cols]`` (the last block cut short when a side is odd)."""
-    x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-    return x.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
+    cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
+    return cells.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
 
 
-def _local_mean(x: torch.Tensor) -> torch.Tensor:
+def _local_mean(cells: torch.Tensor) -> torch.Tensor:
     """Means over the 5×5 cells around every cell of ``[N, rows, cols]`` (fewer at the borders)."""
-    return F.avg_pool2d(x.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
+    return F.avg_pool2d(cells.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
 
 
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:

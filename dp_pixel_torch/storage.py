@@ -162,13 +162,15 @@ class NoisyGrid:
         return restore_cells(layout, released, values, self._variances(), method, self.dtype, self.value_range)
 
     def noise_variance(self) -> tuple[torch.Tensor, ...]:
-        """The public noise law: the variance of every stored value around its exact cell mean, float64 in the
+        """The public noise law: the variance of every stored value around its exact cell mean (the zero-padded mean
+        ``sum/b²`` under ``border="zero_pad"``), float64 in the
         layout of :attr:`values` (image units², before clipping).
 
         It is the variance of the noise on the cell sum (:meth:`PrivacyGuarantee.sum_noise_variance`: discrete or
         continuous Laplace at the scale of the cell, with the protected cells' ``m_r``), divided by the cell's
         divisor squared (its area, or ``b²`` under ``border="zero_pad"``), in image units, plus ``step²/12`` when
-        the values are rounded to the 255-step lattice (uint8 images, or uint8 storage; ``step = (hi-lo)/255``).
+        the values are rounded to the 255-step lattice (uint8 images, or uint8 storage; ``step = (hi-lo)/255``), which
+        is exact when the noise spans many steps and an upper bound of the rounding's share when it spans about one.
         float16 storage rounds too (relative error below 2⁻¹¹), which is not counted. For discrete noise on float
         images, the exact mean is that of the image rounded to the 1/255 lattice. Reads the layout and guarantee.
         """
