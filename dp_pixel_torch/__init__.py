@@ -1,10 +1,10 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
-from . import detectors, functional, kernels, reference
+from . import detectors, functional, kernels, reference, restoration
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant, PrivacyGuarantee
 from .detectors import ProtectDetected
 from .functional import dp_pixelize, dp_pixelize_adaptive
-from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
+from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize, Restore
 from .noise import KeyStream
 from .partitions import GridPartition, MultiLevelGrid
 from .storage import NoisyGrid, NoisyGridFormatError, load_video, save_video
@@ -24,6 +24,7 @@ __all__ = [
     "ProtectDetected",
     "RegionAdaptiveDPPixelize",
     "ReleasedOnce",
+    "Restore",
     "dp_pixelize",
     "detectors",
     "dp_pixelize_adaptive",
@@ -31,6 +32,7 @@ __all__ = [
     "kernels",
     "load_video",
     "reference",
+    "restoration",
     "save_video",
 ]
 __version__ = "0.1.0"

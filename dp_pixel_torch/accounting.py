@@ -17,7 +17,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ._validation import check_cells, check_choice, check_epsilon, check_positive_int
+from .noise import discrete_laplace_variance
 
 NOISE_KINDS = ("discrete", "laplace")
 BORDERS = ("area", "zero_pad")
@@ -137,6 +140,14 @@ class PrivacyGuarantee:
         ``m`` for the protected cells' ``m_r``."""
         c = 1 if self.channel_rule == "per_channel" else channels
         return c * value_range * (self.m if m is None else m) / self.epsilon
+
+    def sum_noise_variance(self, channels: int, value_range: float, m: int | torch.Tensor | None = None):
+        """Variance of the noise on every released cell sum, in the units of the sums (the public noise law):
+        ``2a/(1-a)²`` with ``a = exp(-1/scale)`` for discrete Laplace, ``2·scale²`` for continuous Laplace, at
+        :meth:`noise_scale`. ``m`` may be a tensor of pixel counts (one ``m_r`` per image): a float64 tensor then."""
+        m = self.m if m is None else m
+        scale = self.noise_scale(channels, value_range, 1) * (m.double() if isinstance(m, torch.Tensor) else m)
+        return discrete_laplace_variance(scale) if self.noise == "discrete" else 2.0 * scale**2
 
     def __str__(self) -> str:
         return self.report()

@@ -5,6 +5,7 @@
     dp-pixel clip.mp4 -o released.avi --epsilon 0.1 --levels 8 16 32 --region complexity --partition-epsilon 0.02 \\
         --cap 60 --ledger camera1.sqlite --grids clip.dpxg
     dp-pixel street.mp4 -o released.avi --epsilon 1 --b 8 --protect faces --protect-cell 32
+    dp-pixel photo.jpg -o restored.png --epsilon 1 --b 8 --restore denoise
     dp-pixel archive/ -o released/ --epsilon 1 --b 8 --ray head:6379 --workers 8 --gpus 1 --key-file run.key
     dp-pixel archive/2024 -o released/ --epsilon 1 --b 8 --ray head:6379 --key-file run.key --resume
 
@@ -20,7 +21,9 @@ CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protec
 ``--backend`` picks the kernels (see :mod:`dp_pixel_torch.kernels`): ``auto`` compiles only once a long run has
 shown that compiling pays, and never changes the output. An option the input cannot use (``--grids`` on an image,
 ``--device`` under ``--ray``, ``--workers`` without it) is refused rather than ignored.
-The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
+``--restore smooth|denoise`` turns the released cells into pixels by interpolation, or by an estimate under the public
+noise law (see :mod:`dp_pixel_torch.restoration`): post-processing of the release, no ε; ``--grids`` still holds the
+released grids. The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
 with a non-zero status and a one-line message.
 """
 
@@ -38,6 +41,7 @@ from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccoun
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
 from .kernels import BACKENDS
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
+from .restoration import METHODS
 from .storage import NoisyGridFormatError
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
@@ -90,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         help="auto: compile the kernels only once a long run has shown it pays (default); compiled; eager",
     )
     p.add_argument("--seed", type=int, help="reproducible noise for experiments (never in deployment)")
+    p.add_argument(
+        "--restore",
+        choices=METHODS,
+        default="fill",
+        help="how released cells become pixels: fill (flat cells, default), smooth, or denoise under the public "
+        "noise law (post-processing, no ε)",
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -215,6 +226,8 @@ def run_on_ray(args: argparse.Namespace) -> str:
     """``--ray``: every image and video of the input, each released exactly once under the run key."""
     from .distributed import RunKey, connect, list_items, release_files
 
+    if args.restore != "fill":
+        raise ValueError("--restore applies to images, folders and videos released here, not under --ray")
     if args.seed is not None or args.cap is not None or args.ledger is not None or args.grids is not None:
         raise ValueError(
             "--ray keys every item from its run key and writes a record per item: drop --seed, --cap, "
@@ -257,6 +270,11 @@ def run_on_ray(args: argparse.Namespace) -> str:
     return text
 
 
+def released(layer, image: torch.Tensor, method: str) -> torch.Tensor:
+    """The layer's released image, restored by ``method`` from its release (post-processing)."""
+    return layer(image) if method == "fill" else layer.release(image).restore(method)
+
+
 def run(args: argparse.Namespace) -> str:
     if args.ray is not None:
         return run_on_ray(args)
@@ -278,7 +296,7 @@ def run(args: argparse.Namespace) -> str:
         if not images:
             raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         for path in images:
-            write_image(layer(read_image(path).to(device)), args.output / (path.stem + ".png"))
+            write_image(released(layer, read_image(path).to(device), args.restore), args.output / (path.stem + ".png"))
         summary = f"{len(images)} images written to {args.output}"
     elif kind == "video":
         report = sanitize_stream(
@@ -290,10 +308,11 @@ def run(args: argparse.Namespace) -> str:
             chunk=args.chunk or CHUNK,
             device=device,
             progress=not args.quiet,
+            restore=args.restore,
         )
         summary = f"{report}; video written to {args.output}" + (f", grids to {args.grids}" if args.grids else "")
     else:
-        write_image(layer(read_image(source).to(device)), args.output)
+        write_image(released(layer, read_image(source).to(device), args.restore), args.output)
         summary = f"image written to {args.output}"
     if isinstance(layer, ProtectDetected):
         summary += (

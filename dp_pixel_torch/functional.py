@@ -45,12 +45,20 @@ def cell_levels(x: torch.Tensor, guarantee: PrivacyGuarantee, value_range: tuple
     (R = hi - lo). A per-pixel map keeps neighbours neighbours, so the sensitivity is unchanged.
     """
     lo, hi = value_range
+    span = level_span(x.dtype, guarantee.noise, value_range)
     if x.dtype == torch.uint8:
-        return x.contiguous(), float(LEVELS)
+        return x.contiguous(), span
     if guarantee.noise == "discrete":
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        return (work - lo).mul_(LEVELS / (hi - lo)).round_().clamp_(0, LEVELS).to(torch.uint8), float(LEVELS)
-    return x.contiguous(), hi - lo
+        return (work - lo).mul_(LEVELS / (hi - lo)).round_().clamp_(0, LEVELS).to(torch.uint8), span
+    return x.contiguous(), span
+
+
+def level_span(dtype: torch.dtype, noise: str, value_range: tuple[float, float]) -> float:
+    """The range R of the values the cell sums run over (public): 255 levels for uint8 images and for discrete noise
+    on floats, else ``hi - lo``."""
+    lo, hi = value_range
+    return float(LEVELS) if dtype == torch.uint8 or noise == "discrete" else hi - lo
 
 
 def noisy_values(

@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import is_pure_tensor
 
-from ._validation import check_generator_device, check_input, check_value_range
+from ._validation import check_choice, check_generator_device, check_input, check_value_range
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .functional import (
     adaptive_cell_values,
@@ -34,6 +34,7 @@ from .functional import (
 from .kernels import check_backend, choose
 from .noise import KeyStream, NoiseSource, Randomness, check_call_randomness
 from .partitions import GridPartition, MultiLevelGrid
+from .restoration import METHODS
 from .storage import NoisyGrid
 
 _PIL_MODES = ("L", "RGB", "RGBA")
@@ -430,3 +431,80 @@ class RegionAdaptiveDPPixelize(_DPLayer):
             f"partition_epsilon={g.partition_epsilon:g}, noise={g.noise!r}, border={g.border!r}"
             + (f", protect=True, protect_m={g.protect_m}, region_from={g.region_from!r}" if g.protect else "")
         )
+
+
+class Restore(Transform):
+    """Restore the output of a uniform DP layer from that image and the layer's PUBLIC guarantee alone: a torchvision
+    v2 transform to put after the layer in a ``v2.Compose`` (post-processing, no ε).
+
+    Each cell of a released image is filled with its released value, so the cell values are read back from the
+    image (an image whose cells are not constant is refused: it is not a release of this guarantee), and restored by
+    ``method`` (:meth:`NoisyGrid.restore <dp_pixel_torch.storage.NoisyGrid.restore>`: ``"fill"``, ``"smooth"`` or
+    ``"denoise"``, the default) under the public noise law of ``guarantee``. Reads: the released image, the
+    guarantee and the value range; never the original.
+
+    Args:
+        guarantee_or_layer: a :class:`DPPixelize` (its guarantee and value range are read) or a uniform
+            :class:`~dp_pixel_torch.PrivacyGuarantee`. Region-adaptive layouts cannot be read back from the image:
+            keep the release (``layer.release(x)``) and call ``NoisyGrid.restore(method)`` instead.
+        method: ``"fill"``, ``"smooth"`` or ``"denoise"``.
+        value_range: ``(lo, hi)`` of float images (default: the layer's, else [0, 1]).
+
+    Takes what the layer returns (tensors ``[..., C, H, W]``, ``tv_tensors.Image``/``Video``, PIL images) and returns
+    the same type, shape and dtype; other inputs of a sample pass through.
+    """
+
+    _transformed_types = (is_pure_tensor, tv_tensors.Image, tv_tensors.Video, PIL.Image.Image)
+
+    def __init__(
+        self,
+        guarantee_or_layer: PrivacyGuarantee | _DPLayer,
+        method: str = "denoise",
+        value_range: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        guarantee = getattr(guarantee_or_layer, "guarantee", guarantee_or_layer)
+        if not isinstance(guarantee, PrivacyGuarantee):
+            raise TypeError(f"Restore needs a DP layer or a PrivacyGuarantee, got {type(guarantee_or_layer).__name__}")
+        if guarantee.levels is not None:
+            raise ValueError(
+                "Restore reads uniform releases: the cells of a region-adaptive release cannot be recovered from its "
+                "image. Keep the release (layer.release(x)) and call NoisyGrid.restore(method) on it"
+            )
+        self.guarantee = guarantee
+        self.method = check_choice(method, "method", METHODS)
+        if value_range is None:
+            value_range = getattr(guarantee_or_layer, "value_range", None)
+        self.value_range = None if value_range is None else tuple(value_range)
+        check_value_range(self.value_range, torch.float32)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            return TF.to_pil_image(self.restore(TF.pil_to_tensor(inpt)), mode=inpt.mode)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)):
+            return tv_tensors.wrap(self.restore(inpt.as_subclass(torch.Tensor)), like=inpt)
+        return self.restore(inpt)
+
+    @torch.no_grad()
+    def restore(self, released: torch.Tensor) -> torch.Tensor:
+        """The restored image of a released image ``[..., C, H, W]`` (same shape and dtype). Reads: that image, the
+        public guarantee and the value range."""
+        x, bounds = check_input(released, self.value_range, "released image")
+        if x.numel() == 0:
+            return x.clone()
+        g = self.guarantee
+        partition = GridPartition.for_cells(*x.shape[-2:], g.b, g.grid)
+        means = partition.cell_sums(x.contiguous()).double() / partition.counts(x.device)
+        values = (means.round_() if x.dtype == torch.uint8 else means).to(x.dtype)
+        if not torch.equal(partition.fill(values), x):
+            raise ValueError(
+                f"the image is not a release of {g.b or g.grid} cells: some cell is not constant (was Restore put "
+                "before the DP layer, or after a transform that moves pixels?)"
+            )
+        grid = NoisyGrid.from_release(tuple(x.shape), x.dtype, bounds, g, [values], storage="exact")
+        return like_layout(grid.restore(self.method), x)
+
+    def extra_repr(self) -> str:
+        g = self.guarantee
+        cells = f"b={g.b}" if g.b is not None else f"grid={g.grid}"
+        return f"method={self.method!r}, epsilon={g.epsilon:g}, {cells}, m={g.m}, noise={g.noise!r}"

@@ -119,10 +119,14 @@ def half_one_plus_a(scale: float) -> float:
     return (1.0 + float(np.exp(-1.0 / scale))) / 2.0
 
 
-def discrete_laplace_variance(scale: float) -> float:
-    """Exact variance of :func:`discrete_laplace_noise` at ``scale``."""
-    a = float(np.exp(-1.0 / scale))
-    return 2.0 * a / (1.0 - a) ** 2
+def discrete_laplace_variance(scale: float | torch.Tensor) -> float | torch.Tensor:
+    """Exact variance ``2a/(1-a)²`` of :func:`discrete_laplace_noise` at ``scale`` (a float, or a float64 tensor of
+    scales, elementwise)."""
+    if isinstance(scale, torch.Tensor):
+        a, one_minus_a = torch.exp(-1.0 / scale), -torch.expm1(-1.0 / scale)
+    else:
+        a, one_minus_a = float(np.exp(-1.0 / scale)), -float(np.expm1(-1.0 / scale))
+    return 2.0 * a / one_minus_a**2
 
 
 #: Bytes of a stream key: 256 bits, so that derived keys collide with probability ~n²·2^-257.

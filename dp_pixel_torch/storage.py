@@ -35,8 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._validation import check_choice
 from .accounting import PrivacyGuarantee
+from .functional import level_span, protected_m
 from .partitions import GridPartition, MultiLevelGrid
+from .restoration import METHODS, restore_cells
 
 MAGIC = b"DPXG"
 VERSION = 1
@@ -141,26 +144,89 @@ class NoisyGrid:
             object.__setattr__(self, "_released_cells", self._layout().released(list(self.split)))
         return self._released_cells
 
-    def restore(self) -> torch.Tensor:
-        """The released images, ``self.shape`` in ``self.dtype``: exactly what the layer returned when the storage
-        dtype holds the released values exactly (uint8 images; float32 storage of float32 images)."""
-        values = [self._decode(v) for v in self.values]
-        layout = self._layout()
-        if isinstance(layout, GridPartition):
-            return layout.fill(values[0])
+    def restore(self, method: str = "fill") -> torch.Tensor:
+        """The released images, ``self.shape`` in ``self.dtype``, restored from the stored cell values alone
+        (post-processing, no budget; see :mod:`dp_pixel_torch.restoration`).
+
+        ``method``: ``"fill"`` (default) paints each cell with its value, exactly what the layer returned when the
+        storage dtype holds the released values exactly (uint8 images; float32 storage of float32 images);
+        ``"smooth"`` interpolates between cell centres; ``"denoise"`` estimates every cell mean under the public
+        noise law (:meth:`noise_variance`), then smooths. Reads the stored values, the layout and the guarantee.
+        """
+        check_choice(method, "method", METHODS)
+        layout, released = self._layout(), self._released()
+        if method == "fill":
+            values = self._dense([self._decode(v) for v in self.values])
+            return layout.fill(values[0]) if released is None else layout.fill(released, values)
+        values = self._dense([self._decode(v, torch.float64) for v in self.values])
+        return restore_cells(layout, released, values, self._variances(), method, self.dtype, self.value_range)
+
+    def noise_variance(self) -> tuple[torch.Tensor, ...]:
+        """The public noise law: the variance of every stored value around its exact cell mean (the zero-padded mean
+        ``sum/b²`` under ``border="zero_pad"``), float64 in the
+        layout of :attr:`values` (image units², before clipping).
+
+        It is the variance of the noise on the cell sum (:meth:`PrivacyGuarantee.sum_noise_variance`: discrete or
+        continuous Laplace at the scale of the cell, with the protected cells' ``m_r``), divided by the cell's
+        divisor squared (its area, or ``b²`` under ``border="zero_pad"``), in image units, plus ``step²/12`` when
+        the values are rounded to the 255-step lattice (uint8 images, or uint8 storage; ``step = (hi-lo)/255``), which
+        is exact when the noise spans many steps and an upper bound of the rounding's share when it spans about one.
+        float16 storage rounds too (relative error below 2⁻¹¹), which is not counted. For discrete noise on float
+        images, the exact mean is that of the image rounded to the 1/255 lattice. Reads the layout and guarantee.
+        """
+        variances = [v.expand(*self.shape[:-2], *v.shape[-2:]) for v in self._variances()]
         released = self._released()
+        if released is None:
+            return (variances[0].contiguous(),)
+        return tuple(v[r.unsqueeze(-3).expand_as(v)] for v, r in zip(variances, released))
+
+    def noise_variance_map(self) -> torch.Tensor:
+        """:meth:`noise_variance` of the value that covers every pixel: float64 ``self.shape``."""
+        variances = [v.expand(*self.shape[:-2], *v.shape[-2:]) for v in self._variances()]
+        layout, released = self._layout(), self._released()
+        return layout.fill(variances[0]) if released is None else layout.fill(released, variances)
+
+    def _variances(self) -> list[torch.Tensor]:
+        """:meth:`noise_variance` dense per level: float64 ``[..., 1, rows_l, cols_l]`` (the same for every channel)."""
+        g, layout = self.guarantee, self._layout()
+        lo, hi = self.value_range
+        span = level_span(self.dtype, g.noise, self.value_range)
+        rounding = ((hi - lo) / 255) ** 2 / 12 if self.storage == "uint8" else 0.0
+        device, lead = self.values[0].device, self.shape[:-3]
+        if isinstance(layout, GridPartition):
+            partitions, sides = [layout], [g.b]
+        else:
+            partitions, sides = [layout.partition(level) for level in range(len(g.levels))], list(g.levels)
+        variances = []
+        for level, (partition, side) in enumerate(zip(partitions, sides)):
+            m = None
+            if g.protect and level == len(partitions) - 1:
+                m = protected_m(layout, g, [s.to(device) for s in self.split])
+            law = g.sum_noise_variance(self.shape[-3], span, m)
+            law = law.reshape(*law.shape, 1, 1, 1) if isinstance(law, torch.Tensor) else torch.tensor(law)
+            divisor = partition.counts(device).double() if g.border == "area" else float(side**2)
+            v = law.to(device, torch.float64) / divisor**2 * ((hi - lo) / span) ** 2 + rounding
+            variances.append(v.expand(*lead, 1, *partition.shape))
+        return variances
+
+    def _dense(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Stored values as dense per-level tensors ``[..., C, rows_l, cols_l]`` (zero where not released)."""
+        released = self._released()
+        if released is None:
+            return values
         channels = self.shape[-3]
         dense = []
         for mask, v in zip(released, values):
             full = mask.unsqueeze(-3).expand(*mask.shape[:-2], channels, *mask.shape[-2:])
             dense.append(torch.zeros(full.shape, dtype=v.dtype, device=v.device).masked_scatter_(full, v))
-        return layout.fill(released, dense)
+        return dense
 
-    def _decode(self, v: torch.Tensor) -> torch.Tensor:
+    def _decode(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
         if v.dtype == torch.uint8 and self.dtype != torch.uint8:
             lo, hi = self.value_range
-            return (v.double() * ((hi - lo) / 255) + lo).clamp_(lo, hi).to(self.dtype)  # rounding stays in range
-        return v.to(self.dtype)
+            return (v.double() * ((hi - lo) / 255) + lo).clamp_(lo, hi).to(dtype)  # rounding stays in range
+        return v.to(dtype)
 
     # --- serialisation -------------------------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ._validation import check_device, check_epsilon, check_positive_int
+from ._validation import check_choice, check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, PrivacyAccountant
 from .mechanisms import _DPLayer
+from .restoration import METHODS
 from .storage import NoisyGrid
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm")
@@ -126,6 +127,7 @@ def sanitize_stream(
     chunk: int = 16,
     device: str | torch.device | None = None,
     progress: bool = True,
+    restore: str = "fill",
 ) -> StreamReport:
     """Release a video chunk by chunk; write the released video and/or the NoisyGrid file of all frames.
 
@@ -143,7 +145,11 @@ def sanitize_stream(
         fps: frame rate of the output (default: the input file's, else 25).
         chunk: frames per release: memory holds one chunk.
         device: where to release, ``"cpu"`` or an available ``"cuda[:N]"`` (default: CUDA when available).
+        restore: how each released grid becomes the frames of the video: ``"fill"`` (the layer's output),
+            ``"smooth"`` or ``"denoise"`` (:meth:`NoisyGrid.restore`; post-processing, no ε). ``grids`` holds the
+            released grids whatever it is.
     """
+    restore = check_choice(restore, "restore", METHODS)
     chunk = check_positive_int(chunk, "chunk")
     fps = None if fps is None else check_epsilon(fps, "fps")  # a finite number > 0
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -173,7 +179,9 @@ def sanitize_stream(
                 if output is not None:
                     if writer is None:
                         writer = _open_writer(cv2, Path(output), fps, shape[-2:])
-                    restored = torch.zeros(1, *shape, dtype=torch.uint8) if released is None else released.restore()
+                    restored = (
+                        torch.zeros(1, *shape, dtype=torch.uint8) if released is None else released.restore(restore)
+                    )
                     for frame in restored.cpu():
                         writer.write(to_bgr(frame))
             count += block.shape[0]
