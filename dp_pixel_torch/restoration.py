@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .partitions import GridPartition, MultiLevelGrid
 
+#: The restoration methods, from the flat block fill to the noise-aware estimate.
 METHODS = ("fill", "smooth", "denoise")
 
 #: Orthonormal opponent colour basis: luminance and two chroma axes. Orthonormal, so i.i.d. noise stays i.i.d.
@@ -206,7 +207,7 @@ def restore_cells(
     Reads only the release: ``values``, float64 cell values in image units, dense per level ``[..., C, rows_l,
     cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
     to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
-    :class:`MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
+    :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
