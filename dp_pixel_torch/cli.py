@@ -39,7 +39,7 @@ import torch
 from ._validation import check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
 from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
-from .kernels import BACKENDS
+from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .restoration import METHODS
 from .storage import NoisyGridFormatError
@@ -291,6 +291,11 @@ def run(args: argparse.Namespace) -> str:
         accountant = PrivacyAccountant(args.cap, ledger=args.ledger)
     layer = make_layer(args, accountant)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.backend == "compiled" and not compiler_available(torch.device(device)):
+        raise ValueError(
+            f"--backend compiled needs torch.compile on {device} (a C++ compiler for the CPU, Triton for CUDA) and "
+            "none works here; use --backend auto, which runs eagerly where compiling does not work or pay"
+        )
     if kind == "folder":
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:

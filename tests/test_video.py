@@ -260,3 +260,13 @@ def test_cli_releases_an_image_on_the_device_it_is_given(tmp_path, capsys, monke
     assert seen == [("cpu", "eager")] and cv2.imread(str(tmp_path / "o.png")).shape == (20, 30, 3)
     assert main(argv) == 0
     assert seen[-1] == ("cpu", "auto")
+
+
+def test_cli_refuses_a_compiled_backend_where_nothing_compiles(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 120, np.uint8))
+    argv = [str(image), "-o", str(tmp_path / "o.png"), "--epsilon", "1", "--b", "4"]
+    assert main([*argv, "--backend", "compiled"]) == 2
+    assert "--backend compiled needs torch.compile on cpu" in capsys.readouterr().err
+    assert main(argv) == 0  # auto runs eagerly
