@@ -1,11 +1,15 @@
-"""Region detectors for protected releases: faces (OpenCV Haar cascade) and people (OpenCV HOG).
+"""Sources of protected regions: faces (OpenCV Haar cascade), people (OpenCV HOG), motion (OpenCV MOG2), and
+public zones.
 
-Both run on the ORIGINAL (private) image, so the boxes they return depend on it. A protected release that uses them
-(:class:`ProtectDetected`, ``dp-pixel --protect faces``) discloses the region positions, and its guarantee holds
-CONDITIONAL on them (``region_from="detector"``). A face or person the detector misses is NOT protected beyond the
-``m`` pixels of the ordinary cells: the protection is only as good as the detector's recall (measured by
-``benchmarks/face_detector_recall.py``). OpenCV is imported on first use (the ``[video]`` extra); nothing is
-downloaded: the cascade ships inside the OpenCV wheel.
+The sources run on the ORIGINAL (private) frames, so the regions they return depend on them. A protected release
+that uses them (:class:`ProtectDetected`, ``dp-pixel --protect faces,people,motion``) discloses the region positions,
+and its guarantee holds CONDITIONAL on them (``region_from="detector"``). A face or person every source misses is NOT
+protected beyond the ``m`` pixels of the ordinary cells: the protection is only as good as the sources' recall
+(measured by ``benchmarks/face_detector_recall.py`` and ``benchmarks/protection_coverage.py``). In video, regions
+persist for a while around each detection and a tracker carries them between detections
+(:mod:`~dp_pixel_torch.tracking`). A zone (``dp-pixel --protect-zone``) is drawn once for a camera, never from its
+frames; the sources never see its cells, so its protection is unconditional. OpenCV is imported on first use (the
+``[video]`` extra); nothing is downloaded: the cascade ships inside the OpenCV wheel.
 """
 
 from __future__ import annotations
@@ -225,11 +229,12 @@ def read_zone(path: str | os.PathLike) -> torch.Tensor:
         raise ValueError(f"zone {str(path)!r}: {error}") from None
 
 
-def zone_cells(zone: torch.Tensor, cell: int) -> torch.Tensor:
-    """Bool ``[H, W]``: the pixels of the ``cell×cell`` cells (from the top-left corner) that meet ``zone [H, W]``:
-    what a protected release covers for it, and what the detectors must never see."""
-    height, width = zone.shape
-    cells = region_cells(GridPartition.blocks(height, width, cell), zone, None, ())
+def cells_meeting(mask: torch.Tensor, cell: int) -> torch.Tensor:
+    """Bool ``[H, W]``: the pixels of the ``cell×cell`` cells (from the top-left corner) that meet ``mask [H, W]``:
+    what a protected release with coarsest cells of ``cell`` covers for it (for a zone: what the detectors must never
+    see)."""
+    height, width = mask.shape
+    cells = region_cells(GridPartition.blocks(height, width, cell), mask, None, ())
     return cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:height, :width]
 
 
@@ -350,7 +355,7 @@ class ProtectDetected:
                         f"zone is {self.zone.shape[0]}×{self.zone.shape[1]} pixels but the frames are "
                         f"{shape[0]}×{shape[1]}: draw the zone on a frame of this camera"
                     )
-                self._hidden = zone_cells(self.zone, self.guarantee.levels[-1])
+                self._hidden = cells_meeting(self.zone, self.guarantee.levels[-1])
         seen = frame.cpu() if self._hidden is None else frame.cpu().masked_fill(self._hidden, 0)
         found, masks, boxes = 0, [], []
         for source in self.sources:
