@@ -126,24 +126,34 @@ class MotionDetector:
     -> bool mask ``[H, W]`` (``True``: moving).
 
     OpenCV's MOG2 background subtractor (``history`` frames, ``var_threshold``) marks each pixel foreground, shadow or
-    background. Shadows are dropped unless ``shadows=True``; an opening (3×3) removes isolated pixels, a closing (7×7)
-    fills holes, and a dilation by ``dilate`` pixels grows each region past the edges MOG2 misses. It finds people in
+    background. Shadows are dropped unless ``shadows=True``; foreground specks of fewer than ``min_area`` pixels
+    (8-connected) are dropped as sensor and codec noise, a closing (7×7) fills holes, and a dilation by ``dilate``
+    pixels grows each region past the edges MOG2 misses. Every speck dropped is a recall risk: the default drops only
+    single isolated pixels (``benchmarks/protection_coverage.py`` measures what larger values cost). It finds people in
     any pose, but only while they move: someone still from the first frame, or still for longer than ``history``
     frames, fades into the background and gets only the ``m`` protection; the first frame finds nothing. Frames must
     come in time order, from one camera that does not move; :meth:`reset` starts a new stream.
     """
 
     def __init__(
-        self, *, history: int = 500, var_threshold: float = 16.0, shadows: bool = False, dilate: int = 8
+        self,
+        *,
+        history: int = 500,
+        var_threshold: float = 16.0,
+        shadows: bool = False,
+        min_area: int = 2,
+        dilate: int = 8,
     ) -> None:
         check_positive_int(history, "history")
+        check_positive_int(min_area, "min_area")
         if isinstance(var_threshold, bool) or not isinstance(var_threshold, (int, float)) or not var_threshold > 0:
             raise ValueError(f"var_threshold must be a number > 0, got {var_threshold!r}")
         if not isinstance(shadows, bool):
             raise TypeError(f"shadows must be a bool, got {type(shadows).__name__}")
         if isinstance(dilate, bool) or not isinstance(dilate, int) or dilate < 0:
             raise ValueError(f"dilate must be an int >= 0 (pixels), got {dilate!r}")
-        self.history, self.var_threshold, self.shadows, self.dilate = history, float(var_threshold), shadows, dilate
+        self.history, self.var_threshold, self.shadows = history, float(var_threshold), shadows
+        self.min_area, self.dilate = min_area, dilate
         self._model = None
 
     def reset(self) -> None:
@@ -157,7 +167,11 @@ class MotionDetector:
             self._model = cv2.createBackgroundSubtractorMOG2(self.history, self.var_threshold, True)
         labels = self._model.apply(to_bgr(frame))  # 255 foreground, 127 shadow, 0 background
         moving = ((labels >= 127) if self.shadows else (labels == 255)).astype(np.uint8)
-        moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+        if self.min_area > 1:
+            _, components, stats, _ = cv2.connectedComponentsWithStats(moving, connectivity=8)
+            keep = (stats[:, cv2.CC_STAT_AREA] >= self.min_area).astype(np.uint8)
+            keep[0] = 0  # the background
+            moving = keep[components]
         moving = cv2.morphologyEx(moving, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
         if self.dilate:
             side = 2 * self.dilate + 1
