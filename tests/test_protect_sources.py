@@ -338,3 +338,19 @@ def test_cli_refuses_a_margin_without_box_sources_and_persist_without_sources(tm
     assert "--protect-margin grows the boxes" in capsys.readouterr().err
     assert main([*argv, "--protect-zone", str(zone), "--protect-persist", "1"]) == 2
     assert "--protect-persist keeps the regions of --protect sources" in capsys.readouterr().err
+
+
+def test_a_keyed_protect_layer_starts_a_new_stream_per_item_and_keeps_the_look_ahead(tmp_path):
+    """The Ray pipeline wraps the layer per item (distributed.keyed_layer): each item is a new stream (the sources
+    are reset) and still released with the look-ahead of stream_regions."""
+    from dp_pixel_torch.distributed import RunKey, keyed_layer
+
+    script = Scripted({3: BOX})
+    protect = ProtectDetected(layer(), sources=[RegionSource("s", script)], persist=0.2, fps=10)
+    key = RunKey.create()
+    for item in ("a", "b"):
+        script.seen.clear()  # a reset stream: the script starts over
+        keyed = keyed_layer(protect, key, item, item.encode())
+        sanitize_stream(list(noise(6)), keyed, grids=tmp_path / f"{item}.dpxg", chunk=4, progress=False, device="cpu")
+        protected = torch.cat([~r.split[0] for r in load_video(tmp_path / f"{item}.dpxg")]).any((1, 2))
+        assert protected.tolist() == [False, True, True, True, True, True] and len(script.seen) == 6
