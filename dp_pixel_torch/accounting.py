@@ -33,9 +33,10 @@ _PARTITION_TEXT = {
     "complexity": "; partition: noisy complexity scores of the image",
     "previous": "; partition: derived from the previous released frame (post-processing, no extra budget)",
 }
-#: Where a region map comes from: given from outside the image ("public"), or found by a detector in the private image
-#: itself ("detector"), which discloses the region positions.
-REGION_ORIGINS = ("public", "detector")
+#: Where a region map comes from: given from outside the image ("public"), found by a detector in the private image
+#: itself ("detector"), which discloses the region positions, or both ("public+detector"): a public zone fixed in
+#: advance, which the detectors never see, and detections in the rest of the image.
+REGION_ORIGINS = ("public", "detector", "public+detector")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class PrivacyGuarantee:
         region_from: ``"public"`` (the map does not depend on the image: annotations, a fixed box) or
             ``"detector"`` (found in the private image): the guarantee then holds *conditional on the disclosed
             region positions*, and a region the detector misses gets only the ``m`` protection.
+            ``"public+detector"`` (``protect`` only): a public zone drawn once for the camera, whose cells the
+            detectors never see, plus detections in the rest of the image. A change inside the zone's cells is
+            covered unconditionally (the map does not depend on it); elsewhere the guarantee is conditional.
     """
 
     epsilon: float
@@ -114,6 +118,8 @@ class PrivacyGuarantee:
         check_choice(self.region_from, "region_from", REGION_ORIGINS)
         if self.region_from != "public" and self.partition != "mask":
             raise ValueError(f"region_from applies to a region map (partition='mask'), not {self.partition!r}")
+        if self.region_from == "public+detector" and not self.protect:
+            raise ValueError("region_from='public+detector' (a public zone and detections) needs protect=True")
         if self.protect and self.partition != "mask":
             raise ValueError(
                 f"protect marks regions of a region map: it needs partition='mask', not {self.partition!r}"
@@ -202,6 +208,14 @@ class PrivacyGuarantee:
             origin = (
                 "found by a detector in the private image and DISCLOSED: the guarantee holds CONDITIONAL on the "
                 "disclosed region positions, and a region the detector misses gets only the m protection"
+            )
+        elif self.region_from == "public+detector":
+            origin = (
+                "of two kinds: a PUBLIC zone fixed in advance (costs no budget), protected UNCONDITIONALLY: the "
+                "detectors never see its cells, so the disclosed positions do not depend on them; and regions found by "
+                "a detector in the rest of the private image and DISCLOSED: outside the zone's cells the guarantee "
+                "holds CONDITIONAL on the disclosed region positions, and a region the detector misses there gets only "
+                "the m protection"
             )
         else:
             origin = "given as PUBLIC (costs no budget)"

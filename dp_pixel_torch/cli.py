@@ -6,6 +6,7 @@
         --cap 60 --ledger camera1.sqlite --grids clip.dpxg
     dp-pixel street.mp4 -o released.avi --epsilon 1 --b 8 --protect faces --protect-cell 32
     dp-pixel photo.jpg -o restored.png --epsilon 1 --b 8 --restore denoise
+    dp-pixel camera.avi -o released.avi --epsilon 1 --b 8 --protect people,motion --protect-zone doorway.png
     dp-pixel archive/ -o released/ --epsilon 1 --b 8 --ray head:6379 --workers 8 --gpus 1 --key-file run.key
     dp-pixel archive/2024 -o released/ --epsilon 1 --b 8 --ray head:6379 --key-file run.key --resume
 
@@ -17,7 +18,12 @@ is refused (exit 3), and ``PrivacyAccountant.reset_ledger`` starts one over on p
 ``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame, grows the boxes by
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
-CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection.
+CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection. ``motion`` (videos of a fixed
+camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video each region
+stays protected ``--protect-persist`` seconds before and after the frame it was found in, and a tracker carries it
+through the frames between detections. ``--protect-zone`` adds a fixed mask image drawn once for the camera (non-zero
+= protect): the detectors never see its cells, so its part of the guarantee is unconditional; alone, it is the only
+region.
 ``--backend`` picks the kernels (see :mod:`dp_pixel_torch.kernels`): ``auto`` compiles only once a long run has
 shown that compiling pays, and never changes the output. An option the input cannot use (``--grids`` on an image,
 ``--device`` under ``--ray``, ``--workers`` without it) is refused rather than ignored.
@@ -32,22 +38,34 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ._validation import check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
-from .detectors import FACE_MARGIN, PEOPLE_MARGIN, ProtectDetected, detect_faces, detect_people
+from .detectors import FACE_MARGIN, PEOPLE_MARGIN, SOURCES, ProtectDetected, read_zone, region_source
 from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .restoration import METHODS
 from .storage import NoisyGridFormatError
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
+from .tracking import PERSIST
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, probe, read_image, sanitize_stream, to_bgr
 
 WRITABLE = (".png", ".jpg", ".jpeg")
 CHUNK = 16
-DETECTORS = {"faces": (detect_faces, FACE_MARGIN), "people": (detect_people, PEOPLE_MARGIN)}
+
+
+def sources(text: str) -> tuple[str, ...]:
+    """``--protect``: a comma list of :data:`~dp_pixel_torch.detectors.SOURCES`, each once."""
+    names = tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in SOURCES]
+    if unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"give a comma list of {', '.join(SOURCES)}, each once (e.g. faces,people,motion), got {text!r}"
+        )
+    return names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,8 +83,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-epsilon", type=float, help="ε for the complexity scores (--region complexity)")
     p.add_argument(
         "--protect",
-        choices=tuple(DETECTORS),
-        help="hide the faces (Haar cascade) or people (HOG) found in each image or frame; a missed one gets only --m",
+        type=sources,
+        metavar="SOURCES",
+        help="hide the faces (Haar cascade), people (HOG) and/or motion (MOG2, videos) found in each image or frame, "
+        "e.g. faces,people,motion; a missed one gets only --m",
+    )
+    p.add_argument(
+        "--protect-zone",
+        type=Path,
+        metavar="MASK",
+        help="a mask image of the frames' size drawn once for the camera (non-zero = protect): always protected, "
+        "unconditionally",
+    )
+    p.add_argument(
+        "--protect-persist",
+        type=float,
+        metavar="SECONDS",
+        help=f"videos: keep each detected region this long before and after its frame, tracked between detections "
+        f"(default {PERSIST})",
     )
     p.add_argument(
         "--protect-cell", type=int, help="side in pixels of the protected cells, a multiple of --b (default 4·b)"
@@ -124,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
+def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None, fps: float | None = None):
+    """The layer of the arguments; ``fps``: the input video's frame rate (persistence), None for images."""
     if args.ray is not None:  # every item is keyed from the run key (distributed.RunKey), a CSPRNG
         randomness = {}
     else:
@@ -132,10 +167,10 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
     common = dict(noise=args.noise, accountant=accountant, backend=args.backend, **randomness)
-    if args.protect:
-        return protect_layer(args, common)
+    if args.protect or args.protect_zone is not None:
+        return protect_layer(args, common, fps)
     if args.protect_cell is not None or args.protect_m is not None or args.protect_margin is not None:
-        raise ValueError("--protect-cell, --protect-m and --protect-margin apply to --protect")
+        raise ValueError("--protect-cell, --protect-m and --protect-margin apply to --protect or --protect-zone")
     if args.levels:
         if args.b is not None:
             raise ValueError("give --b or --levels, not both")
@@ -156,15 +191,21 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None):
     return DPPixelize(args.epsilon, args.b, args.m, **common)
 
 
-def protect_layer(args: argparse.Namespace, common: dict) -> ProtectDetected:
-    """``--protect``: cells of ``--b`` and protected cells of ``--protect-cell``, regions from the detector."""
+def protect_layer(args: argparse.Namespace, common: dict, fps: float | None) -> ProtectDetected:
+    """``--protect``/``--protect-zone``: cells of ``--b`` and protected cells of ``--protect-cell``, regions from the
+    sources (persisting ``--protect-persist`` seconds in a video of ``fps``) and the zone."""
     if args.levels or args.region is not None or args.partition_epsilon is not None:
         raise ValueError(
             "--protect sets the cells from --b and --protect-cell; drop --levels/--region/--partition-epsilon"
         )
     if args.b is None:
         raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
-    detector, margin = DETECTORS[args.protect]
+    chosen = [region_source(name) for name in args.protect or ()]
+    if args.protect_margin is not None:
+        if not any(source.margin for source in chosen):
+            raise ValueError("--protect-margin grows the boxes of --protect faces or people")
+        chosen = [replace(s, margin=args.protect_margin) if s.margin else s for s in chosen]
+    zone = None if args.protect_zone is None else read_zone(args.protect_zone)
     cell = 4 * args.b if args.protect_cell is None else args.protect_cell
     if cell <= args.b or cell % args.b:
         raise ValueError(f"--protect-cell must be a multiple of --b = {args.b} larger than it, got {cell}")
@@ -174,10 +215,11 @@ def protect_layer(args: argparse.Namespace, common: dict) -> ProtectDetected:
         levels=(args.b, cell),
         protect=True,
         protect_m=args.protect_m,
-        region_from="detector",
+        region_from="public+detector" if chosen and zone is not None else "detector" if chosen else "public",
         **common,
     )
-    return ProtectDetected(layer, detector, margin if args.protect_margin is None else args.protect_margin)
+    persist = (PERSIST if args.protect_persist is None else args.protect_persist) if fps is not None and chosen else 0
+    return ProtectDetected(layer, sources=chosen, zone=zone, persist=persist, fps=fps)
 
 
 def check_options(args: argparse.Namespace, kind: str) -> None:
@@ -190,11 +232,12 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         "--grids": args.grids is not None,
         "--workers": args.workers is not None,
         "--gpus": args.gpus is not None,
+        "--protect-persist": args.protect_persist is not None,
     }
     usable = {
         "image": ("--device",),
         "folder": ("--device",),
-        "video": ("--chunk", "--device", "--fps", "--grids"),
+        "video": ("--chunk", "--device", "--fps", "--grids", "--protect-persist"),
         "ray": ("--chunk", "--workers", "--gpus"),
     }[kind]
     unusable = [name for name, present in given.items() if present and name not in usable]
@@ -211,6 +254,10 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         check_positive_int(args.workers, "--workers")
     if args.gpus is not None and not 0 <= args.gpus < float("inf"):
         raise ValueError(f"--gpus must be a finite number >= 0, got {args.gpus}")
+    if "motion" in (args.protect or ()) and kind != "video":
+        raise ValueError("--protect motion finds what moves in a video from a fixed camera, not in images")
+    if args.protect_persist is not None and not args.protect:
+        raise ValueError("--protect-persist keeps the regions of --protect sources; a zone is always protected")
 
 
 def write_image(image: torch.Tensor, path: Path) -> None:
@@ -289,7 +336,7 @@ def run(args: argparse.Namespace) -> str:
         accountant = None
     else:
         accountant = PrivacyAccountant(args.cap, ledger=args.ledger)
-    layer = make_layer(args, accountant)
+    layer = make_layer(args, accountant, probe(source).fps if kind == "video" else None)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.backend == "compiled" and not compiler_available(torch.device(device)):
         raise ValueError(
@@ -320,12 +367,31 @@ def run(args: argparse.Namespace) -> str:
         write_image(released(layer, read_image(source).to(device), args.restore), args.output)
         summary = f"image written to {args.output}"
     if isinstance(layer, ProtectDetected):
-        summary += (
-            f"\n{args.protect}: {layer.found} found and protected in {layer.frames_with} of {layer.frames} "
-            "images/frames; any the detector missed have only the --m protection"
-        )
+        summary += protect_summary(layer)
     spent = "" if accountant is None else f"\nAccountant: {accountant}"
     return f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
+
+
+def protect_summary(layer: ProtectDetected) -> str:
+    """What the sources found and the zone covered, for the summary."""
+    text = ""
+    if layer.sources:
+        kept = ""
+        if layer.k:
+            kept = (
+                f"; persistence ({layer.persist:g} s = {layer.k} frames each side) and tracking protected "
+                f"{layer.bridged} more"
+            )
+        text += (
+            f"\n{','.join(s.name for s in layer.sources)}: {layer.found} found and protected in {layer.frames_with} "
+            f"of {layer.frames} images/frames{kept}; any the detectors missed have only the --m protection"
+        )
+    if layer.zone is not None:
+        text += (
+            f"\nzone: {int(layer.zone.sum())} pixels, protected in every frame unconditionally (public, never seen by "
+            "the detectors)"
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

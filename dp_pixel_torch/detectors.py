@@ -1,11 +1,15 @@
-"""Region detectors for protected releases: faces (OpenCV Haar cascade) and people (OpenCV HOG).
+"""Sources of protected regions: faces (OpenCV Haar cascade), people (OpenCV HOG), motion (OpenCV MOG2), and
+public zones.
 
-Both run on the ORIGINAL (private) image, so the boxes they return depend on it. A protected release that uses them
-(:class:`ProtectDetected`, ``dp-pixel --protect faces``) discloses the region positions, and its guarantee holds
-CONDITIONAL on them (``region_from="detector"``). A face or person the detector misses is NOT protected beyond the
-``m`` pixels of the ordinary cells: the protection is only as good as the detector's recall (measured by
-``benchmarks/face_detector_recall.py``). OpenCV is imported on first use (the ``[video]`` extra); nothing is
-downloaded: the cascade ships inside the OpenCV wheel.
+The sources run on the ORIGINAL (private) frames, so the regions they return depend on them. A protected release
+that uses them (:class:`ProtectDetected`, ``dp-pixel --protect faces,people,motion``) discloses the region positions,
+and its guarantee holds CONDITIONAL on them (``region_from="detector"``). A face or person every source misses is NOT
+protected beyond the ``m`` pixels of the ordinary cells: the protection is only as good as the sources' recall
+(measured by ``benchmarks/face_detector_recall.py`` and ``benchmarks/protection_coverage.py``). In video, regions
+persist for a while around each detection and a tracker carries them between detections
+(:mod:`~dp_pixel_torch.tracking`). A zone (``dp-pixel --protect-zone``) is drawn once for a camera, never from its
+frames; the sources never see its cells, so its protection is unconditional. OpenCV is imported on first use (the
+``[video]`` extra); nothing is downloaded: the cascade ships inside the OpenCV wheel.
 """
 
 from __future__ import annotations
@@ -13,17 +17,21 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ._validation import check_boxes
+from ._validation import check_boxes, check_positive_int
 from .accounting import PrivacyAccountant, PrivacyGuarantee
 from .mechanisms import RegionAdaptiveDPPixelize
 from .noise import Randomness
 from .partitions import GridPartition, region_cells
 from .storage import NoisyGrid
+from .tracking import Tracker, paint_boxes, persist_frames, persisted_mask
 from .video import import_cv2, to_bgr
 
 #: The Haar cascade of :func:`detect_faces`. Of the frontal cascades in the OpenCV wheel, alt2 found the most faces in
@@ -113,71 +121,360 @@ def boxes_mask(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return region_cells(GridPartition.blocks(height, width, 1), None, boxes, ())
 
 
+class MotionDetector:
+    """The moving foreground of a fixed camera's ORIGINAL frames: a stateful callable, uint8 RGB frame ``[3, H, W]``
+    -> bool mask ``[H, W]`` (``True``: moving).
+
+    OpenCV's MOG2 background subtractor (``history`` frames, ``var_threshold``) marks each pixel foreground, shadow or
+    background. Shadows are dropped unless ``shadows=True``; foreground specks of fewer than ``min_area`` pixels
+    (8-connected) are dropped as sensor and codec noise, a closing (7×7) fills holes, and a dilation by ``dilate``
+    pixels grows each region past the edges MOG2 misses. Every speck dropped is a recall risk: the default drops only
+    single isolated pixels (``benchmarks/protection_coverage.py`` measures what larger values cost). It finds people in
+    any pose, but only while they move: someone still from the first frame, or still for longer than ``history``
+    frames, fades into the background and gets only the ``m`` protection; the first frame finds nothing. Frames must
+    come in time order, from one camera that does not move; :meth:`reset` starts a new stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        history: int = 500,
+        var_threshold: float = 16.0,
+        shadows: bool = False,
+        min_area: int = 2,
+        dilate: int = 8,
+    ) -> None:
+        check_positive_int(history, "history")
+        check_positive_int(min_area, "min_area")
+        if isinstance(var_threshold, bool) or not isinstance(var_threshold, (int, float)) or not var_threshold > 0:
+            raise ValueError(f"var_threshold must be a number > 0, got {var_threshold!r}")
+        if not isinstance(shadows, bool):
+            raise TypeError(f"shadows must be a bool, got {type(shadows).__name__}")
+        if isinstance(dilate, bool) or not isinstance(dilate, int) or dilate < 0:
+            raise ValueError(f"dilate must be an int >= 0 (pixels), got {dilate!r}")
+        self.history, self.var_threshold, self.shadows = history, float(var_threshold), shadows
+        self.min_area, self.dilate = min_area, dilate
+        self._model = None
+
+    def reset(self) -> None:
+        """Forget the background: the next frame starts a new stream."""
+        self._model = None
+
+    def __call__(self, frame: torch.Tensor) -> torch.Tensor:
+        _check_frame(frame)
+        cv2 = import_cv2()
+        if self._model is None:
+            self._model = cv2.createBackgroundSubtractorMOG2(self.history, self.var_threshold, True)
+        labels = self._model.apply(to_bgr(frame))  # 255 foreground, 127 shadow, 0 background
+        moving = ((labels >= 127) if self.shadows else (labels == 255)).astype(np.uint8)
+        if self.min_area > 1:
+            _, components, stats, _ = cv2.connectedComponentsWithStats(moving, connectivity=8)
+            keep = (stats[:, cv2.CC_STAT_AREA] >= self.min_area).astype(np.uint8)
+            keep[0] = 0  # the background
+            moving = keep[components]
+        moving = cv2.morphologyEx(moving, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+        if self.dilate:
+            side = 2 * self.dilate + 1
+            moving = cv2.dilate(moving, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+        return torch.from_numpy(moving.astype(bool))
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """One source of protected regions: ``detect`` maps a uint8 RGB frame ``[3, H, W]`` to float XYXY boxes
+    ``[K, 4]`` (grown by ``margin`` with :func:`dilate_boxes`) or to a bool mask ``[H, W]`` (used as it is)."""
+
+    name: str
+    detect: Callable[[torch.Tensor], torch.Tensor]
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a region source needs a name, got {self.name!r}")
+        if not callable(self.detect):
+            raise TypeError(f"source {self.name!r}: detect must be callable, got {type(self.detect).__name__}")
+        _check_margin(self.margin)
+
+
+#: The named sources of :func:`region_source` (``dp-pixel --protect faces,people,motion``).
+SOURCES = ("faces", "people", "motion")
+
+
+def region_source(name: str) -> RegionSource:
+    """``"faces"`` (:func:`detect_faces`, :data:`FACE_MARGIN`), ``"people"`` (:func:`detect_people`,
+    :data:`PEOPLE_MARGIN`) or ``"motion"`` (a new :class:`MotionDetector`: one per stream)."""
+    if name == "faces":
+        return RegionSource(name, detect_faces, FACE_MARGIN)
+    if name == "people":
+        return RegionSource(name, detect_people, PEOPLE_MARGIN)
+    if name == "motion":
+        return RegionSource(name, MotionDetector())
+    raise ValueError(f"unknown region source {name!r}: choose from {', '.join(SOURCES)}")
+
+
+def check_zone(zone: object) -> torch.Tensor:
+    """A public zone as bool ``[H, W]`` on the CPU: a tensor ``[H, W]`` (bool or numbers; non-zero = protect, NaN
+    refused) drawn once for the camera, never from its frames. A zone that marks nothing is refused."""
+    if not isinstance(zone, torch.Tensor) or zone.ndim != 2:
+        found = f"shape {tuple(zone.shape)}" if isinstance(zone, torch.Tensor) else type(zone).__name__
+        raise ValueError(f"zone must be a mask tensor [H, W] (non-zero = protect), got {found}")
+    if zone.is_floating_point() and torch.isnan(zone).any():
+        raise ValueError("zone holds NaN: a zone must say for every pixel whether it is protected")
+    inside = (zone != 0).cpu()
+    if not inside.any():
+        raise ValueError("zone marks no pixel: a zone protects its non-zero pixels")
+    return inside
+
+
+def read_zone(path: str | os.PathLike) -> torch.Tensor:
+    """A zone image file (single-channel or RGB; non-zero = protect) as bool ``[H, W]``, via :func:`check_zone`."""
+    cv2 = import_cv2()
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read zone {str(path)!r}: missing, or not an image OpenCV can decode")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"zone {str(path)!r} must be a single-channel or an RGB image, got {image.shape[2]} channels")
+    inside = torch.from_numpy(image.any(-1) if image.ndim == 3 else image != 0)
+    try:
+        return check_zone(inside)
+    except ValueError as error:
+        raise ValueError(f"zone {str(path)!r}: {error}") from None
+
+
+def cells_meeting(mask: torch.Tensor, cell: int) -> torch.Tensor:
+    """Bool ``[H, W]``: the pixels of the ``cell×cell`` cells (from the top-left corner) that meet ``mask [H, W]``:
+    what a protected release with coarsest cells of ``cell`` covers for it (for a zone: what the detectors must never
+    see)."""
+    height, width = mask.shape
+    cells = region_cells(GridPartition.blocks(height, width, cell), mask, None, ())
+    return cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:height, :width]
+
+
+class Regions(NamedTuple):
+    """The protected regions of frames about to be released: ``mask`` bool ``[..., H, W]``, and per frame (in order)
+    ``found``, the regions its own detections held, and ``bridged``, whether persistence or tracking protected it
+    with no detection of its own."""
+
+    mask: torch.Tensor
+    found: list[int]
+    bridged: list[bool]
+
+    def split(self) -> list[Regions]:
+        """One Regions per frame, for frame-by-frame release."""
+        masks = self.mask.reshape(-1, *self.mask.shape[-2:]).split(1)
+        return [Regions(m, [f], [b]) for m, f, b in zip(masks, self.found, self.bridged)]
+
+
 class ProtectDetected:
-    """A protected release whose regions a detector finds in each ORIGINAL image or frame.
+    """A protected release whose regions come from the ORIGINAL frames (detectors, motion) and a public zone.
 
-    Every frame gets its own boxes (``detector``, grown by ``margin`` with :func:`dilate_boxes`); the coarsest cells
-    of ``layer`` that meet them are released whole with the protected scale. ``layer`` must be a
-    :class:`~dp_pixel_torch.RegionAdaptiveDPPixelize` with ``protect=True, region_from="detector"``, so that its
-    guarantee says it holds CONDITIONAL on the disclosed boxes and that a missed region gets only ``m``. Its
-    accountant is charged once per frame. Counts, of released frames only (a release the accountant refuses counts
-    nothing): ``frames`` released, ``found`` boxes, ``frames_with`` frames with at least one box.
+    Every frame's regions are the union of: the boxes (grown by their source's ``margin``) and masks of each of
+    ``sources``, each kept for ``persist`` seconds before and after the frame it was found in, a tracker's boxes in
+    between (:mod:`~dp_pixel_torch.tracking`), and the cells of ``zone``. The coarsest cells of ``layer`` that meet
+    them are released whole with the protected scale. Detected regions are disclosed, and their part of the guarantee
+    holds CONDITIONAL on them; a region every source misses gets only ``m``. The zone is drawn once, never from the
+    frames; its cells are blanked before any source sees a frame, so the detections do not depend on them and a change
+    inside them is covered unconditionally. ``layer`` must be a :class:`~dp_pixel_torch.RegionAdaptiveDPPixelize`
+    with ``protect=True`` and ``region_from`` ``"detector"`` (sources only), ``"public+detector"`` (both) or
+    ``"public"`` (a zone alone), so that its guarantee says which. Its accountant is charged once per frame.
 
-    Works with :func:`~dp_pixel_torch.video.sanitize_stream` as its ``layer``.
+    Args:
+        layer: the protected layer.
+        detector, margin: one box source (default :func:`detect_faces` grown by :data:`FACE_MARGIN`); or
+        sources: names of :data:`SOURCES` and :class:`RegionSource` objects, united (``[]`` with a zone: the zone alone).
+        zone: a public mask ``[H, W]`` of the frames' size (non-zero = protect), see :func:`check_zone`.
+        persist: seconds a detection is kept before and after its frame (:data:`~dp_pixel_torch.tracking.PERSIST` is
+            a sensible value for video); needs ``fps``. 0 (the default): every frame has its own detections only.
+        fps: frames per second of the video, to turn ``persist`` into ``k`` frames.
+
+    Frames are one stream, in call order: each is seen once by every source. A call (or :meth:`masks`) treats
+    ``x [..., 3, H, W]`` as consecutive frames and releases them all, so its last ``k`` frames see no detection of
+    later calls; :func:`~dp_pixel_torch.video.sanitize_stream` uses :meth:`stream_regions` instead, which releases every
+    frame with the ``k`` frames after it. A frame of another size starts a new stream (:meth:`reset`). Counts, of
+    released frames only: ``frames``, ``found`` regions, ``frames_with`` at least one, ``bridged`` protected by
+    persistence or tracking alone.
     """
 
     def __init__(
         self,
         layer: RegionAdaptiveDPPixelize,
-        detector: Callable[[torch.Tensor], torch.Tensor] = detect_faces,
-        margin: float = FACE_MARGIN,
+        detector: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        margin: float | None = None,
+        *,
+        sources: Sequence[str | RegionSource] | None = None,
+        zone: torch.Tensor | None = None,
+        persist: float = 0.0,
+        fps: float | None = None,
     ) -> None:
+        if sources is None:
+            sources = [RegionSource("detector", detector or detect_faces, FACE_MARGIN if margin is None else margin)]
+        elif detector is not None or margin is not None:
+            raise ValueError("give detector and margin, or sources (each with its own margin), not both")
+        elif isinstance(sources, str):
+            raise TypeError(f"sources must be a sequence of names or RegionSource objects, got the string {sources!r}")
+        sources = [region_source(s) if isinstance(s, str) else s for s in sources]
+        if not all(isinstance(s, RegionSource) for s in sources):
+            raise TypeError("sources must be names of SOURCES or RegionSource objects")
+        zone = None if zone is None else check_zone(zone)
+        if not sources and zone is None:
+            raise ValueError("nothing to protect: give sources, a zone, or both")
+        origin = "public+detector" if sources and zone is not None else "detector" if sources else "public"
         g = getattr(layer, "guarantee", None)
-        if not isinstance(layer, RegionAdaptiveDPPixelize) or not g.protect or g.region_from != "detector":
-            raise ValueError('ProtectDetected needs RegionAdaptiveDPPixelize(protect=True, region_from="detector")')
-        _check_margin(margin)
-        self.layer, self.detector, self.margin = layer, detector, margin
-        self.frames = self.found = self.frames_with = 0
+        if not isinstance(layer, RegionAdaptiveDPPixelize) or not g.protect or g.region_from != origin:
+            what = {"detector": "detectors", "public+detector": "a zone and detectors", "public": "a zone alone"}
+            raise ValueError(
+                f'ProtectDetected with {what[origin]} needs RegionAdaptiveDPPixelize(protect=True, region_from="{origin}")'
+            )
+        if fps is None and persist:
+            raise ValueError("persist is in seconds: give the video's fps")
+        self.k = persist_frames(persist, 0.0 if fps is None else fps)
+        self.layer, self.sources, self.zone, self.persist, self.fps = layer, sources, zone, persist, fps
+        self.frames = self.found = self.frames_with = self.bridged = 0
+        self.reset()
 
     @property
     def guarantee(self) -> PrivacyGuarantee:
-        """The layer's guarantee per image or frame, conditional on the disclosed detections."""
+        """The layer's guarantee per image or frame (conditional on the disclosed detections, if any)."""
         return self.layer.guarantee
 
     @property
     def accountant(self) -> PrivacyAccountant | None:
         return self.layer.accountant
 
+    def reset(self) -> None:
+        """Start a new stream: forget the sources' backgrounds, the tracks and the masks kept for persistence."""
+        for source in self.sources:
+            if hasattr(source.detect, "reset"):
+                source.detect.reset()
+        self._trackers = [Tracker(self.k) for _ in self.sources]
+        self._history: deque[tuple[int, torch.Tensor]] = deque()
+        self._pending: deque[tuple[int, torch.Tensor, int]] = deque()
+        self._t, self._shape, self._hidden = 0, None, None
+
+    def _push(self, frame: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+        """Detect in the next frame of the stream; return the frames whose look-ahead is now complete, in order, as
+        ``(frame, mask, found, bridged)``."""
+        _check_frame(frame)
+        shape = tuple(frame.shape[-2:])
+        if shape != self._shape:
+            if self._pending:
+                raise ValueError(f"frame size changed from {self._shape} to {shape} within the stream")
+            self.reset()
+            self._shape = shape
+            if self.zone is not None:
+                if tuple(self.zone.shape) != shape:
+                    raise ValueError(
+                        f"zone is {self.zone.shape[0]}×{self.zone.shape[1]} pixels but the frames are "
+                        f"{shape[0]}×{shape[1]}: draw the zone on a frame of this camera"
+                    )
+                self._hidden = cells_meeting(self.zone, self.guarantee.levels[-1])
+        seen = frame.cpu() if self._hidden is None else frame.cpu().masked_fill(self._hidden, 0)
+        found, masks, boxes = 0, [], []
+        for source in self.sources:
+            region = source.detect(seen)
+            if isinstance(region, torch.Tensor) and region.dtype == torch.bool and tuple(region.shape) == shape:
+                masks.append(region.cpu())
+                found += bool(region.any())
+                boxes.append(None)
+            else:
+                try:
+                    boxes.append(dilate_boxes(region, source.margin, *shape))
+                except ValueError as error:
+                    raise ValueError(f"source {source.name!r}: {error}") from None
+                found += len(boxes[-1])
+        for tracker, grown in zip(self._trackers, boxes):
+            if grown is not None:
+                tracker.update(self._t, grown)
+        if masks:
+            self._history.append((self._t, torch.stack(masks).any(0)))
+        self._pending.append((self._t, frame, found))
+        self._t += 1
+        return self._ready(flush=False)
+
+    def _ready(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+        """The pending frames whose ``k`` later frames are detected (all of them with ``flush``), with their
+        regions."""
+        out = []
+        while self._pending and (flush or len(self._pending) > self.k):
+            t, frame, found = self._pending.popleft()
+            while self._history and self._history[0][0] < t - self.k:
+                self._history.popleft()
+            detected = paint_boxes([b for tracker in self._trackers for b in tracker.boxes_at(t)], *self._shape)
+            kept = persisted_mask(self._history, t, self.k)
+            if kept is not None:
+                detected |= kept
+            mask = detected if self._hidden is None else detected | self._hidden
+            out.append((frame, mask, found, not found and bool(detected.any())))
+        return out
+
+    def _regions(self, x: torch.Tensor) -> Regions:
+        """The regions of frames ``x [..., 3, H, W]``, consecutive frames of the stream, all released by the call."""
+        if not isinstance(x, torch.Tensor) or x.ndim < 3:
+            _check_frame(x)
+        ready = []
+        try:
+            for frame in x.reshape(-1, *x.shape[-3:]):
+                ready += self._push(frame)
+            ready += self._ready(flush=True)
+        except Exception:
+            self._pending.clear()  # nothing of a failed call is released later
+            raise
+        mask = torch.stack([r[1] for r in ready]) if ready else torch.zeros(0, *x.shape[-2:], dtype=torch.bool)
+        return Regions(
+            mask.reshape(*x.shape[:-3], *x.shape[-2:]).to(x.device), [r[2] for r in ready], [r[3] for r in ready]
+        )
+
+    def stream_regions(self, chunks: Iterable[torch.Tensor], size: int) -> Iterator[tuple[torch.Tensor, Regions]]:
+        """Frames of ``chunks`` (uint8 ``[T, 3, H, W]``, in time order) with their regions, in chunks of ``size``
+        frames: each frame comes out once the ``k`` frames after it are detected (or the stream ended), so at most
+        ``size + k`` frames are held. Used by :func:`~dp_pixel_torch.video.sanitize_stream`."""
+        size = check_positive_int(size, "size")
+        ready: list[tuple[torch.Tensor, torch.Tensor, int, bool]] = []
+        for block in chunks:
+            for frame in block:
+                ready += self._push(frame)
+            while len(ready) >= size:
+                yield _stacked(ready[:size])
+                del ready[:size]
+        ready += self._ready(flush=True)
+        for start in range(0, len(ready), size):
+            yield _stacked(ready[start : start + size])
+
     def masks(self, x: torch.Tensor) -> torch.Tensor:
-        """The grown detector regions of uint8 RGB frames ``x [..., 3, H, W]``: bool ``[..., H, W]`` on ``x``'s device."""
-        return self._detect(x)[0]
+        """The regions of frames ``x [..., 3, H, W]`` as a call releases them: bool ``[..., H, W]`` on ``x``'s
+        device. The frames go through the sources (the stream moves on)."""
+        return self._regions(x).mask
 
-    def _detect(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """:meth:`masks` and the number of boxes found in each frame."""
-        height, width = x.shape[-2:]
-        masks, found = [], []
-        for frame in x.reshape(-1, *x.shape[-3:]):
-            boxes = self.detector(frame)
-            found.append(len(boxes))
-            masks.append(boxes_mask(dilate_boxes(boxes, self.margin, height, width), height, width))
-        return torch.stack(masks).reshape(*x.shape[:-3], height, width).to(x.device), found
+    def _count(self, regions: Regions) -> None:
+        self.frames += len(regions.found)
+        self.found += sum(regions.found)
+        self.frames_with += sum(n > 0 for n in regions.found)
+        self.bridged += sum(regions.bridged)
 
-    def _count(self, found: list[int]) -> None:
-        self.frames += len(found)
-        self.found += sum(found)
-        self.frames_with += sum(n > 0 for n in found)
-
-    def release(self, x: torch.Tensor, *, generator: Randomness = None) -> NoisyGrid:
-        """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its own detections lie (``generator``:
-        as for the layer's ``release``)."""
-        masks, found = self._detect(x)
-        released = self.layer.release(x, mask=masks, generator=generator)
-        self._count(found)
+    def release(self, x: torch.Tensor, *, regions: Regions | None = None, generator: Randomness = None) -> NoisyGrid:
+        """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its regions lie (``regions``: those
+        :meth:`stream_regions` gave for ``x``; None: found now). ``generator``: as for the layer's ``release``."""
+        if regions is None:
+            regions = self._regions(x)
+        elif len(regions.found) != x[..., 0, 0, 0].numel():
+            raise ValueError(f"regions hold {len(regions.found)} frames, x {x[..., 0, 0, 0].numel()}")
+        released = self.layer.release(
+            x, mask=regions.mask.reshape(*x.shape[:-3], *x.shape[-2:]).to(x.device), generator=generator
+        )
+        self._count(regions)
         return released
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The released uint8 image(s) of ``x [..., 3, H, W]``, same shape."""
-        masks, found = self._detect(x)
-        released = self.layer.released_image(x, mask=masks)
-        self._count(found)
+        regions = self._regions(x)
+        released = self.layer.released_image(x, mask=regions.mask)
+        self._count(regions)
         return released
+
+
+def _stacked(ready: list[tuple[torch.Tensor, torch.Tensor, int, bool]]) -> tuple[torch.Tensor, Regions]:
+    """Frames ``[T, 3, H, W]`` and their :class:`Regions` from ``(frame, mask, found, bridged)`` items."""
+    frames, masks, found, bridged = zip(*ready)
+    return torch.stack(frames), Regions(torch.stack(masks), list(found), list(bridged))

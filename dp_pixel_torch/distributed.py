@@ -175,9 +175,10 @@ class _Keyed:
         self.layer, self.stream = layer, stream
         self.guarantee, self.accountant = layer.guarantee, None
         self.region = getattr(layer, "region", None)
+        self.stream_regions = getattr(layer, "stream_regions", None)  # ProtectDetected: regions with look-ahead
 
-    def release(self, x: torch.Tensor) -> NoisyGrid:
-        return self.layer.release(x, generator=self.stream)
+    def release(self, x: torch.Tensor, **regions) -> NoisyGrid:
+        return self.layer.release(x, generator=self.stream, **regions)
 
 
 def keyed_layer(layer, key: RunKey, identity: int | str | bytes, content: bytes) -> _Keyed:

@@ -565,7 +565,8 @@ def dp_pixelize_adaptive(
             ``C·R·m/epsilon``. ε-DP for ``m`` pixels anywhere and for ``protect_m`` pixels inside the regions.
         protect_m: ``m_r >= m``, the pixels hidden inside the protected cells; None: all of them.
         region_from: ``"public"`` or ``"detector"`` (the map was found in the private image: the guarantee holds
-            conditional on the disclosed positions, and says so).
+            conditional on the disclosed positions, and says so) or ``"public+detector"`` (a public zone the
+            detectors never saw, plus detections: see :class:`~dp_pixel_torch.PrivacyGuarantee`).
 
     Other arguments as :func:`dp_pixelize`; every other released cell sum gets noise of scale ``C·R·m/epsilon``.
     """

@@ -161,18 +161,23 @@ def sanitize_stream(
     region = getattr(layer, "region", None)
     if region == "mask":
         raise ValueError("streams take layers whose partition needs no per-frame mask (uniform, complexity, previous)")
+    # Regions found in the ORIGINAL frames (ProtectDetected): every frame goes through the detectors once, in order,
+    # and comes back with its regions once the frames after it that persistence needs are detected.
+    stream_regions = getattr(layer, "stream_regions", None)
+    blocks = _chunks(frames, chunk)
+    items = stream_regions(blocks, chunk) if stream_regions is not None else ((block, None) for block in blocks)
     bar = _progress(progress)
     writer, sink, count, skipped, shape = None, None, 0, 0, None
     try:
         sink = None if grids is None else open(grids, "wb")
-        for block in _chunks(frames, chunk):
+        for block, regions in items:
             if shape is not None and tuple(block.shape[-3:]) != shape:
                 raise ValueError(f"frame size changed from {shape} to {tuple(block.shape[-3:])} within the stream")
             shape = tuple(block.shape[-3:])
             block = block.to(device)
             # A "previous" partition is sequential in time: release the chunk frame by frame.
             parts = block.split(1) if region == "previous" else [block]
-            for released in (grid for part in parts for grid in _release(layer, part)):
+            for released in (grid for part in parts for grid in _release(layer, part, regions)):
                 skipped += released is None
                 if sink is not None and released is not None:
                     sink.write(released.to_bytes())
@@ -207,19 +212,20 @@ def sanitize_stream(
     )
 
 
-def _release(layer: _DPLayer, part: torch.Tensor) -> list[NoisyGrid | None]:
+def _release(layer: _DPLayer, part: torch.Tensor, regions=None) -> list[NoisyGrid | None]:
     """The releases of ``part``: one NoisyGrid, or, when the w-event window refuses it, one per frame and None for
-    each frame the window refuses, which is recorded as skipped (ε = 0) so that the window slides."""
+    each frame the window refuses, which is recorded as skipped (ε = 0) so that the window slides. ``regions``: the
+    part's regions from ``layer.stream_regions``, found once and split with it."""
     if part.shape[0] > 1:
         try:
-            return [layer.release(part)]
+            return [layer.release(part, **({} if regions is None else {"regions": regions}))]
         except BudgetExceededError as refused:
             if refused.final:
                 raise
     grids: list[NoisyGrid | None] = []
-    for frame in part.split(1):
+    for frame, one in zip(part.split(1), [None] * part.shape[0] if regions is None else regions.split()):
         try:
-            grids.append(layer.release(frame))
+            grids.append(layer.release(frame, **({} if one is None else {"regions": one})))
         except BudgetExceededError as refused:
             if refused.final:
                 raise

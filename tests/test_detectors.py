@@ -150,6 +150,7 @@ def test_cli_protects_faces_frame_by_frame_in_a_video(tmp_path, capsys):
     writer.release()
     argv = [str(clip), "-o", str(tmp_path / "out.avi"), "--epsilon", "0.5", "--b", "8", "--protect", "faces"]
     argv += ["--protect-m", "64", "--cap", "10", "--grids", str(tmp_path / "out.dpxg"), "--chunk", "4", "--quiet"]
+    argv += ["--protect-persist", "0"]  # each frame with its own detections only
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "faces: 5 found and protected in 5 of 6 images/frames" in text
