@@ -15,7 +15,8 @@ asks for a reproducible experiment; under ``--ray`` every item is keyed from the
 one release (see :mod:`dp_pixel_torch.distributed`). ``--ledger`` keeps the budget of ``--cap`` in a file, so that
 successive runs on the same camera share it; a ledger deleted, replaced or rolled back behind its lock file's memory
 is refused (exit 3), and ``PrivacyAccountant.reset_ledger`` starts one over on purpose.
-``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame, grows the boxes by
+``--protect faces`` (or ``people``) finds faces (people) in every ORIGINAL image or frame (faces: the union of the
+detectors of ``--face-detectors``, by default ``detectors.FACE_STACK``), grows the boxes by
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
 CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection. ``motion`` (videos of a fixed
@@ -45,7 +46,16 @@ import torch
 
 from ._validation import check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
-from .detectors import FACE_MARGIN, PEOPLE_MARGIN, SOURCES, ProtectDetected, read_zone, region_source
+from .detectors import (
+    FACE_DETECTORS,
+    FACE_MARGIN,
+    FACE_STACK,
+    PEOPLE_MARGIN,
+    SOURCES,
+    ProtectDetected,
+    read_zone,
+    region_source,
+)
 from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .restoration import METHODS
@@ -85,8 +95,15 @@ def parser() -> argparse.ArgumentParser:
         "--protect",
         type=sources,
         metavar="SOURCES",
-        help="hide the faces (Haar cascade), people (HOG) and/or motion (MOG2, videos) found in each image or frame, "
-        "e.g. faces,people,motion; a missed one gets only --m",
+        help="hide the faces (a stack of detectors), people (HOG) and/or motion (MOG2, videos) found in each image or "
+        "frame, e.g. faces,people,motion; a missed one gets only --m",
+    )
+    p.add_argument(
+        "--face-detectors",
+        type=lambda text: tuple(name.strip() for name in text.split(",")),
+        metavar="NAMES",
+        help=f"--protect faces: the detectors united, a comma list of {', '.join(FACE_DETECTORS)} "
+        f"(default {','.join(FACE_STACK)}; haar alone is the fastest)",
     )
     p.add_argument(
         "--protect-zone",
@@ -200,7 +217,9 @@ def protect_layer(args: argparse.Namespace, common: dict, fps: float | None) -> 
         )
     if args.b is None:
         raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
-    chosen = [region_source(name) for name in args.protect or ()]
+    if args.face_detectors is not None and "faces" not in (args.protect or ()):
+        raise ValueError("--face-detectors picks the detectors of --protect faces")
+    chosen = [region_source(name, faces=args.face_detectors or FACE_STACK) for name in args.protect or ()]
     if args.protect_margin is not None:
         if not any(source.margin for source in chosen):
             raise ValueError("--protect-margin grows the boxes of --protect faces or people")
@@ -367,14 +386,14 @@ def run(args: argparse.Namespace) -> str:
         write_image(released(layer, read_image(source).to(device), args.restore), args.output)
         summary = f"image written to {args.output}"
     if isinstance(layer, ProtectDetected):
-        summary += protect_summary(layer)
+        summary += protect_summary(layer, args.face_detectors or FACE_STACK if "faces" in (args.protect or ()) else ())
     spent = "" if accountant is None else f"\nAccountant: {accountant}"
     return f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
 
 
-def protect_summary(layer: ProtectDetected) -> str:
-    """What the sources found and the zone covered, for the summary."""
-    text = ""
+def protect_summary(layer: ProtectDetected, faces: tuple[str, ...] = ()) -> str:
+    """What the sources (the face detectors ``faces`` united) found and the zone covered, for the summary."""
+    text = f"\nfaces: the union of the detectors {', '.join(faces)}" if faces else ""
     if layer.sources:
         kept = ""
         if layer.k:
