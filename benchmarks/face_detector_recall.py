@@ -10,7 +10,7 @@ square only, no border) at spaced places, at most :data:`PER_FRAME` a frame, int
 (``vtest.avi``, 768×576, a crowded street seen from above whose people's own faces are 5–15 px). The true box is the
 upright square of the face's size around its centre; a face is found when a box (for a stack: its merged box) has
 IoU >= 0.3 with it. False detections are counted on clean PETS frames (no face pasted: any box is false, though a
-few may be real tiny faces), per frame. Times are milliseconds per 768×576 frame on this machine's CPUs (a stack: the
+few may be real tiny faces), per frame. ``dlib-cnn`` (about 1.6 s a frame) is measured only with ``--cnn``. Times are milliseconds per 768×576 frame on this machine's CPUs (a stack: the
 sum of its members). Run: ``python benchmarks/face_detector_recall.py [vtest.avi]``; ``--cli`` also times
 ``dp-pixel --protect faces`` on the first 100 frames for each stack.
 """
@@ -46,7 +46,7 @@ STACKS = (
     ("haar", "haar-rotated", "centerface"),
     ("haar", "centerface", "dlib-hog"),
     ("haar", "haar-rotated", "centerface", "dlib-hog"),
-    FACE_DETECTORS,
+    ("haar", "haar-rotated", "centerface", "dlib-hog", "dlib-cnn"),
 )
 
 
@@ -98,9 +98,9 @@ def composites(backgrounds, pool, size, tilt):
     return out
 
 
-def run_members(frame: torch.Tensor, timings: dict) -> dict:
+def run_members(frame: torch.Tensor, timings: dict, members: tuple[str, ...]) -> dict:
     found = {}
-    for name in FACE_DETECTORS:
+    for name in members:
         start = time.perf_counter()
         found[name] = face_boxes(frame, (name,))[name]
         timings.setdefault(name, []).append(time.perf_counter() - start)
@@ -127,7 +127,9 @@ def cli_fps(video: Path, stack: tuple[str, ...], frames: int = 100) -> float:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--cli"]
+    args = [a for a in sys.argv[1:] if a not in ("--cli", "--cnn")]
+    members = FACE_DETECTORS if "--cnn" in sys.argv else tuple(d for d in FACE_DETECTORS if d != "dlib-cnn")
+    stacks = [s for s in STACKS if set(s) <= set(members)]
     video = Path(args[0]) if args else VIDEO
     frames = pets_frames(video, 30)
     backgrounds, clean = frames[:20], frames[20:]
@@ -137,8 +139,8 @@ def main() -> None:
     for tilt, size in itertools.product(TILTS, SIZES):
         hits = {}
         for frame, truths in composites(backgrounds, pool, size, tilt):
-            found = run_members(frame, timings)
-            for key in [*FACE_DETECTORS, *STACKS]:
+            found = run_members(frame, timings, members)
+            for key in [*members, *stacks]:
                 boxes = torch.from_numpy(found[key]) if isinstance(key, str) else stack_boxes(found, key)
                 hit = (box_iou(truths.float(), boxes).amax(1) >= IOU) if len(boxes) else torch.zeros(len(truths))
                 hits[key] = hits.get(key, 0) + int(hit.sum())
@@ -146,11 +148,11 @@ def main() -> None:
         print(f"done {rows[-1][0]}", file=sys.stderr)
     false = {}
     for frame in clean:
-        found = run_members(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), timings)
-        for key in [*FACE_DETECTORS, *STACKS]:
+        found = run_members(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), timings, members)
+        for key in [*members, *stacks]:
             false[key] = false.get(key, 0) + len(found[key] if isinstance(key, str) else stack_boxes(found, key))
     ms = {name: 1000 * float(np.median(t)) for name, t in timings.items()}
-    keys = [*FACE_DETECTORS, *STACKS]
+    keys = [*members, *stacks]
     names = [k if isinstance(k, str) else "+".join(k) for k in keys]
     print(f"recall of {len(pool)} real faces pasted into PETS2009 frames (IoU >= {IOU}); false detections per clean")
     print(f"frame ({len(clean)} frames); median ms per 768×576 frame (a stack: sum of its members). Default stack:")
@@ -166,7 +168,7 @@ def main() -> None:
         )
     if "--cli" in sys.argv:
         print("\ndp-pixel --protect faces --b 8 on the first 100 frames of vtest.avi (frames/s, whole run):")
-        for stack in STACKS:
+        for stack in stacks:
             print(f"{'+'.join(stack):52}{cli_fps(video, stack):>8.1f}")
 
 

@@ -184,6 +184,8 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None, f
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
     common = dict(noise=args.noise, accountant=accountant, backend=args.backend, **randomness)
+    if args.face_detectors is not None and "faces" not in (args.protect or ()):
+        raise ValueError("--face-detectors picks the detectors of --protect faces")
     if args.protect or args.protect_zone is not None:
         return protect_layer(args, common, fps)
     if args.protect_cell is not None or args.protect_m is not None or args.protect_margin is not None:
@@ -217,8 +219,6 @@ def protect_layer(args: argparse.Namespace, common: dict, fps: float | None) -> 
         )
     if args.b is None:
         raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
-    if args.face_detectors is not None and "faces" not in (args.protect or ()):
-        raise ValueError("--face-detectors picks the detectors of --protect faces")
     chosen = [region_source(name, faces=args.face_detectors or FACE_STACK) for name in args.protect or ()]
     if args.protect_margin is not None:
         if not any(source.margin for source in chosen):
