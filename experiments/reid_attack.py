@@ -424,8 +424,15 @@ def main(cfg: DictConfig) -> None:
         condition = condition_name(name, eps, b, m, m_r, restore)
         reports[condition] = report
         test = release(faces["test"], faces["test_boxes"])
-        row = {"condition": condition, "mechanism": name, "epsilon": eps, "b": b, "m": m, "m_r": m_r}
-        row["restore"] = restore
+        row = {
+            "condition": condition,
+            "mechanism": name,
+            "epsilon": eps,
+            "b": b,
+            "m": m,
+            "m_r": m_r,
+            "restore": restore,
+        }
         if "naive" in attackers:
             acc = top_k_accuracy(clean_model, test, faces["test_labels"], classifier.input_size)
             row["naive_top1"], row["naive_top5"] = acc[1], acc[5]
