@@ -11,6 +11,11 @@ then attacked by
   linkage:  dlib's pretrained face embedding, linking released test faces to the clean gallery (rank-1, rank-5).
 With the LFW faces the full astronaut photo is released too: its face is linked, and its MSE and PSNR are measured
 inside and outside the face box (the LFW face box is the whole crop, so it has no outside).
+``restore=[fill,denoise]`` attacks every DP-Pix and protected condition once per method: the attacker restores each
+release it sees (train, test, astronaut) from the release and its public guarantee and face box alone
+(:meth:`NoisyGrid.restore <dp_pixel_torch.storage.NoisyGrid.restore>`); the seeded layers draw the same noise for
+every method, so the methods are compared on the same releases. The default, ``[fill]``, attacks the releases as
+they are.
 Writes results.csv, report.md, attack_vs_privacy.png and examples.png into the Hydra run dir.
 """
 
@@ -36,6 +41,14 @@ from run import make_release, settings, table  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from dp_pixel_torch import (  # noqa: E402
+    DPPixelize,
+    MultiLevelGrid,
+    NoisyGrid,
+    PrivacyGuarantee,
+    RegionAdaptiveDPPixelize,
+    Restore,
+)
 from dp_pixel_torch.attacks import (  # noqa: E402
     ClassifierConfig,
     FaceEmbedder,
@@ -47,7 +60,9 @@ from dp_pixel_torch.attacks import (  # noqa: E402
 )
 from dp_pixel_torch.datasets import CelebA  # noqa: E402
 from dp_pixel_torch.detectors import boxes_mask  # noqa: E402
+from dp_pixel_torch.functional import public_split  # noqa: E402
 from dp_pixel_torch.metrics import masked_scores, psnr, ssim  # noqa: E402
+from dp_pixel_torch.restoration import METHODS  # noqa: E402
 
 ATTACKERS = ("naive", "adaptive", "linkage")
 ASTRONAUT_FACE = (175, 70, 268, 163)  # XYXY in skimage.data.astronaut()
@@ -157,29 +172,80 @@ def celeba(cfg: DictConfig) -> dict:
 
 
 def conditions(cfg: DictConfig):
-    """(name, ε, b, m, m_r, release, privacy report) for every condition (m_r: the pixels hidden inside the protected
-    face cells, an int or "all", None without protection); ``release(images, boxes)`` releases each image
-    independently."""
-    yield "original", None, None, None, None, (lambda images, boxes: images.clone()), "the original images: NOT private"
+    """(name, ε, b, m, m_r, restore, release, privacy report) for every condition (m_r: the pixels hidden inside the
+    protected face cells, an int or "all", None without protection; restore: the method the attacker restores the
+    releases by, one per ``cfg.restore`` for uniform and protected DP-Pix, None for the others); ``release(images,
+    boxes)`` releases each image independently."""
+    original = (lambda images, boxes: images.clone()), "the original images: NOT private"
+    yield "original", None, None, None, None, None, *original
     for name, mech in cfg.mechanisms.items():
         if mech is None:
             continue
         for eps, b, m, m_r in settings(mech, cfg.grid):
-            frames_release, report = make_release(mech, eps, b, m, cfg.seed, m_r)
+            guarantee = public_guarantee(mech, eps, b, m, m_r)
+            for method in [None] if guarantee is None else cfg.restore:
+                frames_release, report = make_release(mech, eps, b, m, cfg.seed, m_r)  # seeded: the same noise
+                if guarantee is not None and str(guarantee) != report:
+                    raise ValueError(f"{name}: the public guarantee {guarantee} is not the release's ({report})")
+                restore = None if method in (None, "fill") else restorer(guarantee, method)
 
-            def release(images, boxes, frames_release=frames_release):
-                regions = [{"boxes": box[None]} for box in boxes]
-                return torch.stack(frames_release(list(images), regions))
+                def release(images, boxes, frames_release=frames_release, restore=restore):
+                    regions = [{"boxes": box[None]} for box in boxes]
+                    released = torch.stack(frames_release(list(images), regions))
+                    return released if restore is None else restore(released, boxes)
 
-            yield name, eps, b, m, m_r, release, report
+                yield name, eps, b, m, m_r, method, release, report
 
 
-def condition_name(name: str, eps, b, m, m_r) -> str:
+def public_guarantee(mech: DictConfig, eps, b, m, m_r) -> PrivacyGuarantee | None:
+    """The public guarantee of a uniform (``dp``) or protected (``protect``) DP-Pix condition, as the layer of
+    :func:`run.make_release` states it; None for the other mechanisms, which are attacked unrestored."""
+    if mech.kind == "dp":
+        return DPPixelize(eps, b, m, noise=mech.noise, border=mech.border).guarantee
+    if mech.kind == "protect":
+        protect_m = None if m_r == "all" else m_r
+        levels = (b, mech.coarse * b)
+        return RegionAdaptiveDPPixelize(
+            eps, m, levels=levels, protect=True, protect_m=protect_m, region_from=mech.region_from
+        ).guarantee
+    return None
+
+
+def restorer(guarantee: PrivacyGuarantee, method: str):
+    """``restore(released, boxes)``: the attacker's restoration of released uint8 images ``[N, C, H, W]`` by
+    ``method``, from what is public alone: the images, ``guarantee`` and the face ``boxes`` (XYXY ``[N, 4]``), which
+    give a protected release its cells. The cell values are read back from the images (each cell is filled with its
+    value) into the release's :class:`NoisyGrid`, which is restored under its public noise law."""
+    if guarantee.levels is None:
+        return lambda released, boxes: Restore(guarantee, method)(released)
+
+    def restore(released, boxes):
+        grid = MultiLevelGrid(*released.shape[-2:], guarantee.levels)
+        counts = [grid.partition(level).counts() for level in range(len(grid.levels))]
+        out = []
+        for image, box in zip(released, boxes):
+            split = public_split("mask", grid, guarantee, (0.0, 255.0), (), image.device, boxes=box[None])
+            values = [(s.double() / n).round_().to(torch.uint8) for s, n in zip(grid.cell_sums(image), counts)]
+            release = NoisyGrid.from_release(tuple(image.shape), image.dtype, (0.0, 255.0), guarantee, values, split)
+            if not torch.equal(release.restore(), image):
+                raise ValueError("the image is not a release of these cells: some released cell is not constant")
+            out.append(release.restore(method))
+        return torch.stack(out)
+
+    return restore
+
+
+def restored(method: str | None) -> str:
+    """The suffix that marks a restored condition: empty for unrestored releases (fill or None)."""
+    return "" if method in (None, "fill") else f" restore={method}"
+
+
+def condition_name(name: str, eps, b, m, m_r, restore=None) -> str:
     if b is None:
         return name
     if eps is None:
         return f"{name} b={b}"
-    return f"{name} ε={eps:g} b={b} m={m}" + ("" if m_r is None else f" m_r={m_r}")
+    return f"{name} ε={eps:g} b={b} m={m}" + ("" if m_r is None else f" m_r={m_r}") + restored(restore)
 
 
 def m_r_order(m_r) -> float:
@@ -200,15 +266,22 @@ def plot_attacks(rows: list[dict], chance: float, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
     private = [r for r in rows if r["epsilon"] is not None]
     epsilons = sorted({r["epsilon"] for r in private})
-    curves = sorted({(r["mechanism"], r["b"], r["m_r"]) for r in private}, key=lambda c: (*c[:2], m_r_order(c[2])))
+    curves = sorted(
+        {(r["mechanism"], r["b"], r["m_r"], r["restore"]) for r in private},
+        key=lambda c: (*c[:2], m_r_order(c[2]), restored(c[3])),
+    )
     ms = sorted({r["m"] for r in private})
     baselines = [r for r in rows if r["epsilon"] is None and r["mechanism"] != "original"]
     for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, (key, title) in zip(axes.flat, keys):
-        for (mech, b, m_r), m in itertools.product(curves, ms):
+        for (mech, b, m_r, restore), m in itertools.product(curves, ms):
             group = sorted(
-                (r for r in private if (r["mechanism"], r["b"], r["m_r"], r["m"]) == (mech, b, m_r, m)),
+                (
+                    r
+                    for r in private
+                    if (r["mechanism"], r["b"], r["m_r"], r["restore"], r["m"]) == (mech, b, m_r, restore, m)
+                ),
                 key=lambda r: r["epsilon"],
             )
             if group:
@@ -216,9 +289,9 @@ def plot_attacks(rows: list[dict], chance: float, path: Path) -> None:
                     [r["epsilon"] for r in group],
                     [r[key] for r in group],
                     marker="o",
-                    color=plt.cm.tab20(curves.index((mech, b, m_r)) % 20),
+                    color=plt.cm.tab20(curves.index((mech, b, m_r, restore)) % 20),
                     ls=("-", "--", ":", (0, (3, 1, 1, 1)))[ms.index(m) % 4],
-                    label=f"{mech} b={b} m={m}" + ("" if m_r is None else f" m_r={m_r}"),
+                    label=f"{mech} b={b} m={m}" + ("" if m_r is None else f" m_r={m_r}") + restored(restore),
                 )
         for k, r in enumerate(baselines):
             color = plt.cm.Dark2(k % 8)
@@ -276,14 +349,18 @@ def stopped_summary(rows: list[dict], tests: dict[str, tuple[int, float]]) -> li
 
 
 def smallest_m_r(rows: list[dict], tests: dict[str, tuple[int, float]]) -> list[str]:
-    """Per protected setting (mechanism, ε, b, m): the smallest m_r whose release stops every attacker in ``tests``,
-    or that none does."""
+    """Per protected setting (mechanism, ε, b, m, restore): the smallest m_r whose release stops every attacker in
+    ``tests``, or that none does."""
     lines = []
-    settings_ = sorted({(r["mechanism"], r["epsilon"], r["b"], r["m"]) for r in rows if r["m_r"] is not None})
+
+    def setting_of(r):
+        return r["mechanism"], r["epsilon"], r["b"], r["m"], r.get("restore")
+
+    settings_ = sorted({setting_of(r) for r in rows if r["m_r"] is not None}, key=lambda s: (*s[:4], restored(s[4])))
     for setting in settings_:
-        mech, eps, b, m = setting
+        mech, eps, b, m, restore = setting
         group = sorted(
-            (r for r in rows if r["m_r"] is not None and (r["mechanism"], r["epsilon"], r["b"], r["m"]) == setting),
+            (r for r in rows if r["m_r"] is not None and setting_of(r) == setting),
             key=lambda r: m_r_order(r["m_r"]),
         )
         stopping = [r["m_r"] for r in group if not any(leaks(r, a, tests) for a in tests)]
@@ -294,7 +371,7 @@ def smallest_m_r(rows: list[dict], tests: dict[str, tuple[int, float]]) -> list[
             if stopping
             else f"**no m_r stops all {len(tests)} attackers**"
         )
-        lines.append(f"- {mech} ε={eps:g} b={b} m={m} (m_r ∈ {{{tried}}}): {verdict}.")
+        lines.append(f"- {mech} ε={eps:g} b={b} m={m}{restored(restore)} (m_r ∈ {{{tried}}}): {verdict}.")
     return lines
 
 
@@ -304,6 +381,8 @@ def main(cfg: DictConfig) -> None:
     unknown = set(cfg.attackers) - set(ATTACKERS)
     if unknown:
         raise ValueError(f"attackers: unknown {sorted(unknown)}; choose from {ATTACKERS}")
+    if set(cfg.restore) - set(METHODS):
+        raise ValueError(f"restore: unknown {sorted(set(cfg.restore) - set(METHODS))}; choose from {METHODS}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     faces = {"lfw_views": lfw_views, "celeba": celeba}[cfg.faces.name](cfg)
     identities = int(faces["train_labels"].max()) + 1
@@ -341,11 +420,19 @@ def main(cfg: DictConfig) -> None:
     probe_order = torch.randperm(len(faces["test"]), generator=torch.Generator().manual_seed(cfg.seed))
     rows, reports, examples = [], {}, [("original", faces["test"][0])]
     jobs = list(conditions(cfg))
-    for name, eps, b, m, m_r, release, report in tqdm(jobs, desc="conditions", unit="cond"):
-        condition = condition_name(name, eps, b, m, m_r)
+    for name, eps, b, m, m_r, restore, release, report in tqdm(jobs, desc="conditions", unit="cond"):
+        condition = condition_name(name, eps, b, m, m_r, restore)
         reports[condition] = report
         test = release(faces["test"], faces["test_boxes"])
-        row = {"condition": condition, "mechanism": name, "epsilon": eps, "b": b, "m": m, "m_r": m_r}
+        row = {
+            "condition": condition,
+            "mechanism": name,
+            "epsilon": eps,
+            "b": b,
+            "m": m,
+            "m_r": m_r,
+            "restore": restore,
+        }
         if "naive" in attackers:
             acc = top_k_accuracy(clean_model, test, faces["test_labels"], classifier.input_size)
             row["naive_top1"], row["naive_top5"] = acc[1], acc[5]

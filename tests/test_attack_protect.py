@@ -89,7 +89,7 @@ def test_smallest_m_r_takes_the_first_m_r_that_stops_every_attacker():
 
 
 def test_a_protected_astronaut_release_is_constant_over_each_coarse_cell_of_the_face():
-    jobs = {reid_attack.condition_name(*job[:5]): job[5] for job in reid_attack.conditions(smoke_config())}
+    jobs = {reid_attack.condition_name(*job[:6]): job[6] for job in reid_attack.conditions(smoke_config())}
     photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).contiguous()
     box = torch.tensor([reid_attack.ASTRONAUT_FACE], dtype=torch.float32)
     released = jobs["dp_protect ε=1 b=8 m=1 m_r=64"](photo[None], box)[0]
