@@ -9,8 +9,7 @@ parameters, one frame after the other; none of it accepts an original frame.
 
 * :class:`TemporalRestorer`: a Kalman filter per cell and channel (:func:`kalman_step`): process noise ``drift²``
   per frame, measurement noise the public variance, and a reset to the new release where the innovation is beyond
-  the noise (a test of false-reset rate ``reset_rate`` per cell) or where the :class:`ChangeDetector` of its block
-  fires. The filtered cells and their posterior variances are drawn as pixels by ``fill``, ``smooth`` or
+  the noise (tests of false-reset rate ``reset_rate`` per cell and per 32-px block). The filtered cells and their posterior variances are drawn as pixels by ``fill``, ``smooth`` or
   ``denoise`` (:func:`~dp_pixel_torch.restoration.restore_cells`, the spatial estimate on top of the temporal one).
 * :class:`ChangeDetector`: per block of ``cell×cell`` pixels, the sum of squared standardized deviations of the
   mean of the last ``window`` releases from a background estimated from earlier releases only, against the upper
@@ -50,23 +49,27 @@ def kalman_step(
     r: torch.Tensor,
     q: float,
     reset_rate: float,
-    changed: torch.Tensor | None = None,
+    blocks: tuple[torch.Tensor, tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One frame of a Kalman filter per cell: ``(mean, var, reset)``.
 
     ``mean`` float64 ``[C, rows, cols]`` and ``var`` ``[1, rows, cols]``: the state; ``y`` ``[C, rows, cols]`` and
     ``r`` ``[1, rows, cols]``: the released values and their public variances; ``q``: the process noise variance per
-    frame. The state resets to the release (``var = r``) where ``Σ_c (y - mean)²/(var + q + r)`` passes
-    :func:`null_quantile` at ``reset_rate``, or where ``changed`` (bool ``[rows, cols]``). ``reset``: bool ``[rows,
-    cols]``. Reads released values and public variances."""
+    frame. The state resets to the release (``var = r``) where the innovation ``Σ (y - mean)²/(var + q + r)``, over
+    the cell's channels, or over the block of ``blocks`` (:func:`_block_index`) that holds the cell, passes
+    :func:`null_quantile` at ``reset_rate``. ``reset``: bool ``[rows, cols]``. Reads released values and public
+    variances."""
     prior = var + q
     total = prior + r
     innovation = y - mean
     channels = torch.full_like(r[0], y.shape[0])
     excess = channels * LAPLACE_EXCESS * (r[0] / total[0]).square()
-    reset = (innovation.square() / total).sum(0) > null_quantile(channels, excess, reset_rate)
-    if changed is not None:
-        reset |= changed
+    stat = (innovation.square() / total).sum(0)
+    reset = stat > null_quantile(channels, excess, reset_rate)
+    if blocks is not None:
+        index, shape = blocks
+        count, excess = _block_sum(channels, index, shape), _block_sum(excess, index, shape)
+        reset |= (_block_sum(stat, index, shape) > null_quantile(count, excess, reset_rate)).flatten()[index]
     gain = prior / total
     mean = torch.where(reset, y, mean + gain * innovation)
     return mean, torch.where(reset, r, gain * r), reset
@@ -191,48 +194,36 @@ class TemporalRestorer:
 
     ``method`` draws the filtered cells as pixels (``"fill"``, ``"smooth"`` or ``"denoise"``, see
     :mod:`~dp_pixel_torch.restoration`); ``drift``: standard deviation of a static cell's change per frame, as a
-    fraction of the value range; ``reset_rate``: the per-cell false-reset rate of the innovation test; ``detector``:
-    the :class:`ChangeDetector` whose occupied blocks also reset their cells (default: a new one; None: the per-cell
-    test only).
-    Reads releases and public parameters only.
+    fraction of the value range; ``reset_rate``: the false-reset rate of the innovation tests, per cell and per
+    block of ``cell×cell`` pixels (None: per cell only). Reads releases and public parameters only.
     """
 
     def __init__(
-        self,
-        method: str = "denoise",
-        drift: float = 1 / 255,
-        reset_rate: float = 1e-3,
-        detector: ChangeDetector | None | str = "default",
+        self, method: str = "denoise", drift: float = 1 / 255, reset_rate: float = 1e-3, cell: int | None = 32
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        detector = ChangeDetector() if detector == "default" else detector
-        self.method, self.drift, self.reset_rate, self.detector = method, drift, reset_rate, detector
+        self.method, self.drift, self.reset_rate, self.cell = method, drift, reset_rate, cell
         self.reset()
 
     def reset(self) -> None:
         """Forget the state (a new scene)."""
-        self._mean = self._var = None
-        if self.detector is not None:
-            self.detector.reset()
+        self._mean = self._var = self._blocks = None
 
     def __call__(self, grid) -> torch.Tensor:
         """The restored frames of one release (a :class:`~dp_pixel_torch.NoisyGrid` of ``[C, H, W]`` or ``[T, C,
         H, W]`` frames, in stream order): ``grid.shape`` in ``grid.dtype``."""
-        values, variances, protected = grid.finest_cells()
+        values, variances, _ = grid.finest_cells()
         partition = grid.finest_partition
-        flat = [t.reshape(-1, *t.shape[-3:]) for t in (values, variances)] + [protected.reshape(-1, *partition.shape)]
+        if self._blocks is None and self.cell is not None:
+            self._blocks = _block_index(partition, self.cell, values.device)
         q = (self.drift * (grid.value_range[1] - grid.value_range[0])) ** 2
         means, spreads = [], []
-        for y, r, shown in zip(*flat):
-            changed = None
-            if self.detector is not None:
-                blocks = self.detector.update(y, r, shown, partition, grid.value_range)
-                changed = blocks.flatten()[self.detector._blocks[0]]
+        for y, r in zip(values.reshape(-1, *values.shape[-3:]), variances.reshape(-1, *variances.shape[-3:])):
             if self._mean is None:
                 self._mean, self._var = y, r
             else:
-                self._mean, self._var, _ = kalman_step(self._mean, self._var, y, r, q, self.reset_rate, changed)
+                self._mean, self._var, _ = kalman_step(self._mean, self._var, y, r, q, self.reset_rate, self._blocks)
             means.append(self._mean)
             spreads.append(self._var)
         cells = torch.stack(means).reshape(values.shape)
