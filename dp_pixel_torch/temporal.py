@@ -82,9 +82,9 @@ class ChangeDetector:
     is declared occupied in one frame once the background has settled (moment-matched, :func:`null_quantile`; the
     clipping of released values to the value range only lowers it). ``scene``: the standard deviation of the natural
     change of a static cell from frame to frame (flicker, compression, sway), as a fraction of the value range, added
-    to the noise so that it is not taken for occupancy; with ``scene = 0`` the stated rate holds for a scene that is
-    exactly static, and ``scene > 0`` only lowers it there. ``window``: releases averaged before the test.
-    ``drift``: standard deviation of the background's slow change per frame, as a fraction of the value range.
+    to the noise so that it is not taken for occupancy. ``window``: releases averaged before the test. ``drift``:
+    standard deviation of the background's slow change per frame, as a fraction of the value range. With ``scene =
+    drift = 0`` the stated rate holds for an exactly static scene; positive values only lower it there.
     ``learning``: the gain with which a cell of an occupied block still joins the background (so that a scene change
     is learnt, like MOG2's history of ``1/learning`` frames). Reads releases and public parameters only.
     """
