@@ -1,6 +1,6 @@
 """dp_pixel_torch: differentially private pixelization (DP-Pix) for images and video, native to PyTorch."""
 
-from . import detectors, functional, kernels, reference, restoration
+from . import detectors, functional, kernels, reference, restoration, temporal
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant, PrivacyGuarantee
 from .detectors import ProtectDetected
 from .functional import dp_pixelize, dp_pixelize_adaptive
@@ -34,5 +34,6 @@ __all__ = [
     "reference",
     "restoration",
     "save_video",
+    "temporal",
 ]
 __version__ = "0.1.0"

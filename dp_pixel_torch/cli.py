@@ -29,7 +29,8 @@ region.
 shown that compiling pays, and never changes the output. An option the input cannot use (``--grids`` on an image,
 ``--device`` under ``--ray``, ``--workers`` without it) is refused rather than ignored.
 ``--restore smooth|denoise`` turns the released cells into pixels by interpolation, or by an estimate under the public
-noise law (see :mod:`dp_pixel_torch.restoration`): post-processing of the release, no ε; ``--grids`` still holds the
+noise law (see :mod:`dp_pixel_torch.restoration`); ``--restore temporal`` (videos only) filters every cell over the
+frames (see :mod:`dp_pixel_torch.temporal`): post-processing of the release, no ε; ``--grids`` still holds the
 released grids. The privacy report is printed at the end. Bad arguments, unreadable input and a budget cap that would be passed exit
 with a non-zero status and a one-line message.
 """
@@ -58,10 +59,18 @@ from .detectors import (
 )
 from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
-from .restoration import METHODS
 from .storage import NoisyGridFormatError
 from .tracking import PERSIST
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, probe, read_image, sanitize_stream, to_bgr
+from .video import (
+    IMAGE_SUFFIXES,
+    STREAM_METHODS,
+    VIDEO_SUFFIXES,
+    import_cv2,
+    probe,
+    read_image,
+    sanitize_stream,
+    to_bgr,
+)
 
 WRITABLE = (".png", ".jpg", ".jpeg")
 CHUNK = 16
@@ -147,10 +156,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="reproducible noise for experiments (never in deployment)")
     p.add_argument(
         "--restore",
-        choices=METHODS,
+        choices=STREAM_METHODS,
         default="fill",
-        help="how released cells become pixels: fill (flat cells, default), smooth, or denoise under the public "
-        "noise law (post-processing, no ε)",
+        help="how released cells become pixels: fill (flat cells, default), smooth, denoise under the public "
+        "noise law, or temporal (videos: a Kalman filter per cell over the frames); post-processing, no ε",
     )
     p.add_argument(
         "--ray",
@@ -351,6 +360,11 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"input {str(source)!r} does not exist")
     kind = "folder" if source.is_dir() else "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
     check_options(args, kind)
+    if args.restore == "temporal" and kind != "video":
+        what = "an image" if kind == "image" else "a folder of images"
+        raise ValueError(
+            f"--restore temporal filters the frames of a video over time, not {what}: use --restore denoise"
+        )
     if args.ledger is None and args.cap is None:
         accountant = None
     else:

@@ -15,6 +15,8 @@ import torch
 from torchvision.ops import box_iou
 
 from .detectors import detect_people  # noqa: F401 - moved to detectors, still importable from here
+from .storage import NoisyGrid
+from .temporal import ChangeDetector
 from .video import import_cv2, to_bgr
 
 
@@ -80,6 +82,25 @@ def occupancy(mask: np.ndarray, cell: int, threshold: float = 0.1) -> np.ndarray
     return padded.reshape(rows, cell, cols, cell).mean(axis=(1, 3)) > threshold
 
 
+def noise_aware_occupancy(
+    grids: Iterable[NoisyGrid], cell: int = 32, false_alarm: float = 0.01, **detector
+) -> np.ndarray:
+    """Per-cell occupancy of a video release, read from its releases by a :class:`~dp_pixel_torch.temporal.
+    ChangeDetector` (``detector``: its other keywords): bool ``[T, ceil(H/cell), ceil(W/cell)]``.
+
+    ``grids``: the releases in stream order, each of ``[C, H, W]`` or ``[T_i, C, H, W]`` frames. A block of a static
+    scene is declared occupied with probability ``false_alarm`` per frame; protected cells, whose positions the
+    release discloses, count as occupied. Reads releases and public parameters only (post-processing, no ε)."""
+    changes = ChangeDetector(cell, false_alarm, **detector)
+    maps = []
+    for grid in grids:
+        values, variances, protected = grid.finest_cells()
+        frames = zip(values.reshape(-1, *values.shape[-3:]), variances.reshape(-1, *variances.shape[-3:]))
+        for (y, r), shown in zip(frames, protected.reshape(-1, *protected.shape[-2:])):
+            maps.append(changes.update(y, r, shown, grid.finest_partition, grid.value_range).cpu().numpy())
+    return np.stack(maps)
+
+
 @dataclass(frozen=True)
 class OccupancyAgreement:
     """Agreement of per-cell occupancy maps between original and released frames (crowd monitoring)."""
@@ -90,13 +111,26 @@ class OccupancyAgreement:
 
 
 def occupancy_agreement(
-    original: Sequence[torch.Tensor], released: Sequence[torch.Tensor], cell: int = 32, threshold: float = 0.1
+    original: Sequence[torch.Tensor],
+    released: Sequence[torch.Tensor] | None = None,
+    cell: int = 32,
+    threshold: float = 0.1,
+    *,
+    grids: Sequence[NoisyGrid] | None = None,
+    false_alarm: float = 0.01,
 ) -> OccupancyAgreement:
-    """Run background subtraction on both sequences and compare their per-cell occupancy frame by frame."""
-    if len(original) != len(released) or not original:
+    """Per-cell occupancy of the original frames (MOG2 background subtraction) against that of a release, frame by
+    frame: MOG2 on the ``released`` frames, or (noise-aware) :func:`noise_aware_occupancy` of the release's
+    ``grids`` at ``false_alarm``."""
+    if (released is None) == (grids is None):
+        raise ValueError("give the released frames or the release's grids (noise-aware), not both")
+    a = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(original)]) if original else None
+    if grids is not None:
+        b = noise_aware_occupancy(grids, cell, false_alarm)
+    else:
+        b = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(released)]) if released else None
+    if a is None or b is None or a.shape != b.shape:
         raise ValueError("need two non-empty sequences of the same length")
-    a = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(original)])
-    b = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(released)])
     union = np.logical_or(a, b).sum()
     return OccupancyAgreement(
         iou=float(np.logical_and(a, b).sum() / union) if union else 1.0,

@@ -186,6 +186,33 @@ class NoisyGrid:
         layout, released = self._layout(), self._released()
         return layout.fill(variances[0]) if released is None else layout.fill(released, variances)
 
+    @property
+    def finest_partition(self) -> GridPartition:
+        """The cells of :meth:`finest_cells`: the uniform layout, or level 0 of an adaptive one (public)."""
+        layout = self._layout()
+        return layout if isinstance(layout, GridPartition) else layout.partition(0)
+
+    def finest_cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The release on its finest cells: ``(values, variances, protected)``.
+
+        ``values`` float64 ``[..., C, rows_0, cols_0]`` (image units): each finest cell takes the value of the
+        released cell that holds it; ``variances`` float64 ``[..., 1, rows_0, cols_0]``: that value's
+        :meth:`noise_variance` times the finest cells it covers (together they carry its information once);
+        ``protected`` bool ``[..., rows_0, cols_0]``: the finest cells inside protected cells (public: the region
+        map of a ``protect`` release), all False otherwise. Reads the stored values, the layout and the guarantee.
+        """
+        layout, released = self._layout(), self._released()
+        values = self._dense([self._decode(v, torch.float64) for v in self.values])
+        variances = [v.expand(*self.shape[:-3], *v.shape[-3:]) for v in self._variances()]
+        if released is None:
+            protected = torch.zeros(values[0].shape[:-3] + values[0].shape[-2:], dtype=torch.bool)
+            return values[0], variances[0], protected.to(values[0].device)
+        ones = torch.ones(layout.partition(0).shape, dtype=torch.float64, device=values[0].device)
+        spread = [v * k for v, k in zip(variances, layout.coarsen(ones))]
+        top = ~self.split[-1].to(values[0].device) if self.guarantee.protect else torch.zeros_like(released[-1])
+        protected = layout.to_finest(top, layout.top)
+        return layout.finest_values(released, values), layout.finest_values(released, spread), protected
+
     def _variances(self) -> list[torch.Tensor]:
         """:meth:`noise_variance` dense per level: float64 ``[..., 1, rows_l, cols_l]`` (the same for every channel)."""
         g, layout = self.guarantee, self._layout()

@@ -17,8 +17,11 @@ from .accounting import BudgetExceededError, PrivacyAccountant
 from .mechanisms import _DPLayer
 from .restoration import METHODS
 from .storage import NoisyGrid
+from .temporal import TemporalRestorer
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".webm")
+#: How a stream's releases become frames: a restoration method of one release, or ``"temporal"`` (over the stream).
+STREAM_METHODS = (*METHODS, "temporal")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG", ".webm": "VP80"}
 
@@ -146,10 +149,12 @@ def sanitize_stream(
         chunk: frames per release: memory holds one chunk.
         device: where to release, ``"cpu"`` or an available ``"cuda[:N]"`` (default: CUDA when available).
         restore: how each released grid becomes the frames of the video: ``"fill"`` (the layer's output),
-            ``"smooth"`` or ``"denoise"`` (:meth:`NoisyGrid.restore`; post-processing, no ε). ``grids`` holds the
-            released grids whatever it is.
+            ``"smooth"`` or ``"denoise"`` (:meth:`NoisyGrid.restore`), or ``"temporal"``: a Kalman filter per cell
+            over the stream's releases, drawn by ``"denoise"`` (:class:`~dp_pixel_torch.temporal.TemporalRestorer`);
+            all post-processing, no ε. ``grids`` holds the released grids whatever it is.
     """
-    restore = check_choice(restore, "restore", METHODS)
+    restore = check_choice(restore, "restore", STREAM_METHODS)
+    temporal = TemporalRestorer() if restore == "temporal" else None
     chunk = check_positive_int(chunk, "chunk")
     fps = None if fps is None else check_epsilon(fps, "fps")  # a finite number > 0
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -184,9 +189,11 @@ def sanitize_stream(
                 if output is not None:
                     if writer is None:
                         writer = _open_writer(cv2, Path(output), fps, shape[-2:])
-                    restored = (
-                        torch.zeros(1, *shape, dtype=torch.uint8) if released is None else released.restore(restore)
-                    )
+                    if released is None:
+                        restored = torch.zeros(1, *shape, dtype=torch.uint8)
+                    else:
+                        restored = released.restore(restore) if temporal is None else temporal(released)
+                    restored = restored.reshape(-1, *shape)
                     for frame in restored.cpu():
                         writer.write(to_bgr(frame))
             count += block.shape[0]

@@ -153,7 +153,7 @@ def test_each_source_gets_its_region_origin_and_its_own_noise():
         release, report = run.make_release(
             run.for_source(mechanisms.dp_protect, {"region_from": origin}), 1.0, 8, 1, run.stream_seed(0, 0, k), "all"
         )
-        released.append(release([frame], [region])[0])
+        released.append(release([frame], [region])[0].restore())
         reports.append(report)
     assert "given as PUBLIC" in reports[0] and "CONDITIONAL on the disclosed region positions" in reports[1]
     assert not torch.equal(released[0], released[1])  # two sources never share a noise stream
