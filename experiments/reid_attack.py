@@ -16,6 +16,9 @@ release it sees (train, test, astronaut) from the release and its public guarant
 (:meth:`NoisyGrid.restore <dp_pixel_torch.storage.NoisyGrid.restore>`); the seeded layers draw the same noise for
 every method, so the methods are compared on the same releases. The default, ``[fill]``, attacks the releases as
 they are.
+``faces=lfw_scenes mechanisms.dp_protect.regions=[annotation,detector]`` pastes the faces into real scenes and runs
+the protected conditions twice on them: with the true face boxes, and with the boxes :func:`detect_faces` finds in
+each original scene; the report counts the faces the detector missed and each attacker's top-1 on them.
 Writes results.csv, report.md, attack_vs_privacy.png and examples.png into the Hydra run dir.
 """
 
