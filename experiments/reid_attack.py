@@ -16,14 +16,19 @@ release it sees (train, test, astronaut) from the release and its public guarant
 (:meth:`NoisyGrid.restore <dp_pixel_torch.storage.NoisyGrid.restore>`); the seeded layers draw the same noise for
 every method, so the methods are compared on the same releases. The default, ``[fill]``, attacks the releases as
 they are.
+``faces=lfw_scenes mechanisms.dp_protect.regions=[annotation,detector]`` pastes the faces into real scenes and runs
+the protected conditions twice on them: with the true face boxes, and with the boxes :func:`detect_faces` finds in
+each original scene; the report counts the faces the detector missed and each attacker's top-1 on them.
 Writes results.csv, report.md, attack_vs_privacy.png and examples.png into the Hydra run dir.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import math
+import sys
 from pathlib import Path
 
 import hydra
@@ -36,8 +41,9 @@ import numpy as np  # noqa: E402
 import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from run import make_release, settings, table  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -59,13 +65,25 @@ from dp_pixel_torch.attacks import (  # noqa: E402
     train_classifier,
 )
 from dp_pixel_torch.datasets import CelebA  # noqa: E402
-from dp_pixel_torch.detectors import boxes_mask  # noqa: E402
+from dp_pixel_torch.detectors import FACE_MARGIN, boxes_mask, detect_faces, dilate_boxes  # noqa: E402
 from dp_pixel_torch.functional import public_split  # noqa: E402
 from dp_pixel_torch.metrics import masked_scores, psnr, ssim  # noqa: E402
 from dp_pixel_torch.restoration import METHODS  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from face_detector_recall import IOU, paste  # noqa: E402
+
 ATTACKERS = ("naive", "adaptive", "linkage")
+REGIONS = ("annotation", "detector")
 ASTRONAUT_FACE = (175, 70, 268, 163)  # XYXY in skimage.data.astronaut()
+
+
+def by_detection(row: dict, attacker: str, top1, found: torch.Tensor | None) -> None:
+    """Into ``row``: ``attacker``'s top-1 (``top1(subset)`` of a bool subset of the test faces) on the faces the
+    detector missed and on those it found (NaN for none); nothing without detections (``found`` None)."""
+    if found is not None:
+        for what, subset in (("missed", ~found), ("found", found)):
+            row[f"{attacker}_top1_{what}"] = top1(subset) if subset.any() else math.nan
 
 
 def face_scores(original: torch.Tensor, releases: torch.Tensor, face: torch.Tensor) -> dict[str, float]:
@@ -123,6 +141,93 @@ def lfw_views(cfg: DictConfig) -> dict:
     return faces
 
 
+def scene_backgrounds(cfg: DictConfig) -> list[np.ndarray]:
+    """RGB scenes of one size: 10 PETS2009 frames 20 apart, or scikit-image's coffee photo."""
+    if cfg.faces.background == "skimage":
+        return [skimage.data.coffee()]
+    path = Path(cfg.data_dir) / "pets2009" / "vtest.avi"
+    capture, frames = cv2.VideoCapture(str(path)), []
+    for index in range(200):
+        ok, bgr = capture.read()
+        if not ok:
+            raise FileNotFoundError(f"{path}: fewer than 200 frames (faces.background=skimage needs no data)")
+        if index % 20 == 0:
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return frames
+
+
+def lfw_scenes(cfg: DictConfig) -> dict:
+    """The views of :func:`lfw_views`, ``per_frame`` to a scene, each resized to one of ``sizes`` and turned by one of
+    ``tilts`` (one size and tilt per scene, in turn). The attackers' faces are the true squares cut from the scenes
+    and resized back to ``size``; ``scenes[split]`` holds the scenes (``frames``), the true boxes per scene
+    (``truths``), the face boxes a perfect detector would give (``annotation``: the truths grown by FACE_MARGIN, as
+    ProtectDetected grows a detection), and per face ``where`` (scene index, true box) and ``look`` (size, tilt)."""
+    f = cfg.faces
+    faces = lfw_views(cfg)
+    faces.pop("astronaut", None)
+    backgrounds = scene_backgrounds(cfg)
+    height, width = backgrounds[0].shape[:2]
+    looks = list(itertools.product(f.sizes, f.tilts))
+    faces["scenes"] = {}
+    for split in ("train", "test"):
+        frames, truths, where, look = [], [], [], []
+        for start in range(0, len(faces[split]), f.per_frame):
+            size, tilt = looks[len(frames) % len(looks)]
+            places = [(x, y) for y in range(size, height - size, 2 * size) for x in range(size, width - size, 2 * size)]
+            views = faces[split][start : start + f.per_frame]
+            if len(views) > len(places):
+                raise ValueError(f"faces.per_frame={f.per_frame}: a {width}×{height} scene holds {len(places)} faces")
+            scene = backgrounds[len(frames) % len(backgrounds)].copy()
+            boxes = [
+                paste(scene, np.ascontiguousarray(v.expand(3, -1, -1).permute(1, 2, 0).numpy()), size, tilt, place)
+                for v, place in zip(views, places[:: len(places) // len(views)])
+            ]
+            truths.append(torch.tensor(boxes))
+            where += [(len(frames), box) for box in boxes]
+            look += [(size, tilt)] * len(boxes)
+            frames.append(torch.from_numpy(scene).permute(2, 0, 1).contiguous())
+        frames = torch.stack(frames)
+        faces[split] = face_crops(frames, where, f.size)
+        faces["scenes"][split] = {
+            "frames": frames,
+            "truths": truths,
+            "annotation": [dilate_boxes(t, FACE_MARGIN, height, width) for t in truths],
+            "where": where,
+            "look": look,
+        }
+    faces["protocol"] += (
+        f" Each view is pasted into a {'PETS2009 frame' if f.background == 'pets2009' else 'photo'} ({width}×{height}), "
+        f"{f.per_frame} a scene, at {' or '.join(map(str, f.sizes))} px turned by {', '.join(f'{t}°' for t in f.tilts)}; "
+        f"every condition releases the scene, and the attackers see the face square cut from the release, resized to "
+        f"{f.size}×{f.size}."
+    )
+    return faces
+
+
+def face_crops(frames: torch.Tensor, where: list, size: int) -> torch.Tensor:
+    """The square of each ``(scene index, XYXY box)`` of ``where`` cut from ``frames`` and resized to ``size``."""
+    crops = []
+    for index, (x0, y0, x1, y1) in where:
+        crop = frames[index][:, round(y0) : round(y1), round(x0) : round(x1)]
+        crops.append(v2.functional.resize(crop, [size, size], antialias=True))
+    return torch.stack(crops)
+
+
+def detect(scenes: dict) -> None:
+    """Run :func:`detect_faces` on every ORIGINAL scene: ``detector`` holds its boxes grown by FACE_MARGIN (what
+    ProtectDetected protects), ``found`` whether each face was found (IoU >= 0.3 with a detected box, as in
+    ``benchmarks/face_detector_recall.py``)."""
+    height, width = scenes["frames"].shape[-2:]
+    detected = [detect_faces(frame) for frame in tqdm(scenes["frames"], desc="detecting faces", leave=False)]
+    scenes["detector"] = [dilate_boxes(d, FACE_MARGIN, height, width) for d in detected]
+    scenes["found"] = torch.tensor(
+        [
+            len(detected[i]) > 0 and bool(box_iou(torch.tensor([box]), detected[i]).max() >= IOU)
+            for i, box in scenes["where"]
+        ]
+    )
+
+
 def celeba(cfg: DictConfig) -> dict:
     """CelebA aligned faces: identities with at least ``min_images`` images, split per identity; the fixed public
     ``crop`` of the aligned image is what gets released."""
@@ -172,15 +277,15 @@ def celeba(cfg: DictConfig) -> dict:
 
 
 def conditions(cfg: DictConfig):
-    """(name, ε, b, m, m_r, restore, release, privacy report) for every condition (m_r: the pixels hidden inside the
-    protected face cells, an int or "all", None without protection; restore: the method the attacker restores the
-    releases by, one per ``cfg.restore`` for uniform and protected DP-Pix, None for the others); ``release(images,
-    boxes)`` releases each image independently."""
+    """(name, ε, b, m, m_r, restore, release, privacy report, regions) for every condition (m_r: the pixels hidden
+    inside the protected face cells, an int or "all", None without protection; restore: the method the attacker
+    restores the releases by, one per ``cfg.restore`` for uniform and protected DP-Pix, None for the others; regions:
+    the boxes the release gets, "annotation" or, for protected faces, "detector" too, per ``regions``, named
+    ``<name>[detector]``); ``release(images, boxes)`` releases each image independently (boxes: ``[4]`` or ``[K, 4]``
+    per image)."""
     original = (lambda images, boxes: images.clone()), "the original images: NOT private"
-    yield "original", None, None, None, None, None, *original
-    for name, mech in cfg.mechanisms.items():
-        if mech is None:
-            continue
+    yield "original", None, None, None, None, None, *original, "annotation"
+    for name, mech, regions in mechanism_regions(cfg):
         for eps, b, m, m_r in settings(mech, cfg.grid):
             guarantee = public_guarantee(mech, eps, b, m, m_r)
             for method in [None] if guarantee is None else cfg.restore:
@@ -190,11 +295,27 @@ def conditions(cfg: DictConfig):
                 restore = None if method in (None, "fill") else restorer(guarantee, method)
 
                 def release(images, boxes, frames_release=frames_release, restore=restore):
-                    regions = [{"boxes": box[None]} for box in boxes]
+                    regions = [{"boxes": box[None] if box.ndim == 1 else box} for box in boxes]
                     released = torch.stack(frames_release(list(images), regions))
                     return released if restore is None else restore(released, boxes)
 
-                yield name, eps, b, m, m_r, method, release, report
+                yield name, eps, b, m, m_r, method, release, report, regions
+
+
+def mechanism_regions(cfg: DictConfig):
+    """(name, mechanism, regions) for every mechanism: protected faces once per ``regions`` entry, the detector-driven
+    one as ``<name>[detector]`` with ``region_from="detector"`` (its guarantee is conditional on the detections)."""
+    for name, mech in cfg.mechanisms.items():
+        if mech is None:
+            continue
+        regions = list(mech.get("regions") or ["annotation"])
+        if set(regions) - set(REGIONS):
+            raise ValueError(f"{name}.regions: unknown {sorted(set(regions) - set(REGIONS))}; choose from {REGIONS}")
+        for source in regions:
+            if source == "annotation":
+                yield name, mech, source
+            else:
+                yield f"{name}[detector]", OmegaConf.merge(mech, {"region_from": "detector"}), source
 
 
 def public_guarantee(mech: DictConfig, eps, b, m, m_r) -> PrivacyGuarantee | None:
@@ -327,6 +448,34 @@ def plot_examples(examples: list[tuple[str, torch.Tensor]], path: Path) -> None:
     plt.close(fig)
 
 
+def detection_summary(scenes: dict, rows: list[dict], attackers: list[str]) -> list[str]:
+    """The faces :func:`detect_faces` missed (per split, and per size and tilt of the test faces), and per
+    detector-driven condition how many missed and found test faces each attacker recognised."""
+    lines = []
+    for split, scene in scenes.items():
+        missed = int((~scene["found"]).sum())
+        lines.append(f"- {split}: the detector missed {missed} of {len(scene['found'])} faces (released at m only).")
+    test = scenes["test"]
+    looks = sorted(set(test["look"]))
+    per_look = [
+        f"{(~test['found'][[lk == look for lk in test['look']]]).sum()} of {test['look'].count(look)} at "
+        f"{look[0]} px, {look[1]}°"
+        for look in looks
+    ]
+    lines.append(f"- test faces missed: {'; '.join(per_look)}.")
+    n_missed, n_found = int((~test["found"]).sum()), int(test["found"].sum())
+    for r in rows:
+        if r["mechanism"].endswith("[detector]"):
+            hits = ", ".join(
+                f"{a} {round(r[f'{a}_top1_missed'] * n_missed) if n_missed else 0} of {n_missed} missed / "
+                f"{round(r[f'{a}_top1_found'] * n_found) if n_found else 0} of {n_found} found"
+                for a in attackers
+                if a != "linkage"
+            )
+            lines.append(f"- {r['condition']}: recognised {hits}.")
+    return lines
+
+
 def leaks(row: dict, attacker: str, tests: dict[str, tuple[int, float]]) -> bool:
     """Whether ``attacker``'s top-1 on ``row`` is significantly above chance (one-sided binomial, 5%).
     ``tests``: attacker -> (test faces it was scored on, its chance level)."""
@@ -384,7 +533,15 @@ def main(cfg: DictConfig) -> None:
     if set(cfg.restore) - set(METHODS):
         raise ValueError(f"restore: unknown {sorted(set(cfg.restore) - set(METHODS))}; choose from {METHODS}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    faces = {"lfw_views": lfw_views, "celeba": celeba}[cfg.faces.name](cfg)
+    faces = {"lfw_views": lfw_views, "lfw_scenes": lfw_scenes, "celeba": celeba}[cfg.faces.name](cfg)
+    scenes = faces.get("scenes")
+    jobs = list(conditions(cfg))
+    if any(job[8] == "detector" for job in jobs):
+        if scenes is None or cfg.restore != ["fill"]:
+            raise ValueError("regions=[detector] runs on faces in scenes (faces=lfw_scenes), with restore=[fill]")
+        for split in scenes.values():
+            detect(split)
+    found = scenes["test"]["found"] if scenes is not None and "found" in scenes["test"] else None
     identities = int(faces["train_labels"].max()) + 1
     chance = 1 / identities
     classifier = ClassifierConfig(**cfg.classifier)
@@ -419,11 +576,19 @@ def main(cfg: DictConfig) -> None:
 
     probe_order = torch.randperm(len(faces["test"]), generator=torch.Generator().manual_seed(cfg.seed))
     rows, reports, examples = [], {}, [("original", faces["test"][0])]
-    jobs = list(conditions(cfg))
-    for name, eps, b, m, m_r, restore, release, report in tqdm(jobs, desc="conditions", unit="cond"):
+    labels = faces["test_labels"]
+
+    def released(release, split, regions):
+        """The released faces of ``split``: each face, or with ``scenes`` its square cut from its released scene."""
+        if scenes is None:
+            return release(faces[split], faces[f"{split}_boxes"])
+        scene = scenes[split]
+        return face_crops(release(scene["frames"], scene[regions]), scene["where"], cfg.faces.size)
+
+    for name, eps, b, m, m_r, restore, release, report, regions in tqdm(jobs, desc="conditions", unit="cond"):
         condition = condition_name(name, eps, b, m, m_r, restore)
         reports[condition] = report
-        test = release(faces["test"], faces["test_boxes"])
+        test = released(release, "test", regions)
         row = {
             "condition": condition,
             "mechanism": name,
@@ -433,25 +598,35 @@ def main(cfg: DictConfig) -> None:
             "m_r": m_r,
             "restore": restore,
         }
+
+        def top1(model, subset, test=test):
+            return top_k_accuracy(model, test[subset], labels[subset], classifier.input_size, ks=(1,))[1]
+
         if "naive" in attackers:
-            acc = top_k_accuracy(clean_model, test, faces["test_labels"], classifier.input_size)
+            acc = top_k_accuracy(clean_model, test, labels, classifier.input_size)
             row["naive_top1"], row["naive_top5"] = acc[1], acc[5]
+            by_detection(row, "naive", functools.partial(top1, clean_model), found)
         if "adaptive" in attackers:
             if name == "original" and clean_model is not None:
                 model = clean_model  # released = clean: the adaptive attacker is the naive one
             else:
-                model = fit(release(faces["train"], faces["train_boxes"]), condition)
-            acc = top_k_accuracy(model, test, faces["test_labels"], classifier.input_size)
+                model = fit(released(release, "train", regions), condition)
+            acc = top_k_accuracy(model, test, labels, classifier.input_size)
             row["adaptive_top1"], row["adaptive_top5"] = acc[1], acc[5]
+            by_detection(row, "adaptive", functools.partial(top1, model), found)
         if embedder is not None:
             probes = probe_order[: cfg.linkage_probes]  # all test faces when null
-            ranks = linkage_ranks(
-                embedder(list(test[probes]), faces["test_boxes"][probes]),
-                faces["test_labels"][probes],
-                gallery,
-                gallery_labels,
-            )
+            embedded = embedder(list(test[probes]), faces["test_boxes"][probes])
+            ranks = linkage_ranks(embedded, labels[probes], gallery, gallery_labels)
             row["linkage_top1"], row["linkage_top5"] = ranks[1], ranks[5]
+            by_detection(
+                row,
+                "linkage",
+                lambda subset, embedded=embedded, probes=probes: linkage_ranks(
+                    embedded[subset], labels[probes][subset], gallery, gallery_labels
+                )[1],
+                None if found is None else found[probes],
+            )
         if "astronaut" in faces:
             photos = release(
                 faces["astronaut"][None].expand(cfg.faces.astronaut_releases, -1, -1, -1),
@@ -481,6 +656,7 @@ def main(cfg: DictConfig) -> None:
         tests["linkage"] = (len(probe_order[: cfg.linkage_probes]), 1 / len(gallery_labels.unique()))
     columns = ["condition"] + [c for c in rows[0] if c.endswith(("top1", "top5", "rank1"))] + ["psnr", "ssim"]
     columns += [c for c in rows[0] if c.startswith(("astronaut_face", "astronaut_outside"))]
+    columns += [c for c in rows[0] if c.endswith(("_missed", "_found"))]
     lines = [
         "# Face re-identification attack",
         "",
@@ -501,6 +677,8 @@ def main(cfg: DictConfig) -> None:
             ),
             "",
         ]
+    if found is not None:
+        lines += ["## Detector-driven regions", ""] + detection_summary(scenes, rows, attackers) + [""]
     lines += ["## What stops each attacker (top-1 not above chance, one-sided binomial test at 5%)", ""]
     lines += stopped_summary(rows, tests) + [""]
     protected = smallest_m_r(rows, tests)
