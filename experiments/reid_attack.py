@@ -42,7 +42,7 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from run import make_release, settings, table  # noqa: E402
+from run import make_release, released_frames, settings, table  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -296,7 +296,7 @@ def conditions(cfg: DictConfig):
 
                 def release(images, boxes, frames_release=frames_release, restore=restore):
                     regions = [{"boxes": box[None] if box.ndim == 1 else box} for box in boxes]
-                    released = torch.stack(frames_release(list(images), regions))
+                    released = torch.stack(released_frames(frames_release(list(images), regions)))
                     return released if restore is None else restore(released, boxes)
 
                 yield name, eps, b, m, m_r, method, release, report, regions

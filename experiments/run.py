@@ -178,6 +178,12 @@ def make_release(mech: DictConfig, eps, b, m, seed: int, m_r=None):
     return sequential, str(layer.guarantee)
 
 
+def released_frames(released: list) -> list[torch.Tensor]:
+    """The images ``[C, H, W]`` of :func:`make_release`'s output: each NoisyGrid as its layer paints it, images as
+    they are."""
+    return [r.restore().reshape(r.shape[-3:]) if isinstance(r, NoisyGrid) else r for r in released]
+
+
 def for_source(mech: DictConfig, source: dict) -> DictConfig:
     """The mechanism as run on one source: a mechanism of region maps takes the origin of the source's regions."""
     if "region_from" not in mech or "region_from" not in source:
@@ -639,7 +645,7 @@ def main(cfg: DictConfig) -> None:
                 continue  # this mechanism needs regions the source does not have
             grids = released if isinstance(released[0], NoisyGrid) else None
             if grids is not None:
-                released = [g.restore().reshape(g.shape[-3:]) for g in grids]
+                released = released_frames(grids)
             scores = evaluate(source, released, references.get(source_name), grids)
             setting = {"source": source_name, "mechanism": mech_name, "epsilon": eps, "b": b, "m": m, "m_r": m_r}
             rows.append({**setting, **scores})
