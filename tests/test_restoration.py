@@ -10,7 +10,15 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from dp_pixel_torch import DPPixelize, GridPartition, NoisyGrid, RegionAdaptiveDPPixelize, Restore, restoration
+from dp_pixel_torch import (
+    DPPixelize,
+    GridPartition,
+    NoisyGrid,
+    NoisyGridFormatError,
+    RegionAdaptiveDPPixelize,
+    Restore,
+    restoration,
+)
 from dp_pixel_torch.cli import main
 from dp_pixel_torch.metrics import masked_scores, psnr
 from dp_pixel_torch.video import sanitize_stream
@@ -233,3 +241,16 @@ def test_cli_and_streams_restore(tmp_path):
     assert report.frames == 3 and (tmp_path / "out.avi").stat().st_size > 0
     with pytest.raises(ValueError, match="restore"):
         sanitize_stream(frames, DPPixelize(1.0, 8, seed=2), tmp_path / "bad.avi", restore="sharpen")
+
+
+def test_a_parsed_record_is_smoothed_only_within_the_budget_it_was_read_with():
+    """A record read with ``max_bytes`` bounds its float work arrays too, not only its fill: a small hostile file
+    cannot make ``restore("denoise")`` allocate several times what its parse allowed."""
+    grid = DPPixelize(1.0, 8, seed=0).release(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    data = grid.to_bytes()
+    tight = NoisyGrid.from_bytes(data, max_bytes=200_000)  # the fill of 24,576 values fits, 8 bytes a value does not
+    assert torch.equal(tight.restore(), grid.restore())
+    for method in ("smooth", "denoise"):
+        with pytest.raises(NoisyGridFormatError, match="max_bytes="):
+            tight.restore(method)
+        assert torch.equal(NoisyGrid.from_bytes(data).restore(method), grid.restore(method))
