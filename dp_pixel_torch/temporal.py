@@ -34,19 +34,26 @@ import torch
 from .partitions import GridPartition
 from .restoration import METHODS, denoise_cells, restore_cells
 
-#: Excess kurtosis of Laplace noise (continuous; the discrete Laplace of the cell sums tends to it at large scales).
+#: Cumulants of Laplace noise of variance ``r``: ``κ4 = LAPLACE_EXCESS·r²`` and ``κ6 = LAPLACE_SIXTH·r³`` (continuous;
+#: the discrete Laplace of the cell sums tends to them at large scales).
 LAPLACE_EXCESS = 3.0
+LAPLACE_SIXTH = 30.0
 
 
-def null_quantile(count: torch.Tensor, excess: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Upper ``alpha`` quantile of ``Σ z²`` over ``count`` independent standardized values whose excess kurtoses
-    sum to ``excess`` (float tensors of one shape): the gamma law of the same mean (``count``) and variance
-    (``2·count + excess``), by the Wilson–Hilferty cube root. Reads public quantities only."""
-    variance = 2 * count + excess
-    shape, scale = count.square() / variance, variance / count
+def null_quantile(count: torch.Tensor, excess: torch.Tensor, sixth: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Upper ``alpha`` quantile of ``Σ z²`` over ``count`` independent, symmetric, standardized values whose fourth
+    and sixth cumulants sum to ``excess`` and ``sixth`` (float tensors of one shape).
+
+    ``Σ z²`` has mean ``count``, variance ``2·count + excess`` and third cumulant ``8·count + 12·excess + sixth``;
+    the quantile is that of the shifted gamma law with these three cumulants (Wilson–Hilferty cube root for the
+    gamma). Gaussian values (``excess = sixth = 0``) give the χ² law exactly; Laplace's heavier tail raises the third
+    cumulant, which a gamma of two matched moments misses. Reads public quantities only."""
+    k2 = 2 * count + excess
+    k3 = 8 * count + 12 * excess + sixth
+    shape, scale = 4 * k2**3 / k3.square(), k3 / (2 * k2)
     z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * alpha, dtype=torch.float64)).item()
     h = 1 / (9 * shape)
-    return shape * scale * (1 - h + z * h.sqrt()).clamp(min=0) ** 3
+    return count - shape * scale + shape * scale * (1 - h + z * h.sqrt()).clamp(min=0) ** 3
 
 
 def kalman_step(
@@ -70,13 +77,14 @@ def kalman_step(
     total = prior + r
     innovation = y - mean
     channels = torch.full_like(r[0], y.shape[0])
-    excess = channels * LAPLACE_EXCESS * (r[0] / total[0]).square()
+    share = r[0] / total[0]
+    excess, sixth = channels * LAPLACE_EXCESS * share.square(), channels * LAPLACE_SIXTH * share**3
     stat = (innovation.square() / total).sum(0)
-    reset = stat > null_quantile(channels, excess, reset_rate)
+    reset = stat > null_quantile(channels, excess, sixth, reset_rate)
     if blocks is not None:
         index, shape = blocks
-        count, excess = _block_sum(channels, index, shape), _block_sum(excess, index, shape)
-        reset |= (_block_sum(stat, index, shape) > null_quantile(count, excess, reset_rate)).flatten()[index]
+        sums = [_block_sum(x, index, shape) for x in (channels, excess, sixth)]
+        reset |= (_block_sum(stat, index, shape) > null_quantile(*sums, reset_rate)).flatten()[index]
     gain = prior / total
     mean = torch.where(reset, y, mean + gain * innovation)
     return mean, torch.where(reset, r, gain * r), reset
@@ -147,16 +155,17 @@ class ChangeDetector:
         mean = sum(v for v, _, _ in self._recent) / k
         noise = sum(r for _, r, _ in self._recent) / k**2
         total = noise + self._spread + q + (self.scene * span) ** 2
-        # excess kurtosis of one standardized value: Laplace's, diluted by the averaging and the background's error
-        dilution = sum(r.square() for _, r, _ in self._recent) / (k**2 * noise).square()
-        excess = LAPLACE_EXCESS * dilution * (noise / total).square()
+        # cumulants of one standardized value: the mean of k Laplace noises of variances r has κ4 = 3·Σr²/k⁴ and
+        # κ6 = 30·Σr³/k⁶; the background's error (an average of many releases) and the scene are taken as Gaussian
+        excess = LAPLACE_EXCESS * sum(r.square() for _, r, _ in self._recent) / (k**4 * total.square())
+        sixth = LAPLACE_SIXTH * sum(r**3 for _, r, _ in self._recent) / (k**6 * total**3)
         read = (~shown).double()
         channels = values.shape[0]
         stat = _block_sum(read * ((mean - self._background).square() / total).sum(0), index, shape)
         count = _block_sum(read * channels, index, shape)
-        excess = _block_sum(read * channels * excess[0], index, shape)
+        excess, sixth = (_block_sum(read * channels * x[0], index, shape) for x in (excess, sixth))
         tested = count > 0
-        threshold = null_quantile(count.clamp(min=1), excess, self.false_alarm)
+        threshold = null_quantile(count.clamp(min=1), excess, sixth, self.false_alarm)
         self._occupied = occupied | (tested & (stat > threshold))
         return self._occupied
 
