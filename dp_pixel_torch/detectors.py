@@ -493,7 +493,9 @@ class FaceScan:
     ``detectors``). Every frame, full or not, also searches *crops*, enlarged ``scale`` times: the moving foreground
     of the ORIGINAL frame (a :class:`MotionDetector`, ``motion``), each region grown by :data:`CROP_PAD` pixels and
     :data:`CROP_GROW` of its size, and the boxes found in the frame before (at a full frame: all boxes held), each
-    grown by :data:`TRACK_GROW` of its size. Every box found is *held*, returned with each frame until the next full
+    grown by :data:`TRACK_GROW` of its size. The default ``motion`` keeps what MOG2 calls shadows: it calls so any
+    change that darkens a pixel without changing its hue, a face moving in included (measured: 97% of the pixels of
+    a head pasted on a noisy background). Every box found is *held*, returned with each frame until the next full
     search (which starts the held set anew from what it finds). When the crops cover more than ``fallback`` of the
     frame (a moving camera, a scene cut, a crowd) the frame is searched in full instead, and counts as a full frame.
 
@@ -528,7 +530,7 @@ class FaceScan:
         if motion is not None and not isinstance(motion, MotionDetector):
             raise TypeError(f"motion must be a MotionDetector, got {type(motion).__name__}")
         self.fallback, self.cascade = float(fallback), cascade
-        self.motion = MotionDetector() if motion is None else motion
+        self.motion = MotionDetector(shadows=True) if motion is None else motion
         self.full_frames = self.crop_frames = 0
         self.reset()
 
