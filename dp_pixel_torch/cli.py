@@ -20,7 +20,10 @@ detectors of ``--face-detectors``, by default ``detectors.FACE_STACK``), grows t
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
 CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection. ``motion`` (videos of a fixed
-camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video each region
+camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video, faces are
+searched whole every ``--face-every`` frames and in between only in crops around what moves and the faces found,
+enlarged ``--face-scale`` times (``detectors.FaceScan``: sound for a FIXED camera only; ``--face-every 1`` searches
+every frame whole). In a video each region
 stays protected ``--protect-persist`` seconds before and after the frame it was found in, and a tracker carries it
 through the frames between detections. ``--protect-zone`` adds a fixed mask image drawn once for the camera (non-zero
 = protect): the detectors never see its cells, so its part of the guarantee is unconditional; alone, it is the only
