@@ -427,6 +427,8 @@ FACE_FALLBACK = 0.5
 #: Growth of a motion region into a crop: this many pixels per side, plus :data:`CROP_GROW` × its larger side, so
 #: that a crop holds the whole face whose move (or part of it) the motion mask marks, with some context.
 CROP_PAD = 8
+#: The share of a motion region's larger side that :class:`FaceScan` adds on each side of its crop (see
+#: :data:`CROP_PAD`).
 CROP_GROW = 0.1
 #: Growth of a face box into the crop that searches for that face in the next frame: this fraction of its size per
 #: side (a face moving up to half its size a frame stays inside).
