@@ -363,12 +363,15 @@ class MotionDetector:
     -> bool mask ``[H, W]`` (``True``: moving).
 
     OpenCV's MOG2 background subtractor (``history`` frames, ``var_threshold``) marks each pixel foreground, shadow or
-    background. Shadows are dropped unless ``shadows=True``; foreground specks of fewer than ``min_area`` pixels
+    background. Shadows are kept as moving unless ``shadows=False``: MOG2 calls a shadow any change that darkens a
+    pixel without changing its hue, which a dark-clothed person or a face can be (recall first; the cost is area, see
+    ``benchmarks/protection_coverage.py``). Foreground specks of fewer than ``min_area`` pixels
     (8-connected) are dropped as sensor and codec noise, a closing (7×7) fills holes, and a dilation by ``dilate``
     pixels grows each region past the edges MOG2 misses. Every speck dropped is a recall risk: the default drops only
     single isolated pixels (``benchmarks/protection_coverage.py`` measures what larger values cost). It finds people in
     any pose, but only while they move: someone still from the first frame, or still for longer than ``history``
-    frames, fades into the background and gets only the ``m`` protection; the first frame finds nothing. Frames must
+    frames, fades into the background and gets only the ``m`` protection. MOG2 labels the whole first frame shadow:
+    with shadows kept, the first frame is protected whole (no background yet). Frames must
     come in time order, from one camera that does not move; :meth:`reset` starts a new stream.
     """
 
@@ -377,7 +380,7 @@ class MotionDetector:
         *,
         history: int = 500,
         var_threshold: float = 16.0,
-        shadows: bool = False,
+        shadows: bool = True,
         min_area: int = 2,
         dilate: int = 8,
     ) -> None:
@@ -532,7 +535,7 @@ class FaceScan:
         if motion is not None and not isinstance(motion, MotionDetector):
             raise TypeError(f"motion must be a MotionDetector, got {type(motion).__name__}")
         self.fallback, self.cascade = float(fallback), cascade
-        self.motion = MotionDetector(shadows=True) if motion is None else motion
+        self.motion = MotionDetector() if motion is None else motion
         self.full_frames = self.crop_frames = 0
         self.reset()
 

@@ -124,7 +124,7 @@ def test_motion_finds_a_moving_square_and_not_the_static_background():
     clip, places = moving_square_clip()
     motion = MotionDetector(dilate=2)
     masks = [motion(frame) for frame in clip]
-    assert not masks[0].any()  # no background learned yet
+    assert masks[0].all()  # no background learned yet: MOG2 calls the first frame all shadow, and shadows are kept
     for mask, (left, top) in list(zip(masks, places))[5:]:
         square = mask[top : top + 16, left : left + 16]
         assert square.float().mean() > 0.5  # the square's leading part moves into new background
@@ -132,9 +132,28 @@ def test_motion_finds_a_moving_square_and_not_the_static_background():
         outside[top - 4 : top + 20, max(left - 12, 0) : left + 20] = False
         assert not outside.any()
     motion.reset()
-    assert not motion(clip[10]).any()
+    assert motion(clip[10]).all()
     with pytest.raises(ValueError, match="min_area"):
         MotionDetector(min_area=0)
+
+
+def test_motion_keeps_what_mog2_calls_a_shadow():
+    """After 30 static frames, a square that darkens the background to 60% without changing its hue walks in: what
+    MOG2 labels a shadow (a dark coat, a face in shade). The default keeps it, ``shadows=False`` drops it."""
+    background = torch.from_numpy(np.random.default_rng(1).integers(120, 200, (3, HEIGHT, WIDTH), dtype=np.uint8))
+    clip = background.expand(60, -1, -1, -1).clone()
+    places = [(10 + 2 * (t - 30), 50) for t in range(30, 60)]
+    for t, (left, top) in enumerate(places, start=30):
+        clip[t, :, top : top + 16, left : left + 16] = (background[:, top : top + 16, left : left + 16] * 0.6).round()
+    kept, dropped = MotionDetector(dilate=0), MotionDetector(dilate=0, shadows=False)
+    share = {True: [], False: []}
+    for t, frame in enumerate(clip):
+        for keep, motion in ((True, kept), (False, dropped)):
+            mask = motion(frame)
+            if t >= 30:
+                left, top = places[t - 30]
+                share[keep].append(float(mask[top : top + 16, left : left + 16].float().mean()))
+    assert min(share[True]) > 0.8 and max(share[False]) < 0.5, share  # measured: at least 0.875 and at most 0.0
 
 
 def test_sources_unite_boxes_and_masks():
