@@ -458,9 +458,10 @@ def protect_summary(layer: ProtectDetected, faces: tuple[str, ...] = ()) -> str:
                 f"; persistence ({layer.persist:g} s = {layer.k} frames each side) and tracking protected "
                 f"{layer.bridged} more"
             )
+        each = ", ".join(f"{s.name} {n} in {k}" for s, n, k in zip(layer.sources, layer.found_by, layer.frames_with_by))
         text += (
             f"\n{','.join(s.name for s in layer.sources)}: {layer.found} found and protected in {layer.frames_with} "
-            f"of {layer.frames} images/frames{kept}; any the detectors missed have only the --m protection"
+            f"of {layer.frames} images/frames ({each}){kept}; any the detectors missed have only the --m protection"
         )
     if layer.zone is not None:
         text += (

@@ -659,11 +659,11 @@ def cells_meeting(mask: torch.Tensor, cell: int) -> torch.Tensor:
 
 class Regions(NamedTuple):
     """The protected regions of frames about to be released: ``mask`` bool ``[..., H, W]``, and per frame (in order)
-    ``found``, the regions its own detections held, and ``bridged``, whether persistence or tracking protected it
-    with no detection of its own."""
+    ``found``, the regions its own detections held, one count per source (a mask source counts 1 if it marked
+    anything), and ``bridged``, whether persistence or tracking protected it with no detection of its own."""
 
     mask: torch.Tensor
-    found: list[int]
+    found: list[tuple[int, ...]]
     bridged: list[bool]
 
     def split(self) -> list[Regions]:
@@ -699,7 +699,7 @@ class ProtectDetected:
     later calls; :func:`~dp_pixel_torch.video.sanitize_stream` uses :meth:`stream_regions` instead, which releases every
     frame with the ``k`` frames after it. A frame of another size starts a new stream (:meth:`reset`). Counts, of
     released frames only: ``frames``, ``found`` regions, ``frames_with`` at least one, ``bridged`` protected by
-    persistence or tracking alone.
+    persistence or tracking alone; per source (in the order of ``sources``): ``found_by`` and ``frames_with_by``.
     """
 
     def __init__(
@@ -737,6 +737,7 @@ class ProtectDetected:
         self.k = persist_frames(persist, 0.0 if fps is None else fps)
         self.layer, self.sources, self.zone, self.persist, self.fps = layer, sources, zone, persist, fps
         self.frames = self.found = self.frames_with = self.bridged = 0
+        self.found_by, self.frames_with_by = [0] * len(self.sources), [0] * len(self.sources)
         self.reset()
 
     @property
@@ -755,10 +756,10 @@ class ProtectDetected:
                 source.detect.reset()
         self._trackers = [Tracker(self.k) for _ in self.sources]
         self._history: deque[tuple[int, torch.Tensor]] = deque()
-        self._pending: deque[tuple[int, torch.Tensor, int]] = deque()
+        self._pending: deque[tuple[int, torch.Tensor, tuple[int, ...]]] = deque()
         self._t, self._shape, self._hidden = 0, None, None
 
-    def _push(self, frame: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+    def _push(self, frame: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]:
         """Detect in the next frame of the stream; return the frames whose look-ahead is now complete, in order, as
         ``(frame, mask, found, bridged)``."""
         _check_frame(frame)
@@ -776,29 +777,29 @@ class ProtectDetected:
                     )
                 self._hidden = cells_meeting(self.zone, self.guarantee.levels[-1])
         seen = frame.cpu() if self._hidden is None else frame.cpu().masked_fill(self._hidden, 0)
-        found, masks, boxes = 0, [], []
+        found, masks, boxes = [], [], []
         for source in self.sources:
             region = source.detect(seen)
             if isinstance(region, torch.Tensor) and region.dtype == torch.bool and tuple(region.shape) == shape:
                 masks.append(region.cpu())
-                found += bool(region.any())
+                found.append(int(region.any()))
                 boxes.append(None)
             else:
                 try:
                     boxes.append(dilate_boxes(region, source.margin, *shape))
                 except ValueError as error:
                     raise ValueError(f"source {source.name!r}: {error}") from None
-                found += len(boxes[-1])
+                found.append(len(boxes[-1]))
         for tracker, grown in zip(self._trackers, boxes):
             if grown is not None:
                 tracker.update(self._t, grown)
         if masks:
             self._history.append((self._t, torch.stack(masks).any(0)))
-        self._pending.append((self._t, frame, found))
+        self._pending.append((self._t, frame, tuple(found)))
         self._t += 1
         return self._ready(flush=False)
 
-    def _ready(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+    def _ready(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]:
         """The pending frames whose ``k`` later frames are detected (all of them with ``flush``), with their
         regions."""
         out = []
@@ -811,7 +812,7 @@ class ProtectDetected:
             if kept is not None:
                 detected |= kept
             mask = detected if self._hidden is None else detected | self._hidden
-            out.append((frame, mask, found, not found and bool(detected.any())))
+            out.append((frame, mask, found, not any(found) and bool(detected.any())))
         return out
 
     def _regions(self, x: torch.Tensor) -> Regions:
@@ -836,7 +837,7 @@ class ProtectDetected:
         frames: each frame comes out once the ``k`` frames after it are detected (or the stream ended), so at most
         ``size + k`` frames are held. Used by :func:`~dp_pixel_torch.video.sanitize_stream`."""
         size = check_positive_int(size, "size")
-        ready: list[tuple[torch.Tensor, torch.Tensor, int, bool]] = []
+        ready: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]] = []
         for block in chunks:
             for frame in block:
                 ready += self._push(frame)
@@ -854,9 +855,13 @@ class ProtectDetected:
 
     def _count(self, regions: Regions) -> None:
         self.frames += len(regions.found)
-        self.found += sum(regions.found)
-        self.frames_with += sum(n > 0 for n in regions.found)
+        self.found += sum(map(sum, regions.found))
+        self.frames_with += sum(map(any, regions.found))
         self.bridged += sum(regions.bridged)
+        for counts in regions.found:
+            for i, n in enumerate(counts):
+                self.found_by[i] += n
+                self.frames_with_by[i] += n > 0
 
     def release(self, x: torch.Tensor, *, regions: Regions | None = None, generator: Randomness = None) -> NoisyGrid:
         """Release uint8 RGB frames ``x [..., 3, H, W]``, each protected where its regions lie (``regions``: those
@@ -879,7 +884,7 @@ class ProtectDetected:
         return released
 
 
-def _stacked(ready: list[tuple[torch.Tensor, torch.Tensor, int, bool]]) -> tuple[torch.Tensor, Regions]:
+def _stacked(ready: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]) -> tuple[torch.Tensor, Regions]:
     """Frames ``[T, 3, H, W]`` and their :class:`Regions` from ``(frame, mask, found, bridged)`` items."""
     frames, masks, found, bridged = zip(*ready)
     return torch.stack(frames), Regions(torch.stack(masks), list(found), list(bridged))

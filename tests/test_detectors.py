@@ -137,7 +137,7 @@ def test_cli_protects_faces_of_an_image(tmp_path, capsys):
     argv = [str(source), "-o", str(output), "--epsilon", "1", "--b", "8", "--protect", "faces", "--seed", "0"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "faces: 1 found and protected in 1 of 1 images/frames" in text
+    assert "faces: 1 found and protected in 1 of 1 images/frames (faces 1 in 1)" in text
     assert "CONDITIONAL on the disclosed region positions" in text and "b ∈ {8, 32}" in text
     released = read_image(output)
     assert released.shape == scene.shape
@@ -159,7 +159,7 @@ def test_cli_protects_faces_frame_by_frame_in_a_video(tmp_path, capsys):
     argv += ["--protect-persist", "0"]  # each frame with its own detections only
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "faces: 5 found and protected in 5 of 6 images/frames" in text
+    assert "faces: 5 found and protected in 5 of 6 images/frames (faces 5 in 5)" in text
     assert "6 frames released, ε spent = 3 of a cap of 10" in text and "m_r = 64" in text and "CONDITIONAL" in text
     assert sum(1 for _ in read_frames(tmp_path / "out.avi")) == 6
     protected = torch.cat([~record.split[0] for record in load_video(tmp_path / "out.dpxg")])

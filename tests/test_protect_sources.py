@@ -83,6 +83,20 @@ def test_sanitize_stream_looks_ahead_so_a_gap_is_protected_from_both_sides(tmp_p
     assert report.frames == 12 and protected.shape == (12, HEIGHT // CELL, WIDTH // CELL)
     assert protected.any((1, 2)).tolist() == [False] + [True] * 11
     assert (protect.frames, protect.found, protect.frames_with, protect.bridged) == (12, 8, 8, 3)
+    assert (protect.found_by, protect.frames_with_by) == ([8], [8])
+
+
+def test_counts_are_kept_per_source():
+    """Two boxes from one source in frames 0-3, a mask from another in frames 2-5: the totals and each source's."""
+    boxes = RegionSource("two", Scripted({t: torch.cat([BOX, BOX + 30]) for t in range(4)}))
+    mask = torch.zeros(HEIGHT, WIDTH, dtype=torch.bool)
+    mask[:8, :8] = True
+    calls = iter(range(6))
+    masked = RegionSource("mask", lambda frame: mask if 2 <= next(calls) < 6 else mask & False)
+    protect = ProtectDetected(layer(), sources=[boxes, masked])
+    protect.release(noise(6))
+    assert (protect.frames, protect.found, protect.frames_with) == (6, 12, 6)
+    assert (protect.found_by, protect.frames_with_by) == ([8, 4], [4, 4])
 
 
 def test_stream_regions_holds_only_the_look_ahead():
