@@ -305,3 +305,22 @@ def test_a_file_that_changes_while_it_is_released_publishes_nothing(cluster, tmp
     resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)  # the new bytes: their own stream
     assert resumed.items == 1
     assert outputs(tmp_path / "out")["part0/img0000.png" + RECORD] == expected(layer, key, tmp_path / "in", path)
+
+
+def test_the_cli_protects_faces_on_ray_with_the_detectors_it_is_given(cluster, tmp_path, capsys):
+    """--protect faces --face-detectors haar under --ray: each actor runs the named detector on its ORIGINAL images
+    and the records disclose protected cells over the astronaut's face (about 100 px, found by Haar)."""
+    skimage = pytest.importorskip("skimage.data")
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "astronaut.png"), skimage.astronaut()[..., ::-1])
+    args = ["-o", str(tmp_path / "out"), "--epsilon", "1", "--b", "8", "--ray", "--quiet"]
+    assert main([str(tmp_path / "in"), *args, "--protect", "faces", "--face-detectors", "haar"]) == 0
+    grid = NoisyGrid.load(tmp_path / "out" / ("astronaut.png" + RECORD))
+    protected = ~grid.split[-1]
+    rows, cols = protected.nonzero(as_tuple=True)
+    assert protected.any() and grid.guarantee.protect
+    # the face lies around rows 40-120 and columns 170-240 of the 512x512 photo (cells of 32 px)
+    assert 40 // 32 <= rows.float().mean() <= 120 // 32 and 170 // 32 <= cols.float().mean() <= 240 // 32
+    args[1] = str(tmp_path / "out2")
+    assert main([str(tmp_path / "in"), *args, "--protect", "faces", "--face-detectors", "no-such-detector"]) == 2
+    assert "no-such-detector" in capsys.readouterr().err
