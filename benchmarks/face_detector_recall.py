@@ -63,9 +63,12 @@ STACKS = (
     ("haar", "haar-rotated"),
     ("haar", "centerface"),
     ("haar", "haar-rotated", "centerface"),
+    ("haar", "centerface", "centerface-2x"),
+    ("haar", "haar-rotated", "centerface", "centerface-2x"),
     ("haar", "centerface", "dlib-hog"),
     ("haar", "haar-rotated", "centerface", "dlib-hog"),
-    ("haar", "haar-rotated", "centerface", "dlib-hog", "dlib-cnn"),
+    ("haar", "haar-rotated", "centerface", "centerface-2x", "dlib-hog"),
+    ("haar", "haar-rotated", "centerface", "centerface-2x", "dlib-hog", "dlib-cnn"),
 )
 
 

@@ -245,8 +245,24 @@ def test_the_stack_finds_real_faces_pasted_into_a_real_photo():
         pasted(scene, lfw[2], 40, 0, 300, 300),
     ]
     boxes = detect_faces(torch.from_numpy(scene).permute(2, 0, 1).contiguous())
-    assert FACE_STACK == ("haar", "haar-rotated", "centerface")
+    assert FACE_STACK == ("haar", "haar-rotated", "centerface", "centerface-2x")
     assert (box_iou(torch.tensor(truths), boxes).amax(1) >= 0.3).all()
+
+
+def test_the_stack_finds_small_faces_on_the_enlarged_frame():
+    """28 LFW faces of 25 px in the coffee photo (LFW crops 56-83): the stack finds all of them, and without
+    ``centerface-2x`` (CenterFace on the frame enlarged twice) it misses two (59 and 83)."""
+    lfw = [np.repeat(c[..., None], 3, -1) for c in (skimage_data.lfw_subset()[56:84] * 255).round().astype(np.uint8)]
+    scene = skimage_data.coffee().copy()
+    spots = [(60 + 80 * i, 60 + 90 * j) for j in range(4) for i in range(7)]
+    truths = torch.tensor([pasted(scene, face, 25, 0, x, y) for face, (x, y) in zip(lfw, spots)])
+    frame = torch.from_numpy(scene).permute(2, 0, 1).contiguous()
+
+    def found(detectors):
+        return int((box_iou(truths, detect_faces(frame, detectors=detectors)).amax(1) >= 0.3).sum())
+
+    assert found(FACE_STACK) == 28
+    assert found(tuple(d for d in FACE_STACK if d != "centerface-2x")) == 26
 
 
 def test_the_stack_is_the_union_of_its_members():
