@@ -44,43 +44,58 @@ _OPPONENT = torch.tensor(
     dtype=torch.float64,
 )
 
+#: Cell values per group that :func:`restore_cells` restores at a time. Its float work arrays (a few MiB) then stay
+#: in cache and the allocator reuses them, where a whole batch's arrays are mapped afresh for every operation (page
+#: faults cost more than the arithmetic); it also bounds the work memory whatever the batch.
+_CHUNK_CELLS = 1 << 18
+#: Bytes of interpolated image that :func:`upsample` makes at a time before copying them into its output.
+_CHUNK_BYTES = 8 << 20
 
-def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
+
+def upsample(values: torch.Tensor, partition: GridPartition, out: torch.Tensor | None = None) -> torch.Tensor:
     """Bilinear interpolation of cell values ``[..., C, rows, cols]`` between the cell centres of ``partition``, flat
-    beyond the outermost centres: ``[..., C, H, W]`` in ``values``' dtype (uint8 rounded).
+    beyond the outermost centres: ``[..., C, H, W]`` in ``values``' dtype (uint8 rounded), or written into ``out``
+    (contiguous, that shape, any dtype) and returned.
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
     cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded), anything else in float32 (float64 stays float64).
+    uint8 on the CPU (fast, rounded), anything else in float32 (float64 stays float64); a few images at a time
+    (:data:`_CHUNK_BYTES`), each copied into the contiguous output.
     """
     rows, cols = partition.shape
     height, width = partition.image_shape
     b = partition.block_side
     size = (rows * b, cols * b) if b is not None else (height, width)
+    if out is None:
+        out = values.new_empty((*values.shape[:-2], height, width))
     flat = values.reshape(-1, *values.shape[-3:])
-    if flat.shape[0] == 0:
-        return values.new_empty((*values.shape[:-2], height, width))
-    work = flat
-    if not (flat.dtype == torch.float64 or (flat.dtype == torch.uint8 and flat.device.type == "cpu")):
-        work = flat.float()
-    if work.dtype == torch.uint8 and flat.shape[1] in (3, 4):
-        work = work.contiguous(memory_format=torch.channels_last)  # the vectorised uint8 kernel
-    out = F.interpolate(work, size=size, mode="bilinear", align_corners=False)[..., :height, :width]
-    if values.dtype == torch.uint8 and out.dtype != torch.uint8:
-        out = out.round_().clamp_(0, 255)
-    return out.to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
+    target = out.view(-1, *out.shape[-3:])
+    fast = flat.dtype == torch.uint8 and flat.device.type == "cpu"
+    itemsize = 1 if fast else max(4, flat.element_size())
+    step = max(1, _CHUNK_BYTES // (itemsize * flat.shape[1] * size[0] * size[1]))
+    for start in range(0, flat.shape[0], step):
+        work = flat[start : start + step]
+        if not (work.dtype == torch.float64 or fast):
+            work = work.float()
+        if fast and work.shape[1] in (3, 4):
+            work = work.contiguous(memory_format=torch.channels_last)  # the vectorised uint8 kernel
+        piece = F.interpolate(work, size=size, mode="bilinear", align_corners=False)[..., :height, :width]
+        if values.dtype == torch.uint8 and piece.dtype != torch.uint8:
+            piece = piece.round_().clamp_(0, 255)
+        target[start : start + step].copy_(piece)
+    return out
 
 
 def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
-    """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (float64): the
+    """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (floating, kept): the
     bilinear image whose mean over every cell is that cell's value, so that no cell's mean is blurred into its
     neighbours' (up to the clipping of the coefficients to the value range, at the strongest edges). Reads: cell
     values and the public layout. Per axis, the cell means of the interpolated unit cells
     form a tridiagonal matrix ``K`` (about ``[1/8, 3/4, 1/8]``, inverted once per layout): the image of coefficients
     ``c`` has cell means ``K_rowsᵀ·c·K_cols``, so ``c = K_rows⁻ᵀ·values·K_cols⁻¹``."""
     b = partition.block_side
-    rows = _inverse_cell_means(partition.row_sizes, b).to(values.device)
-    cols = _inverse_cell_means(partition.col_sizes, b).to(values.device)
+    rows = _inverse_cell_means(partition.row_sizes, b).to(values)
+    cols = _inverse_cell_means(partition.col_sizes, b).to(values)
     return rows.T @ values @ cols
 
 
@@ -118,61 +133,85 @@ def smooth_finest(grid: MultiLevelGrid, released: list[torch.Tensor], values: li
 
 
 def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Empirical-Bayes estimates of the means behind noisy cell values ``y [N, rows, cols]`` (floating) observed with
+    """Empirical-Bayes estimates of the means behind noisy cell values ``y [..., rows, cols]`` (floating) observed with
     independent noise of known ``variance`` (broadcastable to ``y``): a precision-weighted pull-push pyramid.
 
     Reads: the values and their public variances. Pull: 2×2 precision-weighted means up to one cell. Push: each
     level's cells are predicted by bilinear interpolation of the level above (prediction variance ``v_m``), the local
     signal variance is ``τ² = max(0, mean over 5×5 of (y - m)² - σ² - v_m)`` weighted by ``1/(σ² + v_m)²`` (so that
     cells of huge variance do not swamp it), and the estimate is ``m + (τ² + v_m)/(τ² + v_m + σ²)·(y - m)``.
+    A variance that is the same along a leading dimension (broadcast) is pulled once for all of it.
     """
-    variance = variance.expand_as(y)
+    variance = variance.expand(torch.broadcast_shapes(variance.shape, y.shape[-2:]))
     pyramid = [(y, variance)]
     while max(pyramid[-1][0].shape[-2:]) > 1:
         y_, v_ = pyramid[-1]
-        precision = _pool_sum(1.0 / v_)
-        pyramid.append((_pool_sum(y_ / v_) / precision, 1.0 / precision))
+        precision = _pool_sum(v_.reciprocal())
+        pyramid.append((_pool_sum(y_ / v_).div_(precision), precision.reciprocal_()))
     estimate, spread = pyramid[-1]
     for y_, v_ in reversed(pyramid[:-1]):
-        halves = GridPartition.blocks(*y_.shape[-2:], 2)
-        m = upsample(estimate.unsqueeze(1), halves).squeeze(1)
-        v_m = upsample(spread.unsqueeze(1), halves).squeeze(1)
-        weight = 1.0 / (v_ + v_m).square()
-        excess = weight * ((y_ - m).square() - v_ - v_m)
-        tau2 = (_local_mean(excess) / _local_mean(weight)).clamp_(min=0.0)
-        prior = tau2 + v_m
-        estimate = m + prior / (prior + v_) * (y_ - m)
-        spread = prior * v_ / (prior + v_)
+        m, v_m = _double(estimate, y_.shape[-2:]), _double(spread, y_.shape[-2:])
+        d = y_ - m
+        s = v_ + v_m
+        weight = s.reciprocal().square_()
+        excess = torch.addcmul(s, d, d, value=-1.0).mul_(weight)  # minus the weighted excess of the residual
+        prior = v_m - _box_sums(excess).div_(_box_sums(weight)).clamp_(max=0.0)  # τ² + v_m (the box sizes cancel)
+        gain = prior.div_(prior + v_)
+        estimate = torch.addcmul(m, gain, d)
+        spread = gain.mul_(v_)
     return estimate
+
+
+def _double(cells: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Bilinear interpolation (half-pixel centres, flat beyond the outermost) of ``[..., rows, cols]`` onto the grid
+    of ``shape`` whose 2×2 blocks they are: each new cell lies a quarter of a cell from its own, so takes 3/4 of it
+    and 1/4 of the next one on that side (lerps, far faster than an interpolation call on the CPU)."""
+    for dim, length in ((-2, shape[0]), (-1, shape[1])):
+        padded = torch.cat([cells.narrow(dim, 0, 1), cells, cells.narrow(dim, -1, 1)], dim)
+        n = cells.shape[dim]
+        out = cells.new_empty((*cells.shape[:dim], 2 * n, *cells.shape[dim:][1:]))
+        own = padded.narrow(dim, 1, n)
+        torch.lerp(own, padded.narrow(dim, 0, n), 0.25, out=out.unflatten(dim, (n, 2)).select(dim, 0))
+        torch.lerp(own, padded.narrow(dim, 2, n), 0.25, out=out.unflatten(dim, (n, 2)).select(dim, 1))
+        cells = out.narrow(dim, 0, length)
+    return cells
 
 
 def _pool_sum(cells: torch.Tensor) -> torch.Tensor:
-    """Sums over 2×2 blocks of ``[N, rows, cols]`` (the last block cut short when a side is odd)."""
-    cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
-    return cells.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
+    """Sums over 2×2 blocks of ``[..., rows, cols]`` (the last block cut short when a side is odd)."""
+    if cells.shape[-2] % 2 or cells.shape[-1] % 2:
+        cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
+    rows = cells[..., 0::2, :] + cells[..., 1::2, :]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
-def _local_mean(cells: torch.Tensor) -> torch.Tensor:
-    """Means over the 5×5 cells around every cell of ``[N, rows, cols]`` (fewer at the borders)."""
-    return F.avg_pool2d(cells.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
+def _box_sums(cells: torch.Tensor) -> torch.Tensor:
+    """Sums over the 5×5 cells around every cell of ``[..., rows, cols]`` (zeros beyond the borders), by shifted
+    adds: 1, 2, 4 then 5 rows, and the same along the columns (far faster than an average pool on the CPU)."""
+    padded = F.pad(cells, (2, 2, 2, 2))
+    pairs = padded[..., 1:, :] + padded[..., :-1, :]
+    rows = (pairs[..., 2:, :] + pairs[..., :-2, :])[..., :-1, :].add_(padded[..., 4:, :])
+    pairs = rows[..., 1:] + rows[..., :-1]
+    return (pairs[..., 2:] + pairs[..., :-2])[..., :-1].add_(rows[..., 4:])
 
 
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` float64 and their public noise ``variance``
-    (broadcastable, the same for every channel of a cell) -> float64 ``[..., C, rows, cols]``.
+    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` (floating) and their public noise ``variance``
+    (broadcastable, the same for every channel of a cell) -> float32 ``[..., C, rows, cols]``.
 
     Reads: released values and their public variances. Three channels are taken to RGB's opponent basis and back.
+    float32 throughout: twice as fast as float64, and its rounding is far below the noise.
     """
-    channels = values.shape[-3]
-    rgb = channels == 3
-    if rgb:
-        values = torch.einsum("ij,...jhw->...ihw", _OPPONENT.to(values.device), values)
-    variance = variance.expand_as(values).float()  # float32: 2x faster, far below the noise in precision
-    flat = wiener_pyramid(values.float().reshape(-1, *values.shape[-2:]), variance.reshape(-1, *values.shape[-2:]))
-    estimate = flat.double().reshape(values.shape)
-    if rgb:
-        estimate = torch.einsum("ji,...jhw->...ihw", _OPPONENT.to(values.device), estimate)
-    return estimate
+    rgb = values.shape[-3] == 3
+    values = _mix(_OPPONENT, values.float()) if rgb else values.float()
+    estimate = wiener_pyramid(values, variance.float())  # the variance stays broadcast: pulled once per cell
+    return _mix(_OPPONENT.T, estimate) if rgb else estimate
+
+
+def _mix(matrix: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """``matrix [C', C]`` applied to the channels of ``cells [..., C, rows, cols]``: ``[..., C', rows, cols]``."""
+    mixed = torch.matmul(matrix.to(cells), cells.flatten(-2))
+    return mixed.unflatten(-1, cells.shape[-2:])
 
 
 def denoise_adaptive(
@@ -188,7 +227,7 @@ def denoise_adaptive(
     ones = torch.ones(grid.partition(0).shape, dtype=torch.float64, device=device)
     sizes = [k.unsqueeze(0) for k in grid.coarsen(ones)]  # level-0 cells per cell of each level
     spread = grid.finest_values(released, [v * k for v, k in zip(variances, sizes)])
-    estimate = denoise_cells(grid.finest_values(released, values), spread)
+    estimate = denoise_cells(grid.finest_values(released, values), spread).double()
     counts = [grid.partition(level).counts(device) for level in range(len(grid.levels))]
     return [s / n for s, n in zip(grid.coarsen(estimate * counts[0]), counts)]
 
@@ -208,22 +247,46 @@ def restore_cells(
     cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
     to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
     :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
+    Images are restored a few at a time (:data:`_CHUNK_CELLS` cell values), each independently of the others.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
+    partition = layout if isinstance(layout, GridPartition) else layout.partition(0)
+    lead, channels = values[0].shape[:-3], values[0].shape[-3]
+    images = torch.empty((*lead, channels, *partition.image_shape), dtype=dtype, device=values[0].device)
+    out, (lo, hi) = images.view(-1, *images.shape[-3:]), value_range
+    values = [v.reshape(-1, *v.shape[-3:]) for v in values]
+    variances = [v.expand(*lead, *v.shape[-3:]).reshape(-1, *v.shape[-3:]) for v in variances]
+    if released is not None:
+        released = [r.expand(*lead, *r.shape[-2:]).reshape(-1, *r.shape[-2:]) for r in released]
+    step = max(1, _CHUNK_CELLS // max(1, channels * math.prod(partition.shape)))
+    for start in range(0, out.shape[0], step):
+        part = slice(start, start + step)
+        chunk = None if released is None else [r[part] for r in released]
+        cells = _restored_cells(layout, chunk, [v[part] for v in values], [v[part] for v in variances], method)
+        cells = cells.clamp(lo, hi)
+        if dtype == torch.uint8:
+            cells = cells.round_().to(torch.uint8)
+        elif dtype != torch.float64:
+            cells = cells.float()
+        upsample(cells, partition, out[part])
+    return images
+
+
+def _restored_cells(
+    layout: GridPartition | MultiLevelGrid,
+    released: list[torch.Tensor] | None,
+    values: list[torch.Tensor],
+    variances: list[torch.Tensor],
+    method: str,
+) -> torch.Tensor:
+    """The level-0 coefficients of :func:`restore_cells`' images, ``[N, C, rows_0, cols_0]`` (unclipped): float64,
+    or float32 for a uniform denoise."""
     if isinstance(layout, GridPartition):
-        cells = denoise_cells(values[0], variances[0]) if method == "denoise" else values[0]
-        partition = layout
-    else:
-        if method == "denoise":
-            values = denoise_adaptive(layout, released, values, variances)
-        cells, partition = smooth_finest(layout, released, values), layout.partition(0)
+        if method == "smooth":
+            return values[0]
+        return consistent(denoise_cells(values[0], variances[0]), layout)
     if method == "denoise":
-        cells = consistent(cells, partition)
-    lo, hi = value_range
-    cells = cells.clamp(lo, hi)
-    if dtype == torch.uint8:
-        cells = cells.round_().to(torch.uint8)
-    elif dtype != torch.float64:
-        cells = cells.float()
-    return upsample(cells, partition).to(dtype)
+        values = denoise_adaptive(layout, released, values, variances)
+    cells = smooth_finest(layout, released, values)
+    return consistent(cells, layout.partition(0)) if method == "denoise" else cells
