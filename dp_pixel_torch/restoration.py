@@ -72,7 +72,7 @@ def upsample(values: torch.Tensor, partition: GridPartition, out: torch.Tensor |
     target = out.view(-1, *out.shape[-3:])
     fast = flat.dtype == torch.uint8 and flat.device.type == "cpu"
     itemsize = 1 if fast else max(4, flat.element_size())
-    step = max(1, _CHUNK_BYTES // (itemsize * flat.shape[1] * size[0] * size[1]))
+    step = max(1, _CHUNK_BYTES // max(1, itemsize * flat.shape[1] * size[0] * size[1]))
     for start in range(0, flat.shape[0], step):
         work = flat[start : start + step]
         if not (work.dtype == torch.float64 or fast):
@@ -197,15 +197,15 @@ def _box_sums(cells: torch.Tensor) -> torch.Tensor:
 
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     """Wiener estimates of cell means: ``values [..., C, rows, cols]`` (floating) and their public noise ``variance``
-    (broadcastable, the same for every channel of a cell) -> float32 ``[..., C, rows, cols]``.
+    (broadcastable, the same for every channel of a cell) -> ``[..., C, rows, cols]`` in ``values``' dtype.
 
     Reads: released values and their public variances. Three channels are taken to RGB's opponent basis and back.
-    float32 throughout: twice as fast as float64, and its rounding is far below the noise.
+    Computed in float32 (twice as fast as float64, its rounding far below the noise).
     """
     rgb = values.shape[-3] == 3
-    values = _mix(_OPPONENT, values.float()) if rgb else values.float()
-    estimate = wiener_pyramid(values, variance.float())  # the variance stays broadcast: pulled once per cell
-    return _mix(_OPPONENT.T, estimate) if rgb else estimate
+    cells = _mix(_OPPONENT, values.float()) if rgb else values.float()
+    estimate = wiener_pyramid(cells, variance.float())  # the variance stays broadcast: pulled once per cell
+    return (_mix(_OPPONENT.T, estimate) if rgb else estimate).to(values.dtype)
 
 
 def _mix(matrix: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
@@ -227,7 +227,7 @@ def denoise_adaptive(
     ones = torch.ones(grid.partition(0).shape, dtype=torch.float64, device=device)
     sizes = [k.unsqueeze(0) for k in grid.coarsen(ones)]  # level-0 cells per cell of each level
     spread = grid.finest_values(released, [v * k for v, k in zip(variances, sizes)])
-    estimate = denoise_cells(grid.finest_values(released, values), spread).double()
+    estimate = denoise_cells(grid.finest_values(released, values), spread)
     counts = [grid.partition(level).counts(device) for level in range(len(grid.levels))]
     return [s / n for s, n in zip(grid.coarsen(estimate * counts[0]), counts)]
 
@@ -281,11 +281,11 @@ def _restored_cells(
     method: str,
 ) -> torch.Tensor:
     """The level-0 coefficients of :func:`restore_cells`' images, ``[N, C, rows_0, cols_0]`` (unclipped): float64,
-    or float32 for a uniform denoise."""
+    float32 for a uniform denoise (computed in float32 anyway)."""
     if isinstance(layout, GridPartition):
         if method == "smooth":
             return values[0]
-        return consistent(denoise_cells(values[0], variances[0]), layout)
+        return consistent(denoise_cells(values[0].float(), variances[0]), layout)
     if method == "denoise":
         values = denoise_adaptive(layout, released, values, variances)
     cells = smooth_finest(layout, released, values)
