@@ -47,7 +47,7 @@ _OPPONENT = torch.tensor(
 #: Cell values per group that :func:`restore_cells` restores at a time. Its float work arrays (a few MiB) then stay
 #: in cache and the allocator reuses them, where a whole batch's arrays are mapped afresh for every operation (page
 #: faults cost more than the arithmetic); it also bounds the work memory whatever the batch.
-_CHUNK_CELLS = 1 << 18
+_CHUNK_CELLS = 1 << 19
 #: Bytes of interpolated image that :func:`upsample` makes at a time before copying them into its output.
 _CHUNK_BYTES = 8 << 20
 
@@ -149,17 +149,21 @@ def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
         precision = _pool_sum(v_.reciprocal())
         pyramid.append((_pool_sum(y_ / v_).div_(precision), precision.reciprocal_()))
     estimate, spread = pyramid[-1]
+    state = torch.stack([estimate, spread.expand_as(estimate)])  # estimates and their variances, doubled together
     for y_, v_ in reversed(pyramid[:-1]):
-        m, v_m = _double(estimate, y_.shape[-2:]), _double(spread, y_.shape[-2:])
+        m, v_m = _double(state, y_.shape[-2:])
         d = y_ - m
         s = v_ + v_m
-        weight = s.reciprocal().square_()
-        excess = torch.addcmul(s, d, d, value=-1.0).mul_(weight)  # minus the weighted excess of the residual
-        prior = v_m - _box_sums(excess).div_(_box_sums(weight)).clamp_(max=0.0)  # τ² + v_m (the box sizes cancel)
+        terms = torch.empty((2, *d.shape), dtype=d.dtype, device=d.device)  # box-summed together
+        weight = torch.reciprocal(s, out=terms[1]).square_()
+        torch.addcmul(s, d, d, value=-1.0, out=terms[0]).mul_(weight)  # minus the weighted excess of the residual
+        excess, weights = _box_sums(terms)
+        prior = v_m - excess.div_(weights).clamp_(max=0.0)  # τ² + v_m (the box sizes cancel)
         gain = prior.div_(prior + v_)
-        estimate = torch.addcmul(m, gain, d)
-        spread = gain.mul_(v_)
-    return estimate
+        state = torch.empty_like(terms)
+        torch.addcmul(m, gain, d, out=state[0])
+        torch.mul(gain, v_, out=state[1])
+    return state[0]
 
 
 def _double(cells: torch.Tensor, shape: torch.Size) -> torch.Tensor:
