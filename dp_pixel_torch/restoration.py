@@ -44,46 +44,54 @@ _OPPONENT = torch.tensor(
     dtype=torch.float64,
 )
 
-#: Cell values per group that :func:`restore_cells` restores at a time. Its float work arrays (a few MiB) then stay
+#: Cell values per group that :func:`restore_cells` estimates at a time. Its float work arrays (a few MiB) then stay
 #: in cache and the allocator reuses them, where a whole batch's arrays are mapped afresh for every operation (page
 #: faults cost more than the arithmetic); it also bounds the work memory whatever the batch.
 _CHUNK_CELLS = 1 << 19
-#: Bytes of interpolated image that :func:`upsample` makes at a time before copying them into its output.
-_CHUNK_BYTES = 8 << 20
 
 
-def upsample(values: torch.Tensor, partition: GridPartition, out: torch.Tensor | None = None) -> torch.Tensor:
+def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     """Bilinear interpolation of cell values ``[..., C, rows, cols]`` between the cell centres of ``partition``, flat
-    beyond the outermost centres: ``[..., C, H, W]`` in ``values``' dtype (uint8 rounded), or written into ``out``
-    (contiguous, that shape, any dtype) and returned.
+    beyond the outermost centres: ``[..., C, H, W]`` in ``values``' dtype (uint8 rounded).
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
     cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded), anything else in float32 (float64 stays float64); a few images at a time
-    (:data:`_CHUNK_BYTES`), each copied into the contiguous output.
+    uint8 on the CPU (fast, rounded: :func:`_upsample_uint8`), anything else in float32 (float64 stays float64).
     """
     rows, cols = partition.shape
     height, width = partition.image_shape
     b = partition.block_side
     size = (rows * b, cols * b) if b is not None else (height, width)
-    if out is None:
-        out = values.new_empty((*values.shape[:-2], height, width))
     flat = values.reshape(-1, *values.shape[-3:])
-    target = out.view(-1, *out.shape[-3:])
-    fast = flat.dtype == torch.uint8 and flat.device.type == "cpu"
-    itemsize = 1 if fast else max(4, flat.element_size())
-    step = max(1, _CHUNK_BYTES // max(1, itemsize * flat.shape[1] * size[0] * size[1]))
-    for start in range(0, flat.shape[0], step):
-        work = flat[start : start + step]
-        if not (work.dtype == torch.float64 or fast):
-            work = work.float()
-        if fast and work.shape[1] in (3, 4):
-            work = work.contiguous(memory_format=torch.channels_last)  # the vectorised uint8 kernel
-        piece = F.interpolate(work, size=size, mode="bilinear", align_corners=False)[..., :height, :width]
-        if values.dtype == torch.uint8 and piece.dtype != torch.uint8:
-            piece = piece.round_().clamp_(0, 255)
-        target[start : start + step].copy_(piece)
-    return out
+    if flat.shape[0] == 0:
+        return values.new_empty((*values.shape[:-2], height, width))
+    if flat.dtype == torch.uint8 and flat.device.type == "cpu":
+        out = _upsample_uint8(flat, size)
+    else:
+        work = flat if flat.dtype == torch.float64 else flat.float()
+        out = F.interpolate(work, size=size, mode="bilinear", align_corners=False)
+        if values.dtype == torch.uint8:
+            out = out.round_().clamp_(0, 255)
+    return out[..., :height, :width].to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
+
+
+def _upsample_uint8(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`upsample` of uint8 ``[N, C, rows, cols]`` on the CPU: contiguous ``[N, C, *size]``, by the vectorised
+    uint8 kernel, which wants 3 or 4 channels last. As that kernel does, in two passes: along the rows (a small
+    image, made planar), then along the columns with every row read as pixels of 4 (or 3) channels, so that the
+    channels-last output is already the planar image (the same values as one pass, without a transposing copy)."""
+    n, channels, rows, _ = cells.shape
+    height, width = size
+    group = next((g for g in (4, 3) if width % g == 0), None)
+    if group is None:  # one pass, then the transposing copy
+        work = cells.contiguous(memory_format=torch.channels_last) if channels in (3, 4) else cells
+        return F.interpolate(work, size=size, mode="bilinear", align_corners=False).contiguous()
+    if channels in (3, 4):
+        cells = cells.contiguous(memory_format=torch.channels_last)
+    wide = F.interpolate(cells, size=(rows, width), mode="bilinear", align_corners=False).contiguous()
+    pixels = wide.view(n * channels, rows, width // group, group).permute(0, 3, 1, 2)  # channels last
+    tall = F.interpolate(pixels, size=(height, width // group), mode="bilinear", align_corners=False)
+    return tall.permute(0, 2, 3, 1).reshape(n, channels, height, width)
 
 
 def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
@@ -251,30 +259,27 @@ def restore_cells(
     cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
     to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
     :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
-    Images are restored a few at a time (:data:`_CHUNK_CELLS` cell values), each independently of the others.
+    Cell estimates are made a few images at a time (:data:`_CHUNK_CELLS` cell values), each image on its own.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
     partition = layout if isinstance(layout, GridPartition) else layout.partition(0)
     lead, channels = values[0].shape[:-3], values[0].shape[-3]
-    images = torch.empty((*lead, channels, *partition.image_shape), dtype=dtype, device=values[0].device)
-    out, (lo, hi) = images.view(-1, *images.shape[-3:]), value_range
+    work = torch.float64 if dtype == torch.float64 else torch.uint8 if dtype == torch.uint8 else torch.float32
+    cells = torch.empty((*lead, channels, *partition.shape), dtype=work, device=values[0].device)
+    flat, (lo, hi) = cells.view(-1, *cells.shape[-3:]), value_range
     values = [v.reshape(-1, *v.shape[-3:]) for v in values]
     variances = [v.expand(*lead, *v.shape[-3:]).reshape(-1, *v.shape[-3:]) for v in variances]
     if released is not None:
         released = [r.expand(*lead, *r.shape[-2:]).reshape(-1, *r.shape[-2:]) for r in released]
-    step = max(1, _CHUNK_CELLS // max(1, channels * math.prod(partition.shape)))
-    for start in range(0, out.shape[0], step):
+    step = max(1, _CHUNK_CELLS // max(1, math.prod(flat.shape[1:])))
+    for start in range(0, flat.shape[0], step):
         part = slice(start, start + step)
         chunk = None if released is None else [r[part] for r in released]
-        cells = _restored_cells(layout, chunk, [v[part] for v in values], [v[part] for v in variances], method)
-        cells = cells.clamp(lo, hi)
-        if dtype == torch.uint8:
-            cells = cells.round_().to(torch.uint8)
-        elif dtype != torch.float64:
-            cells = cells.float()
-        upsample(cells, partition, out[part])
-    return images
+        estimate = _restored_cells(layout, chunk, [v[part] for v in values], [v[part] for v in variances], method)
+        estimate = estimate.clamp(lo, hi)
+        flat[part] = estimate.round_() if work == torch.uint8 else estimate
+    return upsample(cells, partition).to(dtype)
 
 
 def _restored_cells(

@@ -314,7 +314,6 @@ def test_restoring_in_groups_restores_each_image_alone(monkeypatch):
     cases = [(grid, method) for grid in grids for method in ("smooth", "denoise")]
     whole = [grid.restore(method) for grid, method in cases]
     monkeypatch.setattr(restoration, "_CHUNK_CELLS", 1)  # one image per group
-    monkeypatch.setattr(restoration, "_CHUNK_BYTES", 1)  # one image per interpolation
     for (grid, method), expected in zip(cases, whole):
         assert torch.equal(grid.restore(method), expected), method
 
@@ -327,3 +326,16 @@ def test_the_denoise_budget_counts_the_cells():
     assert torch.equal(tight.restore(), grid.restore())
     with pytest.raises(NoisyGridFormatError, match="max_bytes="):
         tight.restore("denoise")
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_uint8_upsampling_in_two_passes_is_the_one_pass_interpolation(channels):
+    """The CPU uint8 upsampling (rows, then columns read as 4 or 3 channels) gives exactly the one-pass bilinear
+    interpolation, at widths divisible by 4, by 3 only, and by neither (one pass)."""
+    generator = torch.Generator().manual_seed(channels)
+    for rows, cols, b in ((5, 6, 8), (4, 3, 3), (3, 5, 5), (7, 7, 1)):
+        cells = torch.randint(0, 256, (2, channels, rows, cols), dtype=torch.uint8, generator=generator)
+        partition = GridPartition.blocks(rows * b, cols * b, b)
+        expected = torch.nn.functional.interpolate(cells, size=(rows * b, cols * b), mode="bilinear")
+        restored = restoration.upsample(cells, partition)
+        assert restored.is_contiguous() and torch.equal(restored, expected), (rows, cols, b)
