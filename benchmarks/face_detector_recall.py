@@ -13,6 +13,15 @@ IoU >= 0.3 with it. False detections are counted on clean PETS frames (no face p
 few may be real tiny faces), per frame. ``dlib-cnn`` (about 1.6 s a frame) is measured only with ``--cnn``. Times are milliseconds per 768×576 frame on this machine's CPUs (a stack: the
 sum of its members). Run: ``python benchmarks/face_detector_recall.py [vtest.avi]``; ``--cli`` also times
 ``dp-pixel --protect faces`` on the first 100 frames for each stack.
+
+``--scan [N]`` measures instead the video path of ``dp-pixel --protect faces`` (:class:`FaceScan`, the default stack
+searched whole every :data:`FACE_EVERY` frames, crops enlarged :data:`FACE_SCALE` times in between) on the first N
+faces (default all) pasted, :data:`SCAN_PER_FRAME` at a time, into :data:`SCAN_FRAMES` consecutive PETS2009 frames, with a
+new FaceScan per group: *moving*, the faces appear at frame :data:`SCAN_START` (after the full search of frame 0) and
+move 3 px a frame to the right, so they can only be found in crops; *still*, the faces stand at one place from frame
+0, so they are found by the full search of frame 0 (at scale 1) or not at all until the next. Recall is over (face,
+frame) pairs while the face is in the frame: a pair counts when a returned box (what the release protects, held
+boxes included) has IoU >= 0.3 with it. ``boxes/fr``: boxes returned per frame of the clean sequence.
 """
 
 from __future__ import annotations
@@ -30,7 +39,15 @@ import torch
 from torchvision.ops import box_iou
 
 from dp_pixel_torch.cli import main as dp_pixel
-from dp_pixel_torch.detectors import FACE_DETECTORS, FACE_STACK, face_boxes, merge_boxes
+from dp_pixel_torch.detectors import (
+    FACE_DETECTORS,
+    FACE_EVERY,
+    FACE_SCALE,
+    FACE_STACK,
+    FaceScan,
+    face_boxes,
+    merge_boxes,
+)
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "pets2009" / "vtest.avi"
 SIZES = (25, 40, 56, 112)
@@ -38,6 +55,8 @@ TILTS = (0, 25, -25)
 PER_FRAME = 12
 IOU = 0.3
 ASTRONAUT_FACE = (175, 70, 268, 163)
+SCAN_FRAMES, SCAN_START, SCAN_STEP, SCAN_PER_FRAME = 15, 3, 3, 4
+SCAN_CONDITIONS = ((25, 0), (40, 0), (56, 0), (112, 0), (56, 25), (56, -25))
 STACKS = (
     ("haar",),
     ("centerface",),
@@ -87,15 +106,64 @@ def paste(scene: np.ndarray, face: np.ndarray, size: int, tilt: float, centre: t
 
 def composites(backgrounds, pool, size, tilt):
     """Frames with every face of ``pool`` pasted, at most PER_FRAME a frame on a spaced grid: (frame, true boxes)."""
-    step = 2 * size
-    places = [(x, y) for y in range(step // 2, 576 - step // 2, step) for x in range(step // 2, 768 - step // 2, step)]
-    places = places[:: max(1, len(places) // PER_FRAME)][:PER_FRAME]
+    spots = places(size)
     out = []
-    for start in range(0, len(pool), len(places)):
-        scene = backgrounds[(start // len(places)) % len(backgrounds)].copy()
-        truths = [paste(scene, face, size, tilt, place) for face, place in zip(pool[start:], places)]
+    for start in range(0, len(pool), len(spots)):
+        scene = backgrounds[(start // len(spots)) % len(backgrounds)].copy()
+        truths = [paste(scene, face, size, tilt, place) for face, place in zip(pool[start:], spots)]
         out.append((torch.from_numpy(scene).permute(2, 0, 1).contiguous(), torch.tensor(truths)))
     return out
+
+
+def places(size: int, most: int = PER_FRAME) -> list[tuple[int, int]]:
+    """At most ``most`` centres (x, y) on a grid spaced ``2·size`` apart, spread over a 768×576 frame."""
+    step = 2 * size
+    grid = [(x, y) for y in range(step // 2, 576 - step // 2, step) for x in range(step // 2, 768 - step // 2, step)]
+    return grid[:: max(1, len(grid) // most)][:most]
+
+
+def scan_recall(sequence: list[np.ndarray], pool: list[np.ndarray], size: int, tilt: float, moving: bool) -> tuple:
+    """Recall of a FaceScan over (face, frame) pairs of ``pool`` pasted into the consecutive frames ``sequence``,
+    and the share of frames it searched whole."""
+    spots = places(size, SCAN_PER_FRAME)
+    hits = pairs = whole = 0
+    for start in range(0, len(pool), len(spots)):
+        scan, group = FaceScan(), pool[start : start + len(spots)]
+        for t, background in enumerate(sequence):
+            scene, shift = background.copy(), SCAN_STEP * max(t - SCAN_START, 0)
+            present = t >= SCAN_START or not moving
+            if present:
+                truths = [paste(scene, f, size, tilt, (x + shift * moving, y)) for f, (x, y) in zip(group, spots)]
+            boxes = scan(torch.from_numpy(scene).permute(2, 0, 1).contiguous())
+            if present:
+                pairs += len(truths)
+                if len(boxes):
+                    hits += int((box_iou(torch.tensor(truths), boxes).amax(1) >= IOU).sum())
+        whole += scan.full_frames
+    return hits / pairs, whole / (len(sequence) * -(-len(pool) // len(spots)))
+
+
+def scan_main(video: Path, count: int | None) -> None:
+    pool = faces()[:count]
+    capture, sequence = cv2.VideoCapture(str(video)), []
+    while len(sequence) < SCAN_FRAMES:
+        ok, bgr = capture.read()
+        if not ok:
+            raise SystemExit(f"{video}: fewer than {SCAN_FRAMES} frames")
+        sequence.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    # the pasted faces are drawn on clean frames: without them the sequence gives the boxes per clean frame
+    scan, start = FaceScan(), time.perf_counter()
+    boxes = sum(len(scan(torch.from_numpy(f).permute(2, 0, 1).contiguous())) for f in sequence)
+    ms = 1000 * (time.perf_counter() - start) / len(sequence)
+    print(f"FaceScan ({'+'.join(FACE_STACK)}, whole every {FACE_EVERY} frames, crops ×{FACE_SCALE:g}): {len(pool)}")
+    print(f"faces, {SCAN_FRAMES} consecutive PETS2009 frames; recall over (face, frame) pairs (IoU >= {IOU})\n")
+    print("| faces | " + " | ".join(f"{s} px, {t:+d}°" for s, t in SCAN_CONDITIONS) + " |")
+    print("|---|" + "---|" * len(SCAN_CONDITIONS))
+    for moving in (True, False):
+        rows = [scan_recall(sequence, pool, s, t, moving) for s, t in SCAN_CONDITIONS]
+        print(f"| {'moving' if moving else 'still'} | " + " | ".join(f"{r:.2f}" for r, _ in rows) + " |")
+        print("| (share searched whole) | " + " | ".join(f"{w:.2f}" for _, w in rows) + " |", flush=True)
+    print(f"\nclean sequence: {boxes / len(sequence):.2f} boxes/fr, {ms:.0f} ms per frame")
 
 
 def run_members(frame: torch.Tensor, timings: dict, members: tuple[str, ...]) -> dict:
@@ -127,6 +195,11 @@ def cli_fps(video: Path, stack: tuple[str, ...], frames: int = 100) -> float:
 
 
 def main() -> None:
+    if "--scan" in sys.argv:
+        rest = sys.argv[sys.argv.index("--scan") + 1 :]
+        count = int(rest[0]) if rest and rest[0].isdigit() else None
+        others = [a for a in sys.argv[1:] if a != "--scan" and not a.isdigit()]
+        return scan_main(Path(others[0]) if others else VIDEO, count)
     args = [a for a in sys.argv[1:] if a not in ("--cli", "--cnn")]
     members = FACE_DETECTORS if "--cnn" in sys.argv else tuple(d for d in FACE_DETECTORS if d != "dlib-cnn")
     stacks = [s for s in STACKS if set(s) <= set(members)]

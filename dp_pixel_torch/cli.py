@@ -20,7 +20,10 @@ detectors of ``--face-detectors``, by default ``detectors.FACE_STACK``), grows t
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
 CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection. ``motion`` (videos of a fixed
-camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video each region
+camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video, faces are
+searched whole every ``--face-every`` frames and in between only in crops around what moves and the faces found,
+enlarged ``--face-scale`` times (``detectors.FaceScan``: sound for a FIXED camera only; ``--face-every 1`` searches
+every frame whole). In a video each region
 stays protected ``--protect-persist`` seconds before and after the frame it was found in, and a tracker carries it
 through the frames between detections. ``--protect-zone`` adds a fixed mask image drawn once for the camera (non-zero
 = protect): the detectors never see its cells, so its part of the guarantee is unconditional; alone, it is the only
@@ -49,10 +52,13 @@ from ._validation import check_device, check_epsilon, check_positive_int
 from .accounting import BudgetExceededError, LedgerIntegrityError, PrivacyAccountant
 from .detectors import (
     FACE_DETECTORS,
+    FACE_EVERY,
     FACE_MARGIN,
+    FACE_SCALE,
     FACE_STACK,
     PEOPLE_MARGIN,
     SOURCES,
+    FaceScan,
     ProtectDetected,
     read_zone,
     region_source,
@@ -113,6 +119,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"--protect faces: the detectors united, a comma list of {', '.join(FACE_DETECTORS)} "
         f"(default {','.join(FACE_STACK)}; haar alone is the fastest)",
+    )
+    p.add_argument(
+        "--face-every",
+        type=int,
+        metavar="N",
+        help=f"videos of a fixed camera, --protect faces: search each N-th frame whole and, in between, only crops "
+        f"around what moves and the faces found before (default {FACE_EVERY}; 1: every frame whole)",
+    )
+    p.add_argument(
+        "--face-scale",
+        type=float,
+        help=f"--face-every > 1: enlarge the crops this many times before the search, for small faces "
+        f"(default {FACE_SCALE:g})",
     )
     p.add_argument(
         "--protect-zone",
@@ -193,8 +212,14 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None, f
     if args.noise == "laplace" and args.seed is None:
         raise ValueError("--noise laplace is not hardened and needs --seed (an experiment); use the default discrete")
     common = dict(noise=args.noise, accountant=accountant, backend=args.backend, **randomness)
-    if args.face_detectors is not None and "faces" not in (args.protect or ()):
-        raise ValueError("--face-detectors picks the detectors of --protect faces")
+    for option, value, does in (
+        ("--face-detectors", args.face_detectors, "picks the detectors of"),
+        ("--face-every", args.face_every, "sets how often a video is searched whole for"),
+    ):
+        if value is not None and "faces" not in (args.protect or ()):
+            raise ValueError(f"{option} {does} --protect faces")
+    if args.face_scale is not None and (args.face_every or FACE_EVERY if fps is not None else 1) == 1:
+        raise ValueError("--face-scale enlarges the crops searched between full searches: it needs --face-every > 1")
     if args.protect or args.protect_zone is not None:
         return protect_layer(args, common, fps)
     if args.protect_cell is not None or args.protect_m is not None or args.protect_margin is not None:
@@ -228,7 +253,10 @@ def protect_layer(args: argparse.Namespace, common: dict, fps: float | None) -> 
         )
     if args.b is None:
         raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
-    chosen = [region_source(name, faces=args.face_detectors or FACE_STACK) for name in args.protect or ()]
+    every = (FACE_EVERY if args.face_every is None else args.face_every) if fps is not None else 1
+    scale = FACE_SCALE if args.face_scale is None else args.face_scale
+    faces = args.face_detectors or FACE_STACK
+    chosen = [region_source(name, faces=faces, every=every, scale=scale) for name in args.protect or ()]
     if args.protect_margin is not None:
         if not any(source.margin for source in chosen):
             raise ValueError("--protect-margin grows the boxes of --protect faces or people")
@@ -261,11 +289,12 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         "--workers": args.workers is not None,
         "--gpus": args.gpus is not None,
         "--protect-persist": args.protect_persist is not None,
+        "--face-every": args.face_every is not None,
     }
     usable = {
         "image": ("--device",),
         "folder": ("--device",),
-        "video": ("--chunk", "--device", "--fps", "--grids", "--protect-persist"),
+        "video": ("--chunk", "--device", "--fps", "--grids", "--protect-persist", "--face-every"),
         "ray": ("--chunk", "--workers", "--gpus"),
     }[kind]
     unusable = [name for name, present in given.items() if present and name not in usable]
@@ -274,6 +303,12 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         raise ValueError(f"{', '.join(unusable)} cannot apply to {what}: it takes {', '.join(usable)}")
     if args.chunk is not None:
         check_positive_int(args.chunk, "--chunk")
+    if args.face_every is not None:
+        check_positive_int(args.face_every, "--face-every")
+    if args.face_scale is not None and not 1 <= args.face_scale < float("inf"):
+        raise ValueError(
+            f"--face-scale must be a finite number >= 1 (crops are enlarged, never shrunk), got {args.face_scale}"
+        )
     if args.device is not None:
         check_device(args.device)
     if args.fps is not None:
@@ -408,6 +443,14 @@ def run(args: argparse.Namespace) -> str:
 def protect_summary(layer: ProtectDetected, faces: tuple[str, ...] = ()) -> str:
     """What the sources (the face detectors ``faces`` united) found and the zone covered, for the summary."""
     text = f"\nfaces: the union of the detectors {', '.join(faces)}" if faces else ""
+    scans = [s.detect for s in layer.sources if isinstance(s.detect, FaceScan)]
+    for scan in scans:
+        text += (
+            f"; searched whole every {scan.every} frames or where motion covered over {scan.fallback:g} of the frame "
+            f"({scan.full_frames} frames), in between only in crops enlarged {scan.scale:g}× around motion and the "
+            f"faces found ({scan.crop_frames} frames): a face that appears between full searches without moving is "
+            "missed, so this holds for a FIXED camera only (--face-every 1 searches every frame whole)"
+        )
     if layer.sources:
         kept = ""
         if layer.k:

