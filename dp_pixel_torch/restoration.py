@@ -272,7 +272,8 @@ def restore_cells(
     variances = [v.expand(*lead, *v.shape[-3:]).reshape(-1, *v.shape[-3:]) for v in variances]
     if released is not None:
         released = [r.expand(*lead, *r.shape[-2:]).reshape(-1, *r.shape[-2:]) for r in released]
-    step = max(1, _CHUNK_CELLS // max(1, math.prod(flat.shape[1:])))
+    groups = max(1, -(-flat.numel() // _CHUNK_CELLS))
+    step = max(1, -(-flat.shape[0] // groups))  # groups of even size
     for start in range(0, flat.shape[0], step):
         part = slice(start, start + step)
         chunk = None if released is None else [r[part] for r in released]
