@@ -59,9 +59,10 @@ MAX_LEVELS = 24
 #: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
 MAX_RESTORE_BYTES = 256 << 20
 #: What ``restore("smooth" | "denoise")`` allocates beyond the output, checked against a parsed record's
-#: ``max_bytes``: bytes per image value (at most 4.3 measured, the float32 pieces of the interpolation) plus bytes per
-#: level-0 cell value (at most 91 measured, a protected denoise at b = 1 restored in one group; about 15 when many
-#: groups share them). Measured as the peak of the torch profiler's CPU memory (2026-12-06), b = 1, 2, 8.
+#: ``max_bytes``: bytes per image value (at most 4.3 measured: the float32 interpolation of a float16 image; under 1
+#: for uint8) plus bytes per level-0 cell value (at most 91 measured: a protected denoise at b = 1 in one group of
+#: images; about 15 when many groups share the work arrays). Peak CPU memory under the torch profiler, b = 1, 2, 8,
+#: uint8, float16 and float32 images (2026-12-06).
 _SMOOTH_BYTES_PER_VALUE = 8
 _SMOOTH_BYTES_PER_CELL = 128
 
