@@ -76,16 +76,17 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
 
 
 def _upsample_uint8(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """:func:`upsample` of uint8 ``[N, C, rows, cols]`` on the CPU: contiguous ``[N, C, *size]``, by the vectorised
-    uint8 kernel, which wants 3 or 4 channels last. As that kernel does, in two passes: along the rows (a small
-    image, made planar), then along the columns with every row read as pixels of 4 (or 3) channels, so that the
-    channels-last output is already the planar image (the same values as one pass, without a transposing copy)."""
+    """:func:`upsample` of uint8 ``[N, C, rows, cols]`` on the CPU: ``[N, C, *size]`` by the vectorised uint8 kernel,
+    which wants 3 or 4 channels last. As that kernel does, in two passes: along the rows (a small image, made
+    planar), then along the columns with every row read as pixels of 4 (or 3) channels, so that the channels-last
+    output is already the contiguous image (the same values as one pass, without a transposing copy). A width that
+    neither 4 nor 3 divides takes one pass (channels last when C is 3 or 4)."""
     n, channels, rows, _ = cells.shape
     height, width = size
     group = next((g for g in (4, 3) if width % g == 0), None)
-    if group is None:  # one pass, then the transposing copy
+    if group is None:
         work = cells.contiguous(memory_format=torch.channels_last) if channels in (3, 4) else cells
-        return F.interpolate(work, size=size, mode="bilinear", align_corners=False).contiguous()
+        return F.interpolate(work, size=size, mode="bilinear", align_corners=False)
     if channels in (3, 4):
         cells = cells.contiguous(memory_format=torch.channels_last)
     wide = F.interpolate(cells, size=(rows, width), mode="bilinear", align_corners=False).contiguous()
