@@ -56,7 +56,7 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
     cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded: :func:`_upsample_uint8`), anything else in float32 (float64 stays float64).
+    uint8 on the CPU (fast, rounded; two passes that write the planar image), anything else in float32 (float64 stays float64).
     """
     rows, cols = partition.shape
     height, width = partition.image_shape
@@ -260,7 +260,7 @@ def restore_cells(
     cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
     to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
     :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
-    Cell estimates are made a few images at a time (:data:`_CHUNK_CELLS` cell values), each image on its own.
+    Cell estimates are made a few images at a time (about 0.5 M cell values), each image on its own.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
