@@ -56,7 +56,8 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
     cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded; two passes that write the planar image), anything else in float32 (float64 stays float64).
+    uint8 on the CPU (fast, rounded; two passes that write the planar image), anything else in float32 (float64
+    stays float64).
     """
     rows, cols = partition.shape
     height, width = partition.image_shape
