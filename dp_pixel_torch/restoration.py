@@ -44,6 +44,11 @@ _OPPONENT = torch.tensor(
     dtype=torch.float64,
 )
 
+#: Cell values per group that :func:`restore_cells` estimates at a time. Its float work arrays (a few MiB) then stay
+#: in cache and the allocator reuses them, where a whole batch's arrays are mapped afresh for every operation (page
+#: faults cost more than the arithmetic); it also bounds the work memory whatever the batch.
+_CHUNK_CELLS = 1 << 19
+
 
 def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     """Bilinear interpolation of cell values ``[..., C, rows, cols]`` between the cell centres of ``partition``, flat
@@ -51,7 +56,8 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
     cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded), anything else in float32 (float64 stays float64).
+    uint8 on the CPU (fast, rounded; two passes that write the planar image), anything else in float32 (float64
+    stays float64).
     """
     rows, cols = partition.shape
     height, width = partition.image_shape
@@ -60,27 +66,46 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     flat = values.reshape(-1, *values.shape[-3:])
     if flat.shape[0] == 0:
         return values.new_empty((*values.shape[:-2], height, width))
-    work = flat
-    if not (flat.dtype == torch.float64 or (flat.dtype == torch.uint8 and flat.device.type == "cpu")):
-        work = flat.float()
-    if work.dtype == torch.uint8 and flat.shape[1] in (3, 4):
-        work = work.contiguous(memory_format=torch.channels_last)  # the vectorised uint8 kernel
-    out = F.interpolate(work, size=size, mode="bilinear", align_corners=False)[..., :height, :width]
-    if values.dtype == torch.uint8 and out.dtype != torch.uint8:
-        out = out.round_().clamp_(0, 255)
-    return out.to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
+    if flat.dtype == torch.uint8 and flat.device.type == "cpu":
+        out = _upsample_uint8(flat, size)
+    else:
+        work = flat if flat.dtype == torch.float64 else flat.float()
+        out = F.interpolate(work, size=size, mode="bilinear", align_corners=False)
+        if values.dtype == torch.uint8:
+            out = out.round_().clamp_(0, 255)
+    return out[..., :height, :width].to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
+
+
+def _upsample_uint8(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`upsample` of uint8 ``[N, C, rows, cols]`` on the CPU: ``[N, C, *size]`` by the vectorised uint8 kernel,
+    which wants 3 or 4 channels last. As that kernel does, in two passes: along the rows (a small image, made
+    planar), then along the columns with every row read as pixels of 4 (or 3) channels, so that the channels-last
+    output is already the contiguous image (the same values as one pass, without a transposing copy). A width that
+    neither 4 nor 3 divides takes one pass (channels last when C is 3 or 4)."""
+    n, channels, rows, _ = cells.shape
+    height, width = size
+    group = next((g for g in (4, 3) if width % g == 0), None)
+    if group is None:
+        work = cells.contiguous(memory_format=torch.channels_last) if channels in (3, 4) else cells
+        return F.interpolate(work, size=size, mode="bilinear", align_corners=False)
+    if channels in (3, 4):
+        cells = cells.contiguous(memory_format=torch.channels_last)
+    wide = F.interpolate(cells, size=(rows, width), mode="bilinear", align_corners=False).contiguous()
+    pixels = wide.view(n * channels, rows, width // group, group).permute(0, 3, 1, 2)  # channels last
+    tall = F.interpolate(pixels, size=(height, width // group), mode="bilinear", align_corners=False)
+    return tall.permute(0, 2, 3, 1).reshape(n, channels, height, width)
 
 
 def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
-    """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (float64): the
+    """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (floating, kept): the
     bilinear image whose mean over every cell is that cell's value, so that no cell's mean is blurred into its
     neighbours' (up to the clipping of the coefficients to the value range, at the strongest edges). Reads: cell
     values and the public layout. Per axis, the cell means of the interpolated unit cells
     form a tridiagonal matrix ``K`` (about ``[1/8, 3/4, 1/8]``, inverted once per layout): the image of coefficients
     ``c`` has cell means ``K_rowsᵀ·c·K_cols``, so ``c = K_rows⁻ᵀ·values·K_cols⁻¹``."""
     b = partition.block_side
-    rows = _inverse_cell_means(partition.row_sizes, b).to(values.device)
-    cols = _inverse_cell_means(partition.col_sizes, b).to(values.device)
+    rows = _inverse_cell_means(partition.row_sizes, b).to(values)
+    cols = _inverse_cell_means(partition.col_sizes, b).to(values)
     return rows.T @ values @ cols
 
 
@@ -118,61 +143,89 @@ def smooth_finest(grid: MultiLevelGrid, released: list[torch.Tensor], values: li
 
 
 def wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Empirical-Bayes estimates of the means behind noisy cell values ``y [N, rows, cols]`` (floating) observed with
+    """Empirical-Bayes estimates of the means behind noisy cell values ``y [..., rows, cols]`` (floating) observed with
     independent noise of known ``variance`` (broadcastable to ``y``): a precision-weighted pull-push pyramid.
 
     Reads: the values and their public variances. Pull: 2×2 precision-weighted means up to one cell. Push: each
     level's cells are predicted by bilinear interpolation of the level above (prediction variance ``v_m``), the local
     signal variance is ``τ² = max(0, mean over 5×5 of (y - m)² - σ² - v_m)`` weighted by ``1/(σ² + v_m)²`` (so that
     cells of huge variance do not swamp it), and the estimate is ``m + (τ² + v_m)/(τ² + v_m + σ²)·(y - m)``.
+    A variance that is the same along a leading dimension (broadcast) is pulled once for all of it.
     """
-    variance = variance.expand_as(y)
+    variance = variance.expand(torch.broadcast_shapes(variance.shape, y.shape[-2:]))
     pyramid = [(y, variance)]
     while max(pyramid[-1][0].shape[-2:]) > 1:
         y_, v_ = pyramid[-1]
-        precision = _pool_sum(1.0 / v_)
-        pyramid.append((_pool_sum(y_ / v_) / precision, 1.0 / precision))
+        precision = _pool_sum(v_.reciprocal())
+        pyramid.append((_pool_sum(y_ / v_).div_(precision), precision.reciprocal_()))
     estimate, spread = pyramid[-1]
+    state = torch.stack([estimate, spread.expand_as(estimate)])  # estimates and their variances, doubled together
     for y_, v_ in reversed(pyramid[:-1]):
-        halves = GridPartition.blocks(*y_.shape[-2:], 2)
-        m = upsample(estimate.unsqueeze(1), halves).squeeze(1)
-        v_m = upsample(spread.unsqueeze(1), halves).squeeze(1)
-        weight = 1.0 / (v_ + v_m).square()
-        excess = weight * ((y_ - m).square() - v_ - v_m)
-        tau2 = (_local_mean(excess) / _local_mean(weight)).clamp_(min=0.0)
-        prior = tau2 + v_m
-        estimate = m + prior / (prior + v_) * (y_ - m)
-        spread = prior * v_ / (prior + v_)
-    return estimate
+        m, v_m = _double(state, y_.shape[-2:])
+        d = y_ - m
+        s = v_ + v_m
+        terms = torch.empty((2, *d.shape), dtype=d.dtype, device=d.device)  # box-summed together
+        weight = torch.reciprocal(s, out=terms[1]).square_()
+        torch.addcmul(s, d, d, value=-1.0, out=terms[0]).mul_(weight)  # minus the weighted excess of the residual
+        excess, weights = _box_sums(terms)
+        prior = v_m - excess.div_(weights).clamp_(max=0.0)  # τ² + v_m (the box sizes cancel)
+        gain = prior.div_(prior + v_)
+        state = torch.empty_like(terms)
+        torch.addcmul(m, gain, d, out=state[0])
+        torch.mul(gain, v_, out=state[1])
+    return state[0]
+
+
+def _double(cells: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Bilinear interpolation (half-pixel centres, flat beyond the outermost) of ``[..., rows, cols]`` onto the grid
+    of ``shape`` whose 2×2 blocks they are: each new cell lies a quarter of a cell from its own, so takes 3/4 of it
+    and 1/4 of the next one on that side (lerps, far faster than an interpolation call on the CPU)."""
+    for dim, length in ((-2, shape[0]), (-1, shape[1])):
+        padded = torch.cat([cells.narrow(dim, 0, 1), cells, cells.narrow(dim, -1, 1)], dim)
+        n = cells.shape[dim]
+        out = cells.new_empty((*cells.shape[:dim], 2 * n, *cells.shape[dim:][1:]))
+        own = padded.narrow(dim, 1, n)
+        torch.lerp(own, padded.narrow(dim, 0, n), 0.25, out=out.unflatten(dim, (n, 2)).select(dim, 0))
+        torch.lerp(own, padded.narrow(dim, 2, n), 0.25, out=out.unflatten(dim, (n, 2)).select(dim, 1))
+        cells = out.narrow(dim, 0, length)
+    return cells
 
 
 def _pool_sum(cells: torch.Tensor) -> torch.Tensor:
-    """Sums over 2×2 blocks of ``[N, rows, cols]`` (the last block cut short when a side is odd)."""
-    cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
-    return cells.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
+    """Sums over 2×2 blocks of ``[..., rows, cols]`` (the last block cut short when a side is odd)."""
+    if cells.shape[-2] % 2 or cells.shape[-1] % 2:
+        cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
+    rows = cells[..., 0::2, :] + cells[..., 1::2, :]
+    return rows[..., 0::2] + rows[..., 1::2]
 
 
-def _local_mean(cells: torch.Tensor) -> torch.Tensor:
-    """Means over the 5×5 cells around every cell of ``[N, rows, cols]`` (fewer at the borders)."""
-    return F.avg_pool2d(cells.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
+def _box_sums(cells: torch.Tensor) -> torch.Tensor:
+    """Sums over the 5×5 cells around every cell of ``[..., rows, cols]`` (zeros beyond the borders), by shifted
+    adds: 1, 2, 4 then 5 rows, and the same along the columns (far faster than an average pool on the CPU)."""
+    padded = F.pad(cells, (2, 2, 2, 2))
+    pairs = padded[..., 1:, :] + padded[..., :-1, :]
+    rows = (pairs[..., 2:, :] + pairs[..., :-2, :])[..., :-1, :].add_(padded[..., 4:, :])
+    pairs = rows[..., 1:] + rows[..., :-1]
+    return (pairs[..., 2:] + pairs[..., :-2])[..., :-1].add_(rows[..., 4:])
 
 
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` float64 and their public noise ``variance``
-    (broadcastable, the same for every channel of a cell) -> float64 ``[..., C, rows, cols]``.
+    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` (floating) and their public noise ``variance``
+    (broadcastable, the same for every channel of a cell) -> ``[..., C, rows, cols]`` in ``values``' dtype.
 
     Reads: released values and their public variances. Three channels are taken to RGB's opponent basis and back.
+    Computed in float32 (twice as fast as float64, its rounding far below the noise).
     """
-    channels = values.shape[-3]
-    rgb = channels == 3
-    if rgb:
-        values = torch.einsum("ij,...jhw->...ihw", _OPPONENT.to(values.device), values)
-    variance = variance.expand_as(values).float()  # float32: 2x faster, far below the noise in precision
-    flat = wiener_pyramid(values.float().reshape(-1, *values.shape[-2:]), variance.reshape(-1, *values.shape[-2:]))
-    estimate = flat.double().reshape(values.shape)
-    if rgb:
-        estimate = torch.einsum("ji,...jhw->...ihw", _OPPONENT.to(values.device), estimate)
-    return estimate
+    rgb = values.shape[-3] == 3
+    cells = _mix(_OPPONENT, values.float()) if rgb else values.float()
+    estimate = wiener_pyramid(cells, variance.float())  # the variance stays broadcast: pulled once per cell
+    return (_mix(_OPPONENT.T, estimate) if rgb else estimate).to(values.dtype)
+
+
+def _mix(matrix: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """``matrix [C', C]`` applied to the channels of ``cells [..., C, rows, cols]``: ``[..., C', rows, cols]``."""
+    mixed = torch.matmul(matrix.to(cells), cells.flatten(-2))
+    return mixed.unflatten(-1, cells.shape[-2:])
 
 
 def denoise_adaptive(
@@ -208,22 +261,44 @@ def restore_cells(
     cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
     to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
     :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
+    Cell estimates are made a few images at a time (about 0.5 M cell values), each image on its own.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
-    if isinstance(layout, GridPartition):
-        cells = denoise_cells(values[0], variances[0]) if method == "denoise" else values[0]
-        partition = layout
-    else:
-        if method == "denoise":
-            values = denoise_adaptive(layout, released, values, variances)
-        cells, partition = smooth_finest(layout, released, values), layout.partition(0)
-    if method == "denoise":
-        cells = consistent(cells, partition)
-    lo, hi = value_range
-    cells = cells.clamp(lo, hi)
-    if dtype == torch.uint8:
-        cells = cells.round_().to(torch.uint8)
-    elif dtype != torch.float64:
-        cells = cells.float()
+    partition = layout if isinstance(layout, GridPartition) else layout.partition(0)
+    lead, channels = values[0].shape[:-3], values[0].shape[-3]
+    work = torch.float64 if dtype == torch.float64 else torch.uint8 if dtype == torch.uint8 else torch.float32
+    cells = torch.empty((*lead, channels, *partition.shape), dtype=work, device=values[0].device)
+    flat, (lo, hi) = cells.view(-1, *cells.shape[-3:]), value_range
+    values = [v.reshape(-1, *v.shape[-3:]) for v in values]
+    variances = [v.expand(*lead, *v.shape[-3:]).reshape(-1, *v.shape[-3:]) for v in variances]
+    if released is not None:
+        released = [r.expand(*lead, *r.shape[-2:]).reshape(-1, *r.shape[-2:]) for r in released]
+    groups = max(1, -(-flat.numel() // _CHUNK_CELLS))
+    step = max(1, -(-flat.shape[0] // groups))  # groups of even size
+    for start in range(0, flat.shape[0], step):
+        part = slice(start, start + step)
+        chunk = None if released is None else [r[part] for r in released]
+        estimate = _restored_cells(layout, chunk, [v[part] for v in values], [v[part] for v in variances], method)
+        estimate = estimate.clamp(lo, hi)
+        flat[part] = estimate.round_() if work == torch.uint8 else estimate
     return upsample(cells, partition).to(dtype)
+
+
+def _restored_cells(
+    layout: GridPartition | MultiLevelGrid,
+    released: list[torch.Tensor] | None,
+    values: list[torch.Tensor],
+    variances: list[torch.Tensor],
+    method: str,
+) -> torch.Tensor:
+    """The level-0 coefficients of :func:`restore_cells`' images, ``[N, C, rows_0, cols_0]`` (unclipped): float64,
+    float32 for a uniform denoise (computed in float32 anyway)."""
+    if isinstance(layout, GridPartition):
+        if method == "smooth":
+            return values[0]
+        return consistent(denoise_cells(values[0].float(), variances[0]), layout)
+    if method == "denoise":
+        values = denoise_adaptive(layout, released, values, variances)
+    cells = smooth_finest(layout, released, values)
+    return consistent(cells, layout.partition(0)) if method == "denoise" else cells

@@ -58,9 +58,13 @@ MAX_RANK = 8
 MAX_LEVELS = 24
 #: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
 MAX_RESTORE_BYTES = 256 << 20
-#: Bytes per image value that ``restore("smooth" | "denoise")`` allocates beyond the output (float32 work arrays;
-#: 4.5 measured for denoise of uint8 images): checked against a parsed record's ``max_bytes``.
+#: What ``restore("smooth" | "denoise")`` allocates beyond the output, checked against a parsed record's
+#: ``max_bytes``: bytes per image value (at most 4.3 measured: the float32 interpolation of a float16 image; under 1
+#: for uint8) plus bytes per level-0 cell value (at most 91 measured: a protected denoise at b = 1 in one group of
+#: images; about 15 when many groups share the work arrays). Peak CPU memory under the torch profiler, b = 1, 2, 8,
+#: uint8, float16 and float32 images (2026-12-06).
 _SMOOTH_BYTES_PER_VALUE = 8
+_SMOOTH_BYTES_PER_CELL = 128
 
 
 class NoisyGridFormatError(ValueError):
@@ -162,7 +166,8 @@ class NoisyGrid:
         if method == "fill":
             values = self._dense([self._decode(v) for v in self.values])
             return layout.fill(values[0]) if released is None else layout.fill(released, values)
-        need = math.prod(self.shape) * (_SMOOTH_BYTES_PER_VALUE + self.dtype.itemsize)
+        cells = math.prod(self.shape[:-2]) * math.prod(self.finest_partition.shape)
+        need = math.prod(self.shape) * (_SMOOTH_BYTES_PER_VALUE + self.dtype.itemsize) + cells * _SMOOTH_BYTES_PER_CELL
         if self._max_bytes is not None and need > self._max_bytes:
             raise NoisyGridFormatError(
                 f"restore({method!r}) of this record needs about {need / 2**20:.0f} MiB of float work arrays, over "

@@ -254,3 +254,88 @@ def test_a_parsed_record_is_smoothed_only_within_the_budget_it_was_read_with():
         with pytest.raises(NoisyGridFormatError, match="max_bytes="):
             tight.restore(method)
         assert torch.equal(NoisyGrid.from_bytes(data).restore(method), grid.restore(method))
+
+
+def _reference_wiener_pyramid(y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """The pull-push pyramid as first written (float32 ``[N, rows, cols]``): interpolation calls, 5×5 average
+    pools and one formula per line; the oracle of the fast :func:`restoration.wiener_pyramid`."""
+    F = torch.nn.functional
+
+    def pool_sum(cells):
+        cells = F.pad(cells, (0, cells.shape[-1] % 2, 0, cells.shape[-2] % 2))
+        return cells.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).sum((-1, -3))
+
+    def local_mean(cells):
+        return F.avg_pool2d(cells.unsqueeze(1), 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
+
+    def up(cells, shape):
+        size = (2 * cells.shape[-2], 2 * cells.shape[-1])
+        return F.interpolate(cells.unsqueeze(1), size=size, mode="bilinear").squeeze(1)[..., : shape[0], : shape[1]]
+
+    pyramid = [(y, variance.expand_as(y))]
+    while max(pyramid[-1][0].shape[-2:]) > 1:
+        y_, v_ = pyramid[-1]
+        precision = pool_sum(1.0 / v_)
+        pyramid.append((pool_sum(y_ / v_) / precision, 1.0 / precision))
+    estimate, spread = pyramid[-1]
+    for y_, v_ in reversed(pyramid[:-1]):
+        m, v_m = up(estimate, y_.shape[-2:]), up(spread, y_.shape[-2:])
+        weight = 1.0 / (v_ + v_m).square()
+        tau2 = (local_mean(weight * ((y_ - m).square() - v_ - v_m)) / local_mean(weight)).clamp(min=0.0)
+        prior = tau2 + v_m
+        estimate = m + prior / (prior + v_) * (y_ - m)
+        spread = prior * v_ / (prior + v_)
+    return estimate
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_fast_pyramid_estimates_what_the_formulas_say(seed):
+    """The fast pyramid (shifted adds, lerps, grouped terms) against the formulas, on noisy photo cells of odd and
+    even sides with a protected (huge-variance) block: within 1e-4 of the value range (float32 rounding)."""
+    generator = torch.Generator().manual_seed(seed)
+    cells = astronaut()[:, : 45 + 2 * seed, : 60 + seed].double()
+    variance = torch.full(cells.shape[-2:], 30.0 * (seed + 1), dtype=torch.float64)
+    variance[5:12, 10:20] = 1e7  # protected cells
+    noisy = cells + variance.sqrt() * torch.randn(cells.shape, generator=generator, dtype=torch.float64)
+    fast = restoration.wiener_pyramid(noisy.float(), variance.float())
+    formulas = _reference_wiener_pyramid(noisy.float(), variance.float())
+    assert (fast - formulas).abs().max() <= 1e-4 * 255
+
+
+def test_restoring_in_groups_restores_each_image_alone(monkeypatch):
+    """restore_cells works a few images at a time; any grouping gives the same images (each is restored alone)."""
+    x = astronaut()[:, :96, :112]
+    grids = [
+        DPPixelize(1.0, 8, seed=0).release(torch.stack([x, x.flip(-1), x.flip(-2)])),
+        RegionAdaptiveDPPixelize(1.0, levels=(8, 32), protect=True, seed=0).release(
+            torch.stack([x, x.flip(-1), x.flip(-2)]), boxes=torch.tensor([[30.0, 20.0, 80.0, 70.0]])
+        ),
+    ]
+    cases = [(grid, method) for grid in grids for method in ("smooth", "denoise")]
+    whole = [grid.restore(method) for grid, method in cases]
+    monkeypatch.setattr(restoration, "_CHUNK_CELLS", 1)  # one image per group
+    for (grid, method), expected in zip(cases, whole):
+        assert torch.equal(grid.restore(method), expected), method
+
+
+def test_the_denoise_budget_counts_the_cells():
+    """At b = 1 every pixel is a cell and the pyramid's work arrays (about 90 bytes a cell value) dominate: a parsed
+    record is refused a denoise its max_bytes cannot hold, even though its fill fits."""
+    grid = DPPixelize(1.0, 1, seed=0).release(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    tight = NoisyGrid.from_bytes(grid.to_bytes(), max_bytes=1_000_000)  # 24,576 values: 128 bytes a cell do not fit
+    assert torch.equal(tight.restore(), grid.restore())
+    with pytest.raises(NoisyGridFormatError, match="max_bytes="):
+        tight.restore("denoise")
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_uint8_upsampling_in_two_passes_is_the_one_pass_interpolation(channels):
+    """The CPU uint8 upsampling (rows, then columns read as 4 or 3 channels) gives exactly the one-pass bilinear
+    interpolation, at widths divisible by 4, by 3 only, and by neither (one pass)."""
+    generator = torch.Generator().manual_seed(channels)
+    for rows, cols, b in ((5, 6, 8), (4, 3, 3), (3, 5, 5), (7, 7, 1)):
+        cells = torch.randint(0, 256, (2, channels, rows, cols), dtype=torch.uint8, generator=generator)
+        partition = GridPartition.blocks(rows * b, cols * b, b)
+        expected = torch.nn.functional.interpolate(cells, size=(rows * b, cols * b), mode="bilinear")
+        restored = restoration.upsample(cells, partition)
+        assert restored.is_contiguous() and torch.equal(restored, expected), (rows, cols, b)
