@@ -521,7 +521,8 @@ class FaceScan:
     that moves (then motion covers most of the frame: the fallback searches it whole), for a face that moves without
     MOG2 marking it (it moves over a background of its own colours, or stands still so long that it became
     background and then moves only a little), and for a face that a crop cuts. The full frame searches at scale 1,
-    where small faces are found less often (0.93 at 25 pixels against 0.99 in crops at scale 2); a still face found
+    where small faces are found less often (0.97 at 25 pixels with ``centerface-2x``, against 0.99 in crops at scale
+    2); a still face found
     before in a crop is searched again at scale ``scale`` in a crop at the full frame. ``every=1`` is
     :func:`detect_faces` on every frame (no motion, no crops): use it for images and moving cameras.
     """
