@@ -269,13 +269,15 @@ def release_foreground(
     ``grids``: the :class:`~dp_pixel_torch.NoisyGrid` releases in stream order, each of ``[C, H, W]`` or ``[T_i, C,
     H, W]`` frames of one camera. Each frame's cells are averaged with the ``window // 2`` releases before and after
     it (a centred window, shorter at the ends: the reading of frame ``t`` waits for release ``t + window // 2``;
-    None: 3 where the noise variance of a cell exceeds :data:`MOG2_VAR_INIT` grey levels², else 1), denoised in space
+    None: 3 if the median noise variance of the first frame's cells exceeds :data:`MOG2_VAR_INIT` grey levels², else
+    1), denoised in space
     (:func:`~dp_pixel_torch.restoration.denoise_cells`) and fed, in grey levels, to an OpenCV MOG2 background
     subtractor (``history``, ``var_threshold``: MOG2's) whose variance bounds (``varMin``, ``varInit``, ``varMax``)
     are raised by ``residual`` times the averaged noise variance: the share of the noise that the spatial denoise
     leaves (0.25 was picked on the first 300 frames of PETS2009 S2L1; the frames after them check it). Cells of
     protected regions are public: they are foreground, their noise is never read (they are left out of the means and
-    MOG2 sees its own background there). Reads releases and public parameters only (post-processing, no ε).
+    MOG2 sees its own background there). A generator: bad options raise at the first frame. Reads releases and
+    public parameters only (post-processing, no ε).
     """
     from .video import import_cv2
 
