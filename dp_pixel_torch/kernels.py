@@ -35,6 +35,11 @@ already writes at the speed of a copy there, and the compiled gather measured sl
 On CUDA a release of a few uint8 frames under discrete noise (one video frame, say) is one Triton launch
 (:func:`fused_dp_pixelize`): sums, keystream, noise, rounding and fill in one kernel, with no intermediate tensors,
 instead of the four launches of the compiled path. It draws the same keystream words, so it releases the same image.
+That kernel, like the keystream kernel, checks itself before its first use on each device and cell shape, in each
+process (:data:`FUSED_CHECK`): two small releases (strong and weak noise, border cells, several programs) through it
+and through the eager path, from the same words on the same device, must be equal bit for bit. A kernel that differs
+is dropped on that device with one warning; its releases take the compiled path there (eager under
+``backend="auto"`` from then on, as after a failed compile).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import math
 import os
 import threading
 import time
@@ -78,7 +84,8 @@ _COMPILED_MAX_B = 64
 
 #: True inside a ``backend="compiled"`` release: a compile failure raises there instead of falling back to eager.
 _STRICT = contextvars.ContextVar("dp_pixel_torch_strict_compile", default=False)
-#: Device types on which a compile has failed in this process: ``backend="auto"`` runs eagerly there from then on.
+#: Device types on which a compile has failed, or the single-launch kernel failed its self-test, in this process:
+#: ``backend="auto"`` runs eagerly there from then on.
 _FAILED: set[str] = set()
 
 
@@ -360,7 +367,16 @@ def fused_dp_pixelize(x: torch.Tensor, b: int, scale: float, area: bool, stream:
     :meth:`KeyStream.words` gives the other paths), discrete Laplace noise of ``scale``, the clipped mean rounded half
     to even, divided by the cell's area (``area``) or by b², and the fill. For one frame this replaces the keystream,
     sums, cell and fill launches (and their intermediate tensors) of the compiled path. None if the kernel does not
-    build here (see :func:`~dp_pixel_torch.keystream_cuda.launch`): the caller then takes the compiled path."""
+    build here (see :func:`~dp_pixel_torch.keystream_cuda.launch`) or fails its self-test on ``x``'s device
+    (:data:`FUSED_CHECK`): the caller then takes the compiled path, and ``stream`` has drawn nothing."""
+    if not FUSED_CHECK.passes(x.device, (b, area)):
+        _FAILED.add(x.device.type)
+        return None
+    return _fused_launch(x, b, scale, area, stream)
+
+
+def _fused_launch(x: torch.Tensor, b: int, scale: float, area: bool, stream: KeyStream) -> torch.Tensor | None:
+    """:func:`fused_dp_pixelize` by the kernel, unchecked."""
     from ._triton_kernels import dp_pixelize_uint8
 
     height, width = x.shape[-2:]
@@ -378,3 +394,38 @@ def fused_dp_pixelize(x: torch.Tensor, b: int, scale: float, area: bool, stream:
         half_one_plus_a(scale), B=b, BB=side, AREA=area, BLOCK=block,
     )  # fmt: skip
     return out.reshape(x.shape) if launched else None
+
+
+#: The key of the self-test's releases.
+_CHECK_KEY = bytes(range(32))
+
+
+def _fused_agrees(device: torch.device, variant: tuple[int, bool]) -> bool | None:
+    """Whether the single-launch kernel releases what the eager path releases from the same words on ``device``, for
+    ``b×b`` cells divided by their area or by b² (``variant``), bit for bit (None: it did not build). The image: one
+    frame of 3 channels, random levels, cut-short border cells on both sides, and more cells than one program holds;
+    released under strong noise (clipped at 0 and 255) and weak noise (rounding), at two calls of the stream."""
+    from .accounting import PrivacyGuarantee
+    from .functional import noisy_cell_values
+
+    b, area = variant
+    per_program = max(1, 4096 // (1 << (b - 1).bit_length()) ** 2)
+    side = math.isqrt(per_program // 3) + 2  # 3 planes of at least side² cells: more than one program's
+    shape = (1, 3, side * b - b // 2, side * b + (b + 1) // 3)
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(b), dtype=torch.uint8, device="cpu")
+    x = x.to(device)
+    partition = GridPartition.for_cells(*shape[-2:], b, None)
+    fused_stream, eager_stream = KeyStream(_CHECK_KEY), KeyStream(_CHECK_KEY)
+    for epsilon in (0.5, 50.0):
+        guarantee = PrivacyGuarantee(epsilon, 1, b, None, "joint", "discrete", "area" if area else "zero_pad", False)
+        fused = _fused_launch(x, b, guarantee.noise_scale(shape[-3], 255.0), area, fused_stream)
+        if fused is None:
+            return None
+        eager = partition.fill(noisy_cell_values(x, guarantee, partition, (0.0, 255.0), eager_stream))
+        if not torch.equal(fused, eager):
+            return False
+    return True
+
+
+#: The self-test of the single-launch kernel, per device and ``(b, area)``: against the eager path.
+FUSED_CHECK = keystream_cuda.SelfTest("dp_pixelize_uint8", "the torch path", _fused_agrees)

@@ -1,10 +1,15 @@
 """The compiled fast path (dp_pixel_torch.kernels): bit-identical to the eager path with the same noise, chosen
 automatically with a safe fallback, and bounded in how often it compiles."""
 
+import inspect
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import warnings
 
 import pytest
 import torch
@@ -457,3 +462,215 @@ def test_auto_falls_back_to_the_eager_release_of_the_same_words_when_a_compile_f
         "plan False",
         "compiled raised True",
     ], done.stdout + done.stderr[-3000:]
+
+
+#: Two CUDA devices by name: a SelfTest only names its devices, so the checks below need no GPU.
+GPU0, GPU1 = torch.device("cuda", 0), torch.device("cuda", 1)
+
+
+def test_a_gpu_kernel_self_test_runs_once_per_device_and_variant_and_warns_once_per_device():
+    """Issue 28, finding 10: a kernel is checked on its first use per device (and compiled variant) and process; a
+    match is not checked again, a mismatch drops the kernel on that device (every variant) with one warning."""
+    from dp_pixel_torch.keystream_cuda import SelfTest
+
+    checks = []
+    test = SelfTest("k", "the reference", lambda device, variant: checks.append((device, variant)) or device == GPU0)
+    assert all(test.passes(GPU0, 8) for _ in range(5)) and test.passes(GPU0, 16)
+    assert checks == [(GPU0, 8), (GPU0, 16)]  # one check per device and variant, none per call
+    with pytest.warns(RuntimeWarning, match="kernel k gave output that differs from the reference in its self-test on "
+                      "cuda:1; dp_pixel_torch uses the reference on cuda:1 from now on") as caught:  # fmt: skip
+        assert not test.passes(GPU1, 8)
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not test.passes(GPU1, 8) and not test.passes(GPU1, 16) and test.passes(GPU0, 8)
+    assert checks == [(GPU0, 8), (GPU0, 16), (GPU1, 8)]
+
+    def crashes(device, variant):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.warns(RuntimeWarning, match="raised RuntimeError: CUDA error: an illegal memory access"):
+        assert not SelfTest("k", "the reference", crashes).passes(GPU0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a kernel that does not build has warned already (keystream_cuda.launch)
+        assert not SelfTest("k", "the reference", lambda device, variant: None).passes(GPU0)
+
+
+def test_threads_that_meet_an_unchecked_device_together_wait_for_one_check():
+    from dp_pixel_torch.keystream_cuda import SelfTest
+
+    checks = []
+
+    def slow(device, variant):
+        checks.append(device)
+        time.sleep(0.05)
+        return device == GPU0
+
+    test = SelfTest("k", "the reference", slow)
+    start = threading.Barrier(16)
+    answers = []
+
+    def use(device):
+        start.wait()
+        answers.append((device, test.passes(device)))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threads = [threading.Thread(target=use, args=(GPU0 if i % 2 else GPU1,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(map(str, checks)) == ["cuda:0", "cuda:1"]
+    assert sorted(answers, key=str) == sorted([(GPU0, True)] * 8 + [(GPU1, False)] * 8, key=str)
+    assert len([w for w in caught if "self-test on cuda:1" in str(w.message)]) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_checks_again_even_when_the_parent_forked_in_the_middle_of_a_check():
+    """A forked child forgets the parent's verdicts and checks on its first use: verdicts belong to one process's
+    device context. A parent thread inside a check at the fork holds the lock; the child has a fresh one."""
+    from dp_pixel_torch.keystream_cuda import SelfTest
+
+    checks, inside, release = [], threading.Event(), threading.Event()
+
+    def check(device, variant):
+        checks.append(device)
+        if device == GPU1:
+            inside.set()
+            release.wait(30)
+        return True
+
+    test = SelfTest("k", "the reference", check)
+    assert test.passes(GPU0) and checks == [GPU0]
+    holder = threading.Thread(target=test.passes, args=(GPU1,))
+    holder.start()
+    assert inside.wait(30)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            signal.alarm(20)  # a deadlock ends the child, and the assertion below fails
+            answer = f"{test.passes(GPU0)} {test.passes(GPU0)} {[str(d) for d in checks]}"
+            os.write(write, answer.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    release.set()
+    holder.join()
+    assert answer == "True True ['cuda:0', 'cuda:1', 'cuda:0']"  # one new check in the child, then none
+    assert [str(d) for d in checks] == ["cuda:0", "cuda:1"]  # the parent checked each device once
+
+
+@pytest.fixture
+def fresh_self_tests(monkeypatch):
+    """The GPU kernels' self-tests with no verdicts yet, and no device marked failed; all restored afterwards."""
+    from dp_pixel_torch import keystream_cuda
+
+    for test in (kernels.FUSED_CHECK, keystream_cuda.KEYSTREAM_CHECK):
+        monkeypatch.setattr(test, "_passed", set())
+        monkeypatch.setattr(test, "_failed", set())
+    monkeypatch.setattr(kernels, "_FAILED", set())
+
+
+def test_a_single_launch_kernel_that_disagrees_is_dropped_and_every_release_is_the_eager_one(
+    monkeypatch, fresh_self_tests
+):
+    """The CPU stands in for a GPU whose single-launch kernel writes zeros: the first release on it checks the kernel,
+    warns once and releases what the eager path releases with the same seed (the stream draws one call, as eager);
+    later releases, any cell side, never launch the kernel again and warn no more; auto runs eagerly there."""
+    x = image((1, 3, 37, 53), torch.uint8)
+    expected = {(b, s): dp_pixelize(x, 1.0, b, generator=KeyStream.from_seed(s), backend="eager")
+                for b in (8, 16) for s in range(3)}  # fmt: skip
+    launches = []
+
+    def writes_zeros(x, b, scale, area, stream):
+        launches.append(b)
+        stream.reserve(x.numel() // b**2)
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(kernels, "_fused_launch", writes_zeros)
+    monkeypatch.setattr(
+        kernels,
+        "fused_applies",
+        lambda x, b, noise, generator, compiled: noise == "discrete" and isinstance(generator, KeyStream),
+    )
+    stream = KeyStream.from_seed(0)
+    with pytest.warns(RuntimeWarning, match="dp_pixelize_uint8 gave output that differs from the torch path in its "
+                      "self-test on cpu") as caught:  # fmt: skip
+        assert torch.equal(dp_pixelize(x, 1.0, 8, generator=stream, backend="eager"), expected[8, 0])
+    assert len(caught) == 1 and launches == [8] and stream.position == 1 and kernels._FAILED == {"cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for b, s in [(8, 1), (8, 2), (16, 1)]:
+            released = dp_pixelize(x, 1.0, b, generator=KeyStream.from_seed(s), backend="eager")
+            assert torch.equal(released, expected[b, s])
+    assert launches == [8]
+
+
+class OneBitOff:
+    """A Triton kernel miscompiled by one bit: the first element of its output (argument ``out``) has its lowest bit
+    flipped."""
+
+    def __init__(self, kernel, out: int):
+        self.kernel, self.fn, self.out = kernel, kernel.fn, out
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.kernel[grid](*args, **kwargs)
+            args[self.out].view(-1)[0] ^= 1
+
+        return run
+
+
+def test_the_gpu_kernels_check_themselves_once_and_a_miscompiled_one_is_dropped():
+    """The real Triton kernels in Triton's interpreter (the CPU stands in for a GPU). Genuine: each passes its
+    self-test with no warning, once per device and cell shape, and then serves every release, equal to the eager one.
+    Then each kernel is miscompiled by one bit (one pixel's lowest bit, one keystream word's): the self-test finds it
+    (it compares exactly), warns once, and every release is again the eager one, with no further launch."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import warnings
+        import torch
+        from dp_pixel_torch import KeyStream, _triton_kernels, dp_pixelize, kernels, keystream_cuda
+        warnings.simplefilter("error")
+        x = (torch.rand((1, 3, 37, 53), generator=torch.Generator().manual_seed(0)) * 256).to(torch.uint8)
+        eager = [dp_pixelize(x, 1.0, 8, generator=KeyStream.from_seed(s), backend="eager") for s in range(4)]
+        kernels.fused_applies = lambda x, b, noise, generator, compiled: isinstance(generator, KeyStream)
+        checks, launches = [], []
+        check, launch = kernels.FUSED_CHECK.check, kernels._fused_launch
+        kernels.FUSED_CHECK.check = lambda device, variant: checks.append(variant) or check(device, variant)
+        kernels._fused_launch = lambda *args: launches.append(args[1]) or launch(*args)
+        for s in range(2):
+            assert torch.equal(dp_pixelize(x, 1.0, 8, generator=KeyStream.from_seed(s), backend="eager"), eager[s])
+        assert checks == [(8, True)] and launches == [8] * 4, (checks, launches)  # 2 in the check, 1 per release
+        key, words = bytes(range(32)), KeyStream(bytes(range(32))).words_at(5, 0, 100)
+        for _ in range(3):
+            assert torch.equal(keystream_cuda.chacha20_words(key, 5, 0, 100, "cpu"), words)
+        _triton_kernels.dp_pixelize_uint8 = OneBitOff(_triton_kernels.dp_pixelize_uint8, 1)
+        _triton_kernels.chacha20 = OneBitOff(_triton_kernels.chacha20, 1)
+        kernels.FUSED_CHECK.forget()
+        keystream_cuda.KEYSTREAM_CHECK.forget()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for s in (2, 3):
+                assert torch.equal(dp_pixelize(x, 1.0, 8, generator=KeyStream.from_seed(s), backend="eager"), eager[s])
+            assert all(keystream_cuda.chacha20_words(key, 5, 0, 100, "cpu") is None for _ in range(3))
+        assert launches == [8] * 5, launches  # the check's first release, then none
+        print(" | ".join(sorted(str(w.message).split(" in its")[0] for w in caught)))
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    script = inspect.getsource(OneBitOff) + script
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == (
+        "the Triton kernel chacha20 gave output that differs from OpenSSL's keystream (made on the CPU, copied over) | "
+        "the Triton kernel dp_pixelize_uint8 gave output that differs from the torch path"
+    ), result.stdout + result.stderr[-3000:]
