@@ -233,10 +233,17 @@ def merge_boxes(boxes: np.ndarray, iou: float = MERGE_IOU) -> np.ndarray:
     return np.array(merged, np.float32).reshape(-1, 4)
 
 
+#: The largest enlargement of :func:`face_boxes` (``dp-pixel --face-scale``): at 4 a 25-pixel face (the smallest
+#: that ``benchmarks/face_detector_recall.py`` measures) is searched at 100 pixels and Haar's 20-pixel window sees
+#: faces of 5; the search costs ``scale²`` times per pixel (at 1e6, OpenCV asked for petabytes).
+MAX_SCALE = 4.0
+
+
 def _check_scale(scale: float) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= MAX_SCALE:
         raise ValueError(
-            f"scale must be a finite number >= 1 (crops are searched enlarged, never shrunk), got {scale!r}"
+            f"scale must be a finite number >= 1 and <= {MAX_SCALE:g} (crops are searched enlarged, never shrunk; "
+            f"dp-pixel --face-scale), got {scale!r}"
         )
     return float(scale)
 
@@ -265,9 +272,9 @@ def face_boxes(
     the frame: what :func:`detect_faces` unites.
 
     ``crops`` (XYXY ``[C, 4]``; None: the whole frame) limits the search to those parts of the frame, each enlarged
-    ``scale`` times (bilinear) before the members see it, which lifts the recall of small faces (a 25-pixel face is
-    searched at 50 pixels for ``scale=2``) at ``scale²`` times the cost per pixel searched. A face that a crop cuts
-    is seen only in part: crops must hold whole faces (:class:`FaceScan` grows them)."""
+    ``scale`` times (bilinear; 1 to :data:`MAX_SCALE`) before the members see it, which lifts the recall of small
+    faces (a 25-pixel face is searched at 50 pixels for ``scale=2``) at ``scale²`` times the cost per pixel searched.
+    A face that a crop cuts is seen only in part: crops must hold whole faces (:class:`FaceScan` grows them)."""
     _check_frame(frame)
     names, scale = check_face_detectors(detectors), _check_scale(scale)
     cv2 = import_cv2()
@@ -456,28 +463,88 @@ def _grown_rects(rects: np.ndarray, pad: float, grow: float) -> np.ndarray:
     return (rects + np.stack([-out, -out, out, out], 1)).astype(np.float32).reshape(-1, 4)
 
 
+#: A crop whose grid cells (see :func:`merge_crops`) number more than this is compared with every crop instead of
+#: with those in its cells.
+_WIDE = 64
+
+
+def _merges(rect: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Bool ``[N]``: whether the rectangle enclosing float64 XYXY ``rect [4]`` and each of ``others [N, 4]`` is no
+    larger than their two areas together (the rule of :func:`merge_crops`)."""
+    sides = np.maximum(rect[2:], others[:, 2:]) - np.minimum(rect[:2], others[:, :2])
+    return sides.prod(1) <= (rect[2:] - rect[:2]).prod() + (others[:, 2:] - others[:, :2]).prod(1)
+
+
 def merge_crops(rects: np.ndarray) -> np.ndarray:
     """XYXY ``rects [K, 4]`` with every two whose enclosing rectangle is no larger than their two areas together
-    replaced by it, until no such pair is left: the same pixels are searched, each overlap once, in fewer crops."""
-    rects = [r for r in np.asarray(rects, np.float64).reshape(-1, 4)]
+    replaced by it, until no such pair is left: the same pixels are searched, each overlap once, in fewer crops.
+    Float32 ``[C, 4]``, computed on the float32 values; a rect of no area (width or height <= 0) holds no pixel and is
+    dropped; a non-finite one is refused.
 
-    def area(r: np.ndarray) -> float:
-        return max(r[2] - r[0], 0) * max(r[3] - r[1], 0)
+    Pairs merge in a fixed order: each time the first pair in input order, the enclosing rect taking the first's
+    place. Two rects of positive area merge only if they meet, so each is checked only against the rects in its cells
+    of a grid (cells of the median rect's larger side), and after a merge only the merged rect is checked again:
+    rects far apart cost about one pair check each, where checking all pairs after each merge cost ``K²`` a merge."""
+    boxes = np.asarray(rects, np.float32).reshape(-1, 4)
+    if not np.isfinite(boxes).all():
+        raise ValueError("rects must be finite XYXY pixel coordinates")
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])].astype(np.float64)
+    if not len(boxes):
+        return np.zeros((0, 4), np.float32)
+    side = float(np.median((boxes[:, 2:] - boxes[:, :2]).max(1)))
+    # rounding lets the rule pass for rects up to ~3e-15 of the largest coordinate apart: such rects share a cell too
+    slack = 1e-12 * float(np.abs(boxes).max())
+    alive = np.ones(len(boxes), bool)
+    grid: dict[tuple[int, int], set[int]] = {}
+    wide: set[int] = set()
 
-    def first_pair() -> tuple[int, int, np.ndarray] | None:
-        for i in range(len(rects)):
-            for j in range(i + 1, len(rects)):
-                a, b = rects[i], rects[j]
-                both = np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
-                if area(both) <= area(a) + area(b):
-                    return i, j, both
-        return None
+    def cells(key: int) -> list[tuple[int, int]] | None:
+        """The grid cells of ``boxes[key]``, None if more than :data:`_WIDE`."""
+        c0, r0 = (int(v) for v in np.floor((boxes[key, :2] - slack) / side))
+        c1, r1 = (int(v) for v in np.floor((boxes[key, 2:] + slack) / side))
+        if (c1 - c0 + 1) * (r1 - r0 + 1) > _WIDE:
+            return None
+        return [(c, r) for c in range(c0, c1 + 1) for r in range(r0, r1 + 1)]
 
-    while (pair := first_pair()) is not None:
-        i, j, both = pair
-        rects[i] = both
-        del rects[j]
-    return np.array(rects, np.float32).reshape(-1, 4)
+    def place(key: int) -> None:
+        held = cells(key)
+        if held is None:
+            wide.add(key)
+        for cell in held or ():
+            grid.setdefault(cell, set()).add(key)
+
+    def partner(key: int) -> int | None:
+        """The first live rect that merges with ``boxes[key]``, in input order."""
+        held = cells(key)
+        if held is None:
+            near = np.flatnonzero(alive)
+        else:
+            near = np.fromiter(wide.union(*(grid.get(cell, ()) for cell in held)), int)
+        near = near[alive[near] & (near != key)]
+        found = near[_merges(boxes[key], boxes[near])]
+        return int(found.min()) if len(found) else None
+
+    for key in range(len(boxes)):
+        place(key)
+    # Every pair of live rects that does not hold ``current`` and starts before ``top`` does not merge: the first
+    # pair that merges holds ``current`` or starts at ``top`` or later.
+    top = current = 0
+    while True:
+        other = partner(current)
+        if other is not None:
+            keep, gone = min(current, other), max(current, other)
+            boxes[keep, :2] = np.minimum(boxes[keep, :2], boxes[gone, :2])
+            boxes[keep, 2:] = np.maximum(boxes[keep, 2:], boxes[gone, 2:])
+            alive[gone] = False
+            place(keep)
+            current = keep
+            continue
+        top += 1
+        while top < len(boxes) and not alive[top]:
+            top += 1
+        if top == len(boxes):
+            return boxes[alive].astype(np.float32)
+        current = top
 
 
 def _hold(held: np.ndarray, found: np.ndarray) -> np.ndarray:
