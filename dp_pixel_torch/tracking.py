@@ -25,15 +25,25 @@ from ._validation import box_pixels
 PERSIST = 0.5
 #: IoU a detection needs with a track's predicted box to continue that track.
 MIN_IOU = 0.1
+#: The largest persistence ``k`` in frames: a stream is released ``k`` frames behind its input and holds them (and
+#: the masks of ``2k + 1`` frames), so 300 frames of 1080p hold about 3 GB. It allows :data:`PERSIST` up to 600 fps
+#: and 10 s at 30 fps.
+MAX_PERSIST_FRAMES = 300
 
 
 def persist_frames(seconds: float, fps: float) -> int:
-    """The persistence ``k`` in frames: ``ceil(seconds·fps)``, so that at least ``seconds`` are covered."""
+    """The persistence ``k`` in frames: ``ceil(seconds·fps)``, so that at least ``seconds`` are covered; at most
+    :data:`MAX_PERSIST_FRAMES`."""
     for value, name in ((seconds, "persist"), (fps, "fps")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number of seconds >= 0 (fps: frames per second), got {value!r}")
     if fps == 0 and seconds > 0:
         raise ValueError("fps must be > 0 to turn persist seconds into frames")
+    if seconds * fps > MAX_PERSIST_FRAMES:
+        raise ValueError(
+            f"persist × fps must be at most {MAX_PERSIST_FRAMES} frames (the frames a stream holds back; persist is "
+            f"dp-pixel --protect-persist), got persist={seconds!r} s at fps={fps!r}"
+        )
     return math.ceil(seconds * fps - 1e-9) if seconds else 0
 
 

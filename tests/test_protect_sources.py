@@ -15,7 +15,7 @@ from dp_pixel_torch.detectors import (
     check_zone,
     region_source,
 )
-from dp_pixel_torch.tracking import Tracker, match, persist_frames, track_boxes
+from dp_pixel_torch.tracking import MAX_PERSIST_FRAMES, Tracker, match, persist_frames, track_boxes
 from dp_pixel_torch.video import sanitize_stream, to_bgr
 
 cv2 = pytest.importorskip("cv2")
@@ -371,6 +371,60 @@ def test_cli_refuses_a_margin_without_box_sources_and_persist_without_sources(tm
     assert "--protect-margin grows the boxes" in capsys.readouterr().err
     assert main([*argv, "--protect-zone", str(zone), "--protect-persist", "1"]) == 2
     assert "--protect-persist keeps the regions of --protect sources" in capsys.readouterr().err
+
+
+def test_a_persistence_longer_than_a_stream_may_hold_back_is_refused_not_overflowed(tmp_path, capsys):
+    """Issue 28: ``--protect-persist 1e308`` raised OverflowError from ceil(inf), and 1e6 seconds held every frame of
+    the video back. persist × fps is the number of frames a stream holds: above MAX_PERSIST_FRAMES it is refused."""
+    assert persist_frames(10, 30) == MAX_PERSIST_FRAMES == 300
+    for seconds, fps in ((1e308, 10), (0.5, 1e308), (10.01, 30)):
+        with pytest.raises(ValueError, match="persist × fps must be at most 300 frames"):
+            persist_frames(seconds, fps)
+    with pytest.raises(ValueError, match="--protect-persist"):
+        ProtectDetected(layer(), sources=[RegionSource("s", Scripted({}))], persist=1e308, fps=25)
+    clip, _ = moving_square_clip(frames=3)
+    write_clip(tmp_path / "clip.avi", clip)
+    argv = [str(tmp_path / "clip.avi"), "-o", str(tmp_path / "out.avi"), "--epsilon", "1", "--b", "8", "--quiet"]
+    for seconds in ("1e308", "1e6", "30.1"):
+        assert main([*argv, "--protect", "motion", "--protect-persist", seconds]) == 2
+        error = capsys.readouterr().err
+        assert "--protect-persist" in error and "at most 300 frames" in error and error.count("\n") == 1
+        assert not (tmp_path / "out.avi").exists()
+
+
+#: The exit status of ``dp-pixel`` for each numeric option of --protect and --face (the sources that let it apply)
+#: at each extreme value: 0 runs to completion, 2 refuses with one line (argparse: usage and one line).
+EXTREMES = ("0", "-1", "nan", "inf", "-inf", "1e308")
+EXTREME_STATUS = {
+    ("--protect-persist", "motion"): (0, 2, 2, 2, 2, 2),
+    ("--protect-cell", "motion"): (2, 2, 2, 2, 2, 2),
+    ("--protect-m", "motion"): (2, 2, 2, 2, 2, 2),
+    ("--protect-margin", "faces"): (0, 2, 2, 2, 2, 0),
+    ("--face-every", "faces"): (2, 2, 2, 2, 2, 2),
+    ("--face-scale", "faces"): (2, 2, 2, 2, 2, 2),
+}
+
+
+@pytest.mark.parametrize("option, source", list(EXTREME_STATUS))
+def test_cli_extreme_values_of_the_protect_options_exit_cleanly(option, source, tmp_path, capsys):
+    """0, -1, NaN, ±inf and 1e308 for every numeric --protect/--face option: a release or a one-line refusal (exit
+    2), never a traceback (issue 28: --protect-persist 1e308 and --face-scale 1e308 ended in OverflowError)."""
+    clip, _ = moving_square_clip(frames=3)
+    write_clip(tmp_path / "clip.avi", clip)
+    argv = [str(tmp_path / "clip.avi"), "--epsilon", "1", "--b", "8", "--quiet", "--protect", source]
+    argv += ["--face-detectors", "haar"] if source == "faces" else []
+    for value, expected in zip(EXTREMES, EXTREME_STATUS[option, source]):
+        output = tmp_path / f"{option}{value}.avi"
+        try:
+            status, parsed = main([*argv, "-o", str(output), f"{option}={value}"]), True
+        except SystemExit as refused:  # argparse refuses what is not an int: its usage, then one line
+            status, parsed = refused.code, False
+        error = capsys.readouterr().err
+        assert status == expected and output.exists() == (status == 0), (value, error)
+        if status:
+            last = error.splitlines()[-1]
+            assert last.startswith("dp-pixel: error: " if parsed else f"dp-pixel: error: argument {option}: "), error
+            assert not parsed or error.count("\n") == 1, error
 
 
 def test_a_keyed_protect_layer_starts_a_new_stream_per_item_and_keeps_the_look_ahead(tmp_path):
