@@ -513,31 +513,35 @@ def merge_crops(rects: np.ndarray) -> np.ndarray:
         for cell in held or ():
             grid.setdefault(cell, set()).add(key)
 
-    def partner(key: int) -> int | None:
-        """The first live rect that merges with ``boxes[key]``, in input order."""
+    def partners(key: int) -> np.ndarray:
+        """The live rects that merge with ``boxes[key]``, in input order."""
         held = cells(key)
         if held is None:
             near = np.flatnonzero(alive)
         else:
-            near = np.fromiter(wide.union(*(grid.get(cell, ()) for cell in held)), int)
+            near = np.sort(np.fromiter(wide.union(*(grid.get(cell, ()) for cell in held)), int))
         near = near[alive[near] & (near != key)]
-        found = near[_merges(boxes[key], boxes[near])]
-        return int(found.min()) if len(found) else None
+        return near[_merges(boxes[key], boxes[near])]
 
     for key in range(len(boxes)):
         place(key)
     # Every pair of live rects that does not hold ``current`` and starts before ``top`` does not merge: the first
-    # pair that merges holds ``current`` or starts at ``top`` or later.
+    # pair that merges holds ``current`` (with its first partner) or starts at ``top`` or later.
     top = current = 0
+    found = partners(current)
     while True:
-        other = partner(current)
-        if other is not None:
+        if len(found):
+            other = int(found[0])
             keep, gone = min(current, other), max(current, other)
-            boxes[keep, :2] = np.minimum(boxes[keep, :2], boxes[gone, :2])
-            boxes[keep, 2:] = np.maximum(boxes[keep, 2:], boxes[gone, 2:])
+            low = np.minimum(boxes[current, :2], boxes[other, :2])
+            high = np.maximum(boxes[current, 2:], boxes[other, 2:])
+            inside = (low == boxes[current, :2]).all() and (high == boxes[current, 2:]).all()
+            boxes[keep, :2], boxes[keep, 2:] = low, high
             alive[gone] = False
             place(keep)
             current = keep
+            # a rect inside the current one leaves its box as it was, and so the other partners
+            found = found[1:] if inside else partners(current)
             continue
         top += 1
         while top < len(boxes) and not alive[top]:
@@ -545,6 +549,7 @@ def merge_crops(rects: np.ndarray) -> np.ndarray:
         if top == len(boxes):
             return boxes[alive].astype(np.float32)
         current = top
+        found = partners(current)
 
 
 def _hold(held: np.ndarray, found: np.ndarray) -> np.ndarray:

@@ -453,7 +453,7 @@ def many_moving_regions(count: int = 512, height: int = 720, width: int = 1280) 
 def test_face_scan_crops_of_512_moving_regions_take_linear_pair_checks_and_keep_every_pixel(monkeypatch):
     """Issue 28: merge_crops checked all pairs again after every merge, 1.9 million pair checks (10-31 s) for the crops
     of 512 small moving regions. Every region's crop stays inside one output crop, no two crops are left that the
-    rule merges, and the rule is evaluated on a few pairs per crop."""
+    rule merges, and the rule is evaluated on a few pairs per crop, also when one crop takes in all the others."""
     seen, checks = [], []
     merge, rule = detectors.merge_crops, detectors._merges
 
@@ -480,6 +480,9 @@ def test_face_scan_crops_of_512_moving_regions_take_linear_pair_checks_and_keep_
     merges = enclosing.prod(-1) <= area[:, None] + area[None, :]
     assert not merges[~np.eye(len(crops), dtype=bool)].any()
     assert 0 < sum(checks) <= 4 * len(rects)
+    checks.clear()  # a crop over the whole frame (a scene cut) after them takes them all in, each checked about once
+    assert merge(np.concatenate([rects, [[0, 0, 1280, 720]]])).tolist() == [[0, 0, 1280, 720]]
+    assert sum(checks) <= 4 * len(rects)
 
 
 def test_crops_are_searched_enlarged_and_mapped_back_to_the_frame():
