@@ -21,11 +21,19 @@ bits of it, and seeds derived per sample or per worker collide. Every stream thi
 :class:`KeyStream`: secure layers key one from 32 bytes of OS entropy per call, seeded layers hash their seed (of any
 size) to a key, and streams per sample, worker or copy are keyed by BLAKE2b of their parent key and their labels.
 
-Copies in other processes. A stream or source copied into another process (forked, or pickled while a process is
-being started: a DataLoader worker under fork, spawn or forkserver) knows it is a copy, and which one: every such copy
-is counted under one lock held across the fork, so an object made by another thread meanwhile is counted before the
-fork or made after it. A :class:`KeyStream` re-keys itself in a copy before its first draw there, so the workers of a
-DataLoader (and the workers of every epoch) never draw the words of their parent or of each other.
+Copies in other processes. A stream or source that reaches another process by any route knows it is a copy there:
+forked, pickled while a process is being started (a DataLoader worker under fork, spawn or forkserver), or pickled at
+any time and unpickled in another process (a task argument of ``multiprocessing.Pool``, ``ProcessPoolExecutor`` or
+Ray, which pickle after their workers started). Every pickle names the process that made it (:data:`_PROCESS`, 128
+random bits per process, drawn anew in every forked child), so an unpickle anywhere else is a copy. A :class:`KeyStream`
+re-keys itself in a copy before its first draw there, so no copy ever draws the words of its maker or of another copy:
+
+* a fork or a pickle for a process being started is counted by its maker, under one lock held across the fork (an
+  object made by another thread meanwhile is counted before the fork or made after it); the copy re-keys from its
+  number (and a DataLoader worker's seed), so a seeded program stays reproducible from run to run;
+* any other pickle unpickled in another process re-keys from 256 bits of fresh OS entropy drawn at that unpickle: two
+  tasks given the same stream, in two workers or one after the other in the same worker, draw unrelated words, which
+  no run can reproduce. :meth:`KeyStream.derive` with a label per task is the way to reproducible per-task streams.
 """
 
 from __future__ import annotations
@@ -165,6 +173,16 @@ class _Copied:
         """Called in the child of a fork, for every object the parent held; ``_sent`` is this copy's number."""
 
 
+#: This process's identity, named in every pickle of a stream or source: 128 random bits (pids repeat across machines
+#: and over time), drawn anew in every forked child. An unpickle in a process with another identity is a copy.
+_PROCESS = os.urandom(16)
+
+
+def _foreign(state: dict) -> bool:
+    """Whether a pickled ``state`` was made by another process (a state that names no maker counts as foreign)."""
+    return state.get("maker") != _PROCESS
+
+
 #: Every live :class:`_Copied` object of this process.
 _COPIED: weakref.WeakSet[_Copied] = weakref.WeakSet()
 #: Guards :data:`_COPIED` and the counts; held across every fork (reentrant: fork hooks of this thread may make streams).
@@ -183,7 +201,9 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _PROCESS
     try:
+        _PROCESS = os.urandom(16)  # a forked child is another process: the pickles it makes say so
         for copied in list(_COPIED):
             copied._forked()
     finally:
@@ -204,15 +224,22 @@ class KeyStream(_Copied):
     It pickles with its key and position, like a torch generator with its state: whoever holds a stream (or its
     seed) can recompute its noise. :meth:`derive` gives independent child streams keyed by a PRF of the labels.
 
-    In another process a stream draws its own words. A copy forked into a process, or pickled while a process is
-    being started (a DataLoader worker under fork, spawn or forkserver, persistent or not, a
-    ``multiprocessing.Process``), re-keys itself before its first draw there: its new key is keyed BLAKE2b of the
-    copy's number (the parent counts the processes it sends the stream to), its position and, in a DataLoader
-    worker, the worker's seed (drawn anew for every worker of every epoch). So ``dp_pixelize(x, ...,
-    generator=stream)`` in two workers, or in two epochs of workers, draws independent noise, and the parent keeps
-    its stream; a seeded program stays reproducible from run to run. A copy made in the same process (``pickle``,
-    ``copy.deepcopy``) replays the stream, and :meth:`derive` gives the same children in every process (what
-    :class:`~dp_pixel_torch.training_data.ReleasedOnce` relies on).
+    In another process a stream draws its own words: a copy that reaches another process by any route re-keys itself
+    before its first draw there, and the stream it came from keeps its own words.
+
+    * Forked, or pickled while a process is being started (a DataLoader worker under fork, spawn or forkserver,
+      persistent or not, a ``multiprocessing.Process``): the new key is keyed BLAKE2b of the copy's number (the
+      parent counts the processes it sends the stream to), its position and, in a DataLoader worker, the worker's
+      seed (drawn anew for every worker of every epoch). ``dp_pixelize(x, ..., generator=stream)`` in two workers,
+      or in two epochs of workers, draws independent noise; a seeded program stays reproducible from run to run.
+    * Pickled at any other time and unpickled in another process (a task argument of ``multiprocessing.Pool``,
+      ``ProcessPoolExecutor`` or Ray, under fork or spawn): the new key is keyed BLAKE2b of 256 bits of OS entropy
+      drawn at that unpickle. Every task that receives the stream, in any worker, draws unrelated words; no run
+      reproduces them. For reproducible per-task streams, send ``stream.derive(task_label)`` instead.
+
+    A copy made in the same process (``pickle``, ``copy.deepcopy``) replays the stream, and :meth:`derive` gives the
+    same children in every process (what :class:`~dp_pixel_torch.training_data.ReleasedOnce` and the Ray run keys
+    rely on).
 
     Args:
         key: 32 bytes. :meth:`from_os_entropy` draws them from the operating system's CSPRNG; :meth:`from_seed` hashes
@@ -228,7 +255,9 @@ class KeyStream(_Copied):
         self._calls = 0
         self._lock = threading.Lock()
         self._sent = 0
-        self._copy: int | None = None  # in a process this stream was copied into, until it re-keys: its number
+        # In a process this stream was copied into, until it re-keys: the copy's number (counted by its maker), or
+        # 32 bytes of OS entropy (a pickle unpickled in another process).
+        self._copy: int | bytes | None = None
         self._track()
 
     @classmethod
@@ -328,11 +357,13 @@ class KeyStream(_Copied):
 
     def __getstate__(self) -> dict:
         copy = self._sent_to_new_process()
-        state = {"key": self._root, "calls": self._calls, "sent": self._sent}
+        state = {"key": self._root, "calls": self._calls, "sent": self._sent, "maker": _PROCESS}
         if self._key != self._root:
             state["drawn"] = self._key
-        if copy is not None or self._copy is not None:
-            state["copy"] = self._copy if copy is None else copy
+        if copy is not None:
+            state["copy"] = copy  # counted for the one process being started
+        elif self._copy is not None:
+            state["pending"] = self._copy  # a copy not yet re-keyed here
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -340,7 +371,12 @@ class KeyStream(_Copied):
         self._key = state.get("drawn", self._key)
         self._calls = state["calls"]
         self._sent = state.get("sent", 0)
-        self._copy = state.get("copy")
+        if not _foreign(state):  # a pickle of this process (pickle, deepcopy): replays the stream
+            self._copy = state.get("copy", state.get("pending"))
+        elif "copy" in state:  # counted by its maker for this process, at its start: re-keys from its number
+            self._copy = state["copy"]
+        else:  # any other pickle made elsewhere (a pool or Ray task argument): one fresh key per unpickle
+            self._copy = os.urandom(KEY_BYTES)
 
     def __repr__(self) -> str:
         return f"KeyStream(<{8 * KEY_BYTES}-bit key>, calls={self._calls})"
@@ -411,8 +447,9 @@ class NoiseSource(_Copied):
     process), and the worker's seed, which DataLoader draws anew for every worker of every epoch. Workers then draw
     independent streams, also when one layer serves two loaders seeded alike, and stay reproducible from run to run
     of a seeded program. Copies of a seeded layer in the same process (``copy.deepcopy``, ``pickle``) replay its
-    stream, as a copied seed would; in another process outside DataLoader workers its :class:`KeyStream` re-keys
-    itself (see there), while a torch generator replays.
+    stream, as a copied seed would. In another process its :class:`KeyStream` re-keys itself (see there), and a torch
+    generator is replaced by the stream keyed by its state, re-keyed alike: a layer sent to pool or Ray tasks never
+    replays its maker's noise (a generator is used as given only in the process that made the layer).
     """
 
     def __init__(self, *, generator: Randomness = None, seed: int | None = None, secure: bool = False):
@@ -428,12 +465,14 @@ class NoiseSource(_Copied):
         self._stream = KeyStream.from_seed(seed) if seed is not None else generator
         self._worker_seed: int | None = None
         self._pid: int | None = None  # the process that keyed a fresh stream
+        self._generator_copy: int | bytes | None = None  # a copy of a torch generator in another process, see below
         self._sent = 0  # processes this source was forked or pickled into (for a process being started)
         self._track()
 
     def __getstate__(self) -> dict:
-        self._sent_to_new_process()
+        copy = self._sent_to_new_process()
         state = self.__dict__.copy()
+        state["_maker"], state["_counted"] = _PROCESS, copy
         if self._fresh:
             state["_stream"], state["_pid"] = None, None  # never travels: a copy keys itself
         elif isinstance(self._stream, torch.Generator):
@@ -443,10 +482,23 @@ class NoiseSource(_Copied):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        maker, counted = state.pop("_maker", None), state.pop("_counted", None)
         if isinstance(state["_stream"], tuple):
             state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
         self._track()
+        if _foreign({"maker": maker}):  # as a KeyStream copy: from its number, or fresh entropy per unpickle
+            self._generator_copied(os.urandom(KEY_BYTES) if counted is None else counted)
+
+    def _forked(self) -> None:
+        self._generator_copied(self._sent)
+
+    def _generator_copied(self, copy: int | bytes) -> None:
+        """In a copy in another process, a torch generator would replay: mark it to become the stream keyed by its
+        state (what DataLoader workers derive from), re-keyed as copy ``copy``, at the first draw here (not in the
+        fork hook: reading a CUDA generator's state there would initialise CUDA in a forked child)."""
+        if isinstance(self._stream, torch.Generator):
+            self._generator_copy = copy
 
     def generator_for(self) -> KeyStream | torch.Generator:
         """The randomness of this call's noise."""
@@ -456,6 +508,9 @@ class NoiseSource(_Copied):
             if self._pid != os.getpid():  # first use, or a forked process that inherited the key
                 self._stream, self._pid = KeyStream.from_os_entropy(), os.getpid()
             return self._stream
+        if self._generator_copy is not None:
+            self._stream, self._stream._copy = _generator_key(self._stream), self._generator_copy
+            self._generator_copy = None
         info = get_worker_info()
         if info is not None and info.seed != self._worker_seed:
             parent = self._stream if isinstance(self._stream, KeyStream) else _generator_key(self._stream)

@@ -5,10 +5,12 @@ Pearson correlation between two noise fields is within 5/sqrt(n) of 0 (false-fai
 would give a correlation of 1.
 """
 
+import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -351,3 +353,98 @@ def test_a_stream_copied_into_processes_draws_its_own_words_and_derives_the_same
     assert len({tuple(d) for d in [own, first, grandchild, second]}) == 4
     clone = pickle.loads(pickle.dumps(stream))
     assert torch.equal(clone.words(4), stream.words(4))
+
+
+# --- streams and layers sent to worker pools as task arguments (issue 28, finding 1) -----------------------------------
+
+
+def _words_in_task(stream: KeyStream) -> list[int]:
+    return stream.words(64).tolist()
+
+
+def _release_in_task(randomness) -> torch.Tensor:
+    """A mid-grey image released in a pool task by a layer, or by ``dp_pixelize`` with a stream."""
+    if isinstance(randomness, KeyStream):
+        return dp_pixelize(grey(1, SIDE, SIDE), EPS, 1, generator=randomness)
+    return randomness(grey(1, SIDE, SIDE))
+
+
+def _pool(context: str, workers: int, kind: str):
+    """A started pool: its workers exist before any task argument is pickled (what made the copies replay). Each
+    worker runs torch on one thread, as DataLoader's do: torch's thread pool does not survive a fork."""
+    ctx = multiprocessing.get_context(context)
+    if kind == "Pool":
+        pool = ctx.Pool(workers, initializer=torch.set_num_threads, initargs=(1,))
+        pool.map(int, range(workers))
+        return pool
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=torch.set_num_threads, initargs=(1,))
+    list(pool.map(int, range(workers)))
+    return pool
+
+
+@pytest.mark.parametrize("kind", ["Pool", "ProcessPoolExecutor"])
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_stream_sent_to_pool_tasks_draws_other_words_in_every_task(context, workers, kind):
+    """Pools pickle task arguments after their workers started: each copy kept its maker's key and position, so every
+    task drew the parent's next words (the difference of two tasks' releases was the exact difference of the images).
+    A pickle unpickled in another process now re-keys from fresh entropy, once per unpickle: four tasks, in one worker
+    or two, draw four sets of words, none of them the parent's; the parent keeps its stream."""
+    stream = KeyStream.from_seed(13)
+    with _pool(context, workers, kind) as pool:
+        drawn = pool.map(_words_in_task, [stream] * 4)
+    drawn = [tuple(words) for words in drawn]
+    assert stream.position == 0
+    own = tuple(stream.words(64).tolist())
+    assert own == tuple(KeyStream.from_seed(13).words(64).tolist())  # the parent's words are its own
+    assert len(set(drawn)) == 4 and own not in drawn
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: KeyStream.from_os_entropy(),
+        lambda: DPPixelize(EPS, 1, seed=5),
+        lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5)),
+    ],
+    ids=["stream", "seeded-layer", "generator-layer"],
+)
+def test_releases_in_pool_tasks_draw_independent_noise(make, context):
+    """The reported attack: ``dp_pixelize(x, generator=stream)`` (or a seeded layer, or one given a torch generator)
+    in two tasks of a started pool; the noise of the two tasks and of the parent's next release are uncorrelated."""
+    randomness = make()
+    with _pool(context, 2, "ProcessPoolExecutor") as pool:
+        first, second = pool.map(_release_in_task, [randomness] * 2)
+    parent = _release_in_task(randomness)
+    assert_uncorrelated(first, second)
+    assert_uncorrelated(first, parent)
+    assert_uncorrelated(second, parent)
+
+
+def test_a_copy_not_yet_rekeyed_sent_on_to_a_pool_rekeys_again():
+    """A forked copy that has not drawn yet carries its copy number; sent on to pool tasks from there, each task still
+    draws its own words (the number, reused by two unpickles, would have given them one key)."""
+
+    def in_child():
+        with _pool("fork", 2, "ProcessPoolExecutor") as pool:
+            return [tuple(w) for w in pool.map(_words_in_task, [stream] * 2)] + [tuple(stream.words(64).tolist())]
+
+    stream = KeyStream.from_seed(17)
+    drawn = _in_forked_child(in_child)
+    assert len(set(drawn)) == 3
+
+
+def _derived_words_in_task(stream: KeyStream, task: int) -> list[int]:
+    return stream.derive("task", task).words(64).tolist()
+
+
+def test_derive_gives_reproducible_per_task_streams_in_pools():
+    """``derive(label)`` is the way to reproducible per-task streams: a task that derives its child from the stream it
+    was sent gets the same child as the parent would, while the stream's own draws there are re-keyed."""
+    stream = KeyStream.from_seed(19)
+    with _pool("spawn", 2, "ProcessPoolExecutor") as pool:
+        drawn = list(pool.map(_derived_words_in_task, [stream] * 3, range(3)))
+        sent = list(pool.map(_words_in_task, [stream.derive("task", 0)] * 2))
+    assert drawn == [KeyStream.from_seed(19).derive("task", i).words(64).tolist() for i in range(3)]
+    assert stream.derive("task", 0).words(64).tolist() not in sent  # a derived stream sent as it is re-keys too
