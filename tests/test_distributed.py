@@ -324,3 +324,18 @@ def test_the_cli_protects_faces_on_ray_with_the_detectors_it_is_given(cluster, t
     args[1] = str(tmp_path / "out2")
     assert main([str(tmp_path / "in"), *args, "--protect", "faces", "--face-detectors", "no-such-detector"]) == 2
     assert "no-such-detector" in capsys.readouterr().err
+
+
+def test_a_stream_sent_to_ray_tasks_draws_other_words_in_every_task(cluster):
+    """Ray pickles task arguments (and objects put in its store) like a process pool: each task's copy of a stream
+    re-keys itself (issue 28, finding 1), whether the stream is passed by value or through one ``ray.put``; the
+    driver keeps its words, and ``derive`` gives the same children in the tasks."""
+    from dp_pixel_torch import KeyStream
+
+    stream = KeyStream.from_seed(23)
+    words = ray.remote(lambda s, label=None: (s if label is None else s.derive(label)).words(64).tolist())
+    put = ray.put(stream)
+    drawn = ray.get([words.remote(stream) for _ in range(3)] + [words.remote(put) for _ in range(3)])
+    assert len({tuple(d) for d in drawn}) == 6
+    assert stream.words(64).tolist() not in drawn
+    assert ray.get(words.remote(stream, "task")) == KeyStream.from_seed(23).derive("task").words(64).tolist()
