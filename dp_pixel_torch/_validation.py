@@ -122,6 +122,13 @@ def check_image(x: object, name: str = "x") -> torch.Tensor:
         raise TypeError(f"{name} must have dtype in ({allowed}), got {x.dtype}")
     if x.ndim < 3:
         raise ValueError(f"{name} must have shape [..., C, H, W] (rank >= 3), got shape {tuple(x.shape)}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[-3] > 4:
+        # torch.from_numpy(photo) or an OpenCV frame: [H, W, C] would be read as H channels of W×C images.
+        raise ValueError(
+            f"{name} of shape {tuple(x.shape)} looks channels-last [..., H, W, C]; it must be [..., C, H, W]: "
+            "permute it (one image: x.permute(2, 0, 1); any batch: x.movedim(-1, -3)). Refused: a last dimension "
+            "of 1, 3 or 4 with more than 4 channels (dimension -3)"
+        )
     return x
 
 

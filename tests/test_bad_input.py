@@ -7,7 +7,16 @@ import PIL.Image
 import pytest
 import torch
 
-from dp_pixel_torch import DPPixelize, dp_pixelize
+from dp_pixel_torch import (
+    DPPixelize,
+    PrivacyAccountant,
+    RegionAdaptiveDPPixelize,
+    ReleasedOnce,
+    Restore,
+    dp_pixelize,
+    dp_pixelize_adaptive,
+)
+from dp_pixel_torch.functional import pixelize
 from dp_pixel_torch.reference import dp_pixelize_sequential
 
 GOOD = dict(epsilon=1.0, b=4)
@@ -129,3 +138,29 @@ def test_bad_input_leaves_the_input_untouched():
 def test_sequential_baseline_checks_like_the_layer(image, kwargs, error, message):
     with pytest.raises(error, match=message):
         dp_pixelize_sequential(image, **{"epsilon": 1.0, "b": 4, **kwargs})
+
+
+@pytest.mark.parametrize("shape", [(512, 512, 3), (2, 32, 48, 3), (32, 48, 1), (32, 48, 4), (5, 8, 3)])
+def test_channels_last_images_are_refused_everywhere(shape):
+    """``torch.from_numpy(photo)`` without a permute ([H, W, C]) was released as H channels of W×C images. A last
+    dimension of 1, 3 or 4 with more than 4 channels (dimension -3) is refused by every release, and nothing is
+    charged."""
+    hwc = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    accountant = PrivacyAccountant()
+    releases = [
+        lambda: DPPixelize(1.0, 4, accountant=accountant)(hwc),
+        lambda: DPPixelize(1.0, 4, accountant=accountant).release(hwc),
+        lambda: RegionAdaptiveDPPixelize(1.0, levels=(4, 8), region="complexity", partition_epsilon=1.0)(hwc),
+        lambda: dp_pixelize(hwc, 1.0, 4),
+        lambda: dp_pixelize_adaptive(hwc, 1.0, levels=(4, 8), region="complexity", partition_epsilon=1.0),
+        lambda: pixelize(hwc, 4),
+        lambda: ReleasedOnce([(hwc, 0)], DPPixelize(1.0, 4, accountant=accountant))[0],
+        lambda: Restore(DPPixelize(1.0, 4))(hwc),
+    ]
+    if hwc.ndim == 3:
+        releases.append(lambda: dp_pixelize_sequential(hwc.numpy(), 1.0, 4))
+    for release in releases:
+        with pytest.raises(ValueError, match=r"looks channels-last .*x\.permute\(2, 0, 1\)"):
+            release()
+    assert accountant.frames == 0
+    assert DPPixelize(1.0, 4)(hwc.movedim(-1, -3)).shape == hwc.movedim(-1, -3).shape  # as the message says

@@ -46,6 +46,16 @@ def test_any_leading_shape(shape):
     assert DPPixelize(1.0, 4, seed=0)(image(torch.uint8, *shape)).shape == shape
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 1), (3, 8, 3), (4, 8, 4), (1, 5, 3), (2, 4, 9, 3), (5, 8, 5), (6, 3, 8)])
+def test_chw_with_few_channels_and_any_width_is_released(shape):
+    """Only channels-last looking shapes (last dimension 1, 3 or 4 with more than 4 channels) are refused."""
+    x = image(torch.uint8, *shape)
+    assert DPPixelize(1.0, 2, seed=0)(x).shape == shape and dp_pixelize(x, 1.0, 2).shape == shape
+    if len(shape) == 4:
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(DPPixelize(1.0, 2, seed=0)(channels_last), DPPixelize(1.0, 2, seed=0)(x))
+
+
 @pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 0, 8, 8), (2, 3, 0, 8)])
 def test_empty_batch_passes_through(shape):
     x = torch.empty(shape, dtype=torch.uint8)
