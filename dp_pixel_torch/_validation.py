@@ -6,9 +6,11 @@ parameter and the allowed range.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -147,8 +149,37 @@ def check_pixel_values(x: torch.Tensor, value_range: tuple[float, float], name: 
         )
 
 
+#: Set by :func:`no_release_inside` while a sample is read from a dataset that ReleasedOnce releases itself.
+_READING: contextvars.ContextVar[str | None] = contextvars.ContextVar("dp_pixel_torch_reading", default=None)
+
+
+@contextlib.contextmanager
+def no_release_inside(reading: str) -> Iterator[None]:
+    """Refuse every release in this thread while inside: :func:`check_input` raises (before any charge or draw).
+
+    ``reading`` says what is read, e.g. ``"ReleasedOnce read sample 3 from its dataset"``. A release there would
+    draw fresh noise on every read (every epoch in DataLoader workers), so the sample would be released again each
+    time, while the wrapper promises one release.
+    """
+    token = _READING.set(reading)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
 def check_input(x: object, value_range: object, name: str = "x") -> tuple[torch.Tensor, tuple[float, float]]:
-    """All checks on an image batch; returns it detached, with its ``(lo, hi)`` range."""
+    """All checks on an image batch; returns it detached, with its ``(lo, hi)`` range. Every release (the layers,
+    ProtectDetected, the functional API, the sequential reference) and Restore start here, so this is also where a
+    release inside :func:`no_release_inside` is refused."""
+    reading = _READING.get()
+    if reading is not None:
+        raise ValueError(
+            f"a DP release (a DP layer, ProtectDetected, dp_pixelize) ran while {reading}: it would draw fresh noise "
+            "on every read, so every epoch (every DataLoader worker) would be a new release and ε would be spent "
+            "again, while ReleasedOnce promises one release. Take the layer out of the dataset's transform and give "
+            "it to ReleasedOnce: ReleasedOnce(dataset, layer); the dataset must return raw images"
+        )
     x = check_image(x, name)
     bounds = check_value_range(value_range, x.dtype)
     check_pixel_values(x, bounds, name)

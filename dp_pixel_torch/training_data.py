@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import multiprocessing.context
+import numbers
 import operator
+import os
+import types
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from torch.utils._pytree import tree_leaves
@@ -22,7 +26,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ._validation import check_value_range
+from ._validation import check_value_range, no_release_inside
 from .mechanisms import _DPLayer, check_nothing_raw
 from .noise import KeyStream, image_digest
 from .storage import NoisyGrid, store_first
@@ -35,8 +39,13 @@ class ReleasedOnce(Dataset):
     """Wrap ``dataset`` so that its images are DP-pixelized by ``layer`` exactly once per sample.
 
     Args:
-        dataset: a map-style dataset whose samples are an image (tensor ``[C, H, W]``, ``tv_tensors.Image`` or PIL) or
-            a tuple/list whose first element is the image (labels and the rest pass through).
+        dataset: a map-style dataset whose samples are a RAW image (tensor ``[C, H, W]``, ``tv_tensors.Image`` or
+            PIL) or a tuple/list whose first element is the image (labels and the rest pass through). It must not
+            release anything itself: a DP layer in its transform would draw fresh noise on every read, a new release
+            every epoch. One found in its transforms (also inside Compose, ProtectDetected, Subset, ConcatDataset),
+            or a ReleasedOnce wrapped again, raises ValueError here; any other release that runs while a sample is
+            read from it (a layer or ``dp_pixelize`` called in its ``__getitem__``) raises ValueError then, before
+            any charge or noise. Give the layer to ReleasedOnce instead.
         layer: a :class:`~dp_pixel_torch.DPPixelize` or :class:`~dp_pixel_torch.RegionAdaptiveDPPixelize` whose
             release is a function of the sample alone: ``region="mask"`` (the mask would travel with each sample) and
             ``region="previous"`` (the cells would follow whichever sample was released before) are refused.
@@ -95,6 +104,7 @@ class ReleasedOnce(Dataset):
             )
         if cache_dir is not None and (not isinstance(dataset_id, str) or not dataset_id):
             raise TypeError(f"cache_dir needs dataset_id=, a non-empty name for the dataset, got {dataset_id!r}")
+        _refuse_release_inside(dataset)
         self.dataset, self.layer, self.transform = dataset, layer, transform
         self.dataset_id = dataset_id
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -124,7 +134,8 @@ class ReleasedOnce(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         index = self._normalised(index)
-        sample = self.dataset[index]
+        with no_release_inside(f"ReleasedOnce read sample {index} from its dataset"):
+            sample = self.dataset[index]
         rest = None
         if isinstance(sample, (tuple, list)):
             image, rest = sample[0], sample[1:]
@@ -234,6 +245,47 @@ class ReleasedOnce(Dataset):
                 "sample is not released again (that would spend ε twice): remove the record or use another cache_dir"
             )
         return grid
+
+
+#: Where datasets keep per-sample transforms (searched through), and where wrappers (Subset, ConcatDataset) keep the
+#: datasets they wrap (searched like a dataset).
+_TRANSFORMS = ("transform", "transforms", "target_transform")
+_WRAPPED = ("dataset", "datasets")
+#: Values that hold no transform.
+_LEAVES = (str, bytes, numbers.Number, os.PathLike, type, types.ModuleType, torch.Tensor, np.ndarray)
+
+
+def _refuse_release_inside(dataset: Dataset) -> None:
+    """Raise ValueError when ``dataset`` (or a dataset it wraps) is a ReleasedOnce or holds a DP layer in its
+    transforms: either releases on every read. A search of at most 10,000 objects; what it misses (a layer called in
+    ``__getitem__``) is refused at the first read by :func:`~dp_pixel_torch._validation.no_release_inside`."""
+    seen: set[int] = set()
+    todo: list[tuple[Any, str, bool]] = [(dataset, "dataset", False)]  # (value, where, inside a transform)
+    while todo and len(seen) < 10_000:
+        value, where, in_transform = todo.pop()
+        if isinstance(value, ReleasedOnce):
+            raise ValueError(
+                f"{where} is a ReleasedOnce: its samples are released already. Wrap the raw dataset in one ReleasedOnce"
+            )
+        if isinstance(value, _DPLayer):
+            raise ValueError(
+                f"{where} is a {type(value).__name__}: the dataset would release every sample again on every read "
+                "(every epoch in DataLoader workers), while ReleasedOnce promises one release. Take it out of the "
+                "dataset's transform and give it to ReleasedOnce: ReleasedOnce(dataset, layer)"
+            )
+        if id(value) in seen or isinstance(value, _LEAVES):
+            continue
+        seen.add(id(value))
+        if isinstance(value, (list, tuple)):
+            todo += [(item, f"{where}[{i}]", in_transform) for i, item in enumerate(value[:256])]
+        elif isinstance(value, dict):
+            todo += [(item, f"{where}[{key!r}]", in_transform) for key, item in list(value.items())[:256]]
+        elif isinstance(value, torch.nn.Module) and in_transform:
+            todo += [(item, f"{where}.{name}", True) for name, item in vars(value).items() if name != "_modules"]
+            todo += [(item, f"{where}.{name}", True) for name, item in value.named_children()]
+        elif isinstance(getattr(value, "__dict__", None), dict):
+            names = vars(value) if in_transform else [n for n in (*_TRANSFORMS, *_WRAPPED) if n in vars(value)]
+            todo += [(vars(value)[n], f"{where}.{n}", in_transform or n in _TRANSFORMS) for n in names]
 
 
 def _as_tensor(image: Any) -> torch.Tensor:

@@ -5,11 +5,12 @@ import pickle
 import PIL.Image
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import tv_tensors
+from torchvision.datasets import FakeData
 from torchvision.transforms import v2
 
-from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
+from dp_pixel_torch import DPPixelize, PrivacyAccountant, ProtectDetected, RegionAdaptiveDPPixelize, dp_pixelize
 from dp_pixel_torch import ReleasedOnce
 from dp_pixel_torch.storage import NoisyGridFormatError
 from dp_pixel_torch.noise import image_digest
@@ -247,3 +248,77 @@ def test_a_cache_without_manifest_or_with_a_broken_one_is_refused(tmp_path):
         (broken / "released_once.json").write_text(text)
         with pytest.raises(ValueError, match="not a ReleasedOnce manifest"):
             ReleasedOnce(Faces(), DPPixelize(1.0, 4), cache_dir=broken, dataset_id="faces")
+
+
+class PixelizedInside(Faces):
+    """The trap of issue 28 (9a): the dataset releases each sample itself, in a place no construction check can see."""
+
+    def __init__(self, release):
+        self.release_inside = release
+
+    def __getitem__(self, i: int):
+        image, label = super().__getitem__(i)
+        return self.release_inside(image), label
+
+
+def test_a_release_inside_the_wrapped_dataset_raises_in_workers_every_epoch():
+    """A DP layer inside the dataset drew fresh noise on every read, so with two workers every epoch was a new release
+    (and ReleasedOnce released that again), while the guarantee said ε is spent once. Now every read raises."""
+    data = ReleasedOnce(PixelizedInside(DPPixelize(1.0, 4)), DPPixelize(1.0, 4))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"ReleasedOnce read sample \d from its dataset.*ReleasedOnce\(dataset, "):
+            epochs(data, n=1)
+
+
+@pytest.mark.parametrize(
+    "release",
+    [
+        lambda accountant: DPPixelize(1.0, 4, accountant=accountant),
+        lambda accountant: lambda x: DPPixelize(1.0, 4, accountant=accountant).release(x).restore(),
+        lambda accountant: RegionAdaptiveDPPixelize(
+            1.0, levels=(4, 8), region="complexity", partition_epsilon=0.5, accountant=accountant
+        ),
+        lambda accountant: ProtectDetected(
+            RegionAdaptiveDPPixelize(1.0, levels=(8, 16), protect=True, accountant=accountant),
+            sources=[],
+            zone=torch.ones(24, 32),
+        ),
+        lambda accountant: lambda x: dp_pixelize(x, 1.0, 4),
+    ],
+    ids=["layer", "layer-release", "adaptive", "protect-detected", "functional"],
+)
+def test_a_release_inside_the_wrapped_dataset_raises_before_any_charge(release):
+    accountant = PrivacyAccountant()
+    inside = release(accountant)
+    data = ReleasedOnce(PixelizedInside(inside), DPPixelize(1.0, 4))
+    with pytest.raises(ValueError, match="ran while ReleasedOnce read sample 2 from its dataset"):
+        data[2]
+    assert accountant.frames == 0 and accountant.spent == 0  # refused before the charge (and before any noise)
+    assert tuple(inside(Faces()[2][0]).shape) == (3, 24, 32)  # outside a read, the same release runs
+
+
+def test_a_dp_layer_in_the_datasets_transforms_is_refused_when_wrapped():
+    """The common form of the trap is found at once, with where the layer sits."""
+
+    class WithTransform(Faces):
+        def __init__(self, transform):
+            self.transform = transform
+
+    layer = DPPixelize(1.0, 4)
+    protect = ProtectDetected(
+        RegionAdaptiveDPPixelize(1.0, levels=(8, 16), protect=True), sources=[], zone=torch.ones(24, 32)
+    )
+    cases = [
+        (WithTransform(layer), "dataset.transform is a DPPixelize"),
+        (WithTransform(v2.Compose([v2.ToImage(), layer])), r"dataset.transform.transforms\[1\] is a DPPixelize"),
+        (WithTransform(torch.nn.Sequential(layer)), "dataset.transform.0 is a DPPixelize"),
+        (WithTransform(protect), "dataset.transform.layer is a RegionAdaptiveDPPixelize"),
+        (Subset(WithTransform(layer), [0, 1]), "dataset.dataset.transform is a DPPixelize"),
+        (ConcatDataset([Faces(), WithTransform(layer)]), r"dataset.datasets\[1\].transform is a DPPixelize"),
+        (FakeData(4, (3, 8, 8), transform=v2.Compose([v2.PILToTensor(), layer])), "transforms.transform.transforms"),
+        (ReleasedOnce(Faces(), layer), "dataset is a ReleasedOnce"),
+    ]
+    for dataset, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ReleasedOnce(dataset, layer)
+    assert len(ReleasedOnce(WithTransform(v2.Compose([v2.ToImage(), v2.ToDtype(torch.uint8)])), layer)[0]) == 2
