@@ -1,25 +1,25 @@
 """Scale-out on Ray Data: release folders of images, lists of videos, or a ``ray.data.Dataset``, across a cluster,
 every item exactly once (the ``[ray]`` extra).
 
-**Exactly once under retries.** Ray re-runs failed tasks and restarts dead actors, so an item may be processed more
-than once. Two *independent* releases of one image would cost 2ε. Here an item's noise is not drawn fresh: it comes
-from a ChaCha20 stream keyed by a PRF (keyed BLAKE2b) of the run's secret :class:`RunKey` (256 bits from
-``os.urandom``), the item's identity (its path under the run's input root, or its Dataset key), a digest of its
-content (the file's bytes, or the row's pixels) and the layer's guarantee. Every attempt at an item therefore draws
-the same words and writes the same bytes (on one kind of device: CPU and GPU floats may differ in the last bit, SPEC
-§4), and the outputs are replaced atomically.
+**One image, one release, under retries and copies.** Ray re-runs failed tasks and restarts dead actors, so an item
+may be processed more than once, and an archive may hold one photo under several names. Two *independent* releases of
+one image would cost 2ε. Here an item's noise is never drawn fresh: it comes from a ChaCha20 stream keyed by a PRF
+(keyed BLAKE2b) of the run's secret :class:`RunKey` (256 bits from ``os.urandom``), a digest of the item's content
+(the file's bytes, or the row's pixels) and the layer's guarantee. Every attempt at an item, and every byte-identical
+copy of it under another name (in this run, or in a resume after a rename), therefore draws the same words and writes
+the same release under its own name (on one kind of device: CPU and GPU floats may differ in the last bit, SPEC §4):
+no second draw, no extra ε. Outputs are replaced atomically. Nothing is claimed ahead of a release, so nothing can
+outlive a release that never happened: a worker killed mid-item, or an item that changed while it was read, leaves no
+trace, and the next attempt releases it.
 
-**Never shared noise.** Because the content is a label of the stream, two *different* images never share a stream,
+**Never shared noise.** Because the content is the stream's label, two *different* images never share a stream,
 whatever names or keys they are given and however a key is reused: shared noise would make the difference of their
-releases the exact difference of the images. Distinct items (even of equal content) and distinct layers get
-unrelated streams.
+releases the exact difference of the images. Distinct layers get unrelated streams.
 
-**One run per key, one identity per item.** A key serves one run: :meth:`RunKey.bind` records the input root (item
-identities are paths under it), the output folder and the guarantee, and a key bound to a run is refused for another
-root, output or guarantee. A resume may name the run's items by any folder or file list inside its root: identities
-stay paths under the run's root, so an item whose record exists is skipped. Before an item is released, its keyed
-content tag is claimed in ``<output>/.released/``: a file with the same bytes as an item already released (a copy, or a
-file renamed between a run and its resume) is reported as a duplicate and not released again.
+**One run per key, one name per item.** A key serves one run: :meth:`RunKey.bind` records the input root (item
+identities, which name the outputs, are paths under it), the output folder and the guarantee, and a key bound to a run
+is refused for another root, output or guarantee. A resume may name the run's items by any folder or file list inside
+its root: identities stay paths under the run's root, so an item whose record exists is checked and skipped.
 
 The secret travels to the actors as a pickled :class:`RunKey` in Ray's object store, never in outputs, logs or reprs
 (its ``repr`` shows a fingerprint). Save it (:meth:`RunKey.save`, file mode 0600, with its run) only to resume; whoever
@@ -44,14 +44,13 @@ import numpy as np
 import torch
 
 from .noise import KEY_BYTES, KeyStream, image_digest
-from .storage import NoisyGrid, NoisyGridFormatError, load_video, store_first
+from .storage import NoisyGrid, NoisyGridFormatError, load_video
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
-CLAIMS = ".released"  # under the output: one file per released content, named by its keyed tag, holding the identity
-KEY_FORMAT = "dp_pixel_torch.run-key/1"
+KEY_FORMAT = "dp_pixel_torch.run-key/2"  # 2: streams keyed by content alone (1: by path and content, with claims)
 _RUN = ("root", "output", "guarantee")
-ROW = ("key", "frames", "bytes_in", "bytes_out", "error", "duplicate_of")  # the statistics of one item
+ROW = ("key", "frames", "bytes_in", "bytes_out", "error", "content")  # the statistics of one item
 
 
 def import_ray():
@@ -91,12 +90,20 @@ class RunKey:
         try:
             record = json.loads(data)
             run = record["run"]
+            if record["format"] == "dp_pixel_torch.run-key/1":
+                raise _OlderKey
             if record["format"] != KEY_FORMAT or not (
                 run is None
                 or (isinstance(run, dict) and set(run) == set(_RUN) and all(isinstance(v, str) for v in run.values()))
             ):
                 raise ValueError
             return cls(bytes.fromhex(record["secret"]), run)
+        except _OlderKey:
+            raise ValueError(
+                f"{str(path)!r} is a run key of an older version, whose items drew streams keyed by their paths: this "
+                "version keys them by content alone, so it cannot continue that run. Start a new run with a new key "
+                "file and a new output folder"
+            ) from None
         except (ValueError, TypeError, KeyError, RecursionError):
             raise ValueError(f"{str(path)!r} is not a run key file") from None
 
@@ -121,6 +128,10 @@ class RunKey:
             raise ValueError(
                 f"output {str(output)!r} lies inside the input folder: a later run would take its releases as items"
             )
+        if root.is_relative_to(run["output"]):
+            raise ValueError(
+                f"the input folder {str(root)!r} lies inside the output {str(output)!r}: outputs could overwrite inputs"
+            )
         if self.run is None:
             self.run = run
             return root
@@ -140,15 +151,16 @@ class RunKey:
             )
         return bound
 
-    def stream(self, identity: int | str | bytes, content: bytes, guarantee) -> KeyStream:
-        """The noise stream of one item under one layer: a PRF of the key, the item's identity, the digest of its
-        content and the guarantee. Different contents never share a stream, whatever their identities."""
-        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", identity, content, _guarantee_id(guarantee))
+    def stream(self, content: bytes, guarantee) -> KeyStream:
+        """The noise stream of one content under one layer: a PRF of the key, the digest of the content and the
+        guarantee. Different contents never share a stream; every copy of one content draws the same one (one image,
+        one release)."""
+        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", content, _guarantee_id(guarantee))
 
     def tag(self, content: bytes) -> str:
-        """The keyed tag of a content digest: names its claim in ``<output>/.released/`` and tells nothing of the
-        content to whoever lacks the key."""
-        return hashlib.blake2b(content, key=self._secret, digest_size=16, person=b"runkey-claim").hexdigest()
+        """The keyed tag of a content digest: tells the driver which items are copies of each other, and nothing of
+        the content to whoever lacks the key (it is never written)."""
+        return hashlib.blake2b(content, key=self._secret, digest_size=16, person=b"runkey-copy").hexdigest()
 
     @property
     def fingerprint(self) -> str:
@@ -162,6 +174,10 @@ class RunKey:
 
     def __setstate__(self, state: tuple[bytes, dict | None]) -> None:
         self._secret, self.run = state
+
+
+class _OlderKey(Exception):
+    pass
 
 
 def _guarantee_id(guarantee) -> str:
@@ -181,21 +197,19 @@ class _Keyed:
         return self.layer.release(x, generator=self.stream, **regions)
 
 
-def keyed_layer(layer, key: RunKey, identity: int | str | bytes, content: bytes) -> _Keyed:
-    """``layer`` drawing from the stream of item ``identity`` with content digest ``content``, its state reset (a
-    "previous" partition starts afresh)."""
+def keyed_layer(layer, key: RunKey, content: bytes) -> _Keyed:
+    """``layer`` drawing from the stream of content digest ``content``, its state reset (a "previous" partition
+    starts afresh)."""
     if hasattr(layer, "reset"):
         layer.reset()
-    return _Keyed(layer, key.stream(identity, content, layer.guarantee))
+    return _Keyed(layer, key.stream(content, layer.guarantee))
 
 
-def release_item(
-    layer, key: RunKey, identity: int | str | bytes, x: torch.Tensor, content: bytes | None = None
-) -> NoisyGrid:
-    """The one release of image ``identity`` (``[C, H, W]``) under ``key``: what every worker, retry and
+def release_item(layer, key: RunKey, x: torch.Tensor, content: bytes | None = None) -> NoisyGrid:
+    """The one release of image ``x`` (``[C, H, W]``) under ``key``: what every worker, retry, copy and
     single-process check computes for it. ``content`` is the digest of the item's content: :func:`file_digest` of
     its file, or by default :func:`~dp_pixel_torch.noise.image_digest` of ``x``."""
-    return keyed_layer(layer, key, identity, image_digest(x) if content is None else content).release(x)
+    return keyed_layer(layer, key, image_digest(x) if content is None else content).release(x)
 
 
 def _version(path: Path) -> tuple[int, int, int, int]:
@@ -287,26 +301,18 @@ class Releaser:
         rows: dict[str, list] = {name: [] for name in ROW}
         for key, path, kind in zip(batch["key"], batch["path"], batch["kind"]):
             key, path = str(key), Path(str(path))
-            frames, written, error, owner = 0, 0, "", ""
+            frames, written, error, tag = 0, 0, "", ""
             try:
                 version = _version(path)
                 content = file_digest(path)
-                owner = self._claim(key, content)
-                if owner == key:
-                    frames, written = self._release(key, path, str(kind), content, version)
+                tag = self.key.tag(content)
+                frames, written = self._release(key, path, str(kind), content, version)
             except (OSError, ValueError, TypeError) as problem:  # an unreadable file: reported, the others go on
                 error = f"{type(problem).__name__}: {problem}"
             size = path.stat().st_size if path.exists() else 0
-            for name, value in zip(ROW, (key, frames, size, written, error, "" if owner == key else owner)):
+            for name, value in zip(ROW, (key, frames, size, written, error, tag)):
                 rows[name].append(value)
         return rows
-
-    def _claim(self, key: str, content: bytes) -> str:
-        """Claim ``content`` for item ``key``; return the item that holds the claim: ``key`` itself (a first attempt,
-        a retry or a resume), or an item with the same bytes claimed earlier, in this run or a run it resumes."""
-        claim = self.output / CLAIMS / self.key.tag(content)
-        claim.parent.mkdir(parents=True, exist_ok=True)
-        return store_first(claim, key.encode()).decode()
 
     def _release(self, key: str, path: Path, kind: str, content: bytes, version: tuple) -> tuple[int, int]:
         record = self.output / (key + RECORD)
@@ -314,7 +320,7 @@ class Releaser:
         tmp = record.with_name(f".{record.name}.partial")
         if kind == "image":
             image = read_image(path).to(self.device)
-            grid = release_item(self.layer, self.key, key, image, content)
+            grid = release_item(self.layer, self.key, image, content)
             media = self.output / (key + ".png")
             media_tmp = media.with_name(f".{media.name}.partial.png")
             if not import_cv2().imwrite(str(media_tmp), to_bgr(grid.restore().cpu())):
@@ -326,7 +332,7 @@ class Releaser:
             media_tmp = media.with_name(f".{media.name}.partial.avi")
             report = sanitize_stream(
                 path,
-                keyed_layer(self.layer, self.key, key, content),
+                keyed_layer(self.layer, self.key, content),
                 media_tmp,
                 grids=tmp,
                 chunk=self.chunk,
@@ -373,7 +379,7 @@ class RunSummary:
     seconds: float
     privacy: str
     errors: dict[str, str] = field(default_factory=dict)
-    duplicates: dict[str, str] = field(default_factory=dict)  # item -> the item with the same bytes, released
+    copies: dict[str, str] = field(default_factory=dict)  # item -> the first item of this run with the same bytes
 
     @property
     def items_per_second(self) -> float:
@@ -391,12 +397,12 @@ class RunSummary:
         if self.errors:
             lines.append(f"{len(self.errors)} item(s) could not be read and were skipped:")
             lines += [f"  {k}: {e}" for k, e in sorted(self.errors.items())]
-        if self.duplicates:
+        if self.copies:
             lines.append(
-                f"{len(self.duplicates)} item(s) hold the same bytes as an item already released and were not "
-                "released again (that would spend ε twice on one image):"
+                f"{len(self.copies)} item(s) hold the same bytes as another item and got its very release, written "
+                "under their own names (one image, one release: ε is spent once):"
             )
-            lines += [f"  {k} = {d}" for k, d in sorted(self.duplicates.items())]
+            lines += [f"  {k} = {d}" for k, d in sorted(self.copies.items())]
         return "\n".join(lines)
 
 
@@ -440,8 +446,9 @@ def release_files(
     NoisyGrid record ``<output>/<identity>.dpxg`` (a video's records in one file, see :func:`~dp_pixel_torch.load_video`).
 
     ``key`` is bound to this run on first use (:meth:`RunKey.bind`); a bound key takes any folder or file list inside
-    its run's root and refuses anything else. Items whose record exists are checked and skipped (a resumed run);
-    items with the same bytes as one already released are reported as duplicates and not released again.
+    its run's root and refuses anything else. Items whose record exists are checked and skipped (a resumed run). An
+    item with the same bytes as another (a copy, or a file renamed before a resume) gets that item's very release
+    under its own name: one image, one release; the summary lists the copies it saw.
     ``workers`` actors each hold the layer, ``num_gpus`` per actor; ``batch_size`` items per task and ``chunk``
     video frames per release bound the memory. A failed task is retried up to ``retries`` times and reproduces the
     same release. Unreadable files are reported in the summary and skipped. Each actor releases with the layer's own
@@ -474,9 +481,15 @@ def release_files(
                 rows[name].append(row[name])
     seconds = time.perf_counter() - start
     errors = {k: e for k, e in zip(rows["key"], rows["error"]) if e}
-    duplicates = {k: d for k, d in zip(rows["key"], rows["duplicate_of"]) if d}
+    first: dict[str, str] = {}  # content tag -> the first item (by name) that holds it
+    copies = {}
+    for item, tag in sorted((k, t) for k, t, e in zip(rows["key"], rows["content"], rows["error"]) if not e):
+        if tag in first:
+            copies[item] = first[tag]
+        else:
+            first[tag] = item
     return RunSummary(
-        items=len(rows["key"]) - len(errors) - len(duplicates),
+        items=len(rows["key"]) - len(errors),
         skipped=len(done),
         frames=int(sum(rows["frames"])),
         longest=int(max(rows["frames"], default=0)),
@@ -485,7 +498,7 @@ def release_files(
         seconds=seconds,
         privacy=layer.guarantee.report(3),
         errors=errors,
-        duplicates=duplicates,
+        copies=copies,
     )
 
 
@@ -517,7 +530,7 @@ class _DatasetReleaser:
                 x = x[None]
             elif x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
                 x = x.permute(2, 0, 1)  # HWC, as ray.data.read_images gives
-            grid = release_item(self.layer, self.key, identity, x.contiguous().to(self.device))
+            grid = release_item(self.layer, self.key, x.contiguous().to(self.device))
             keys.append(identity)
             grids.append(grid.to_bytes())
         return {"key": keys, "grid": grids}
@@ -540,8 +553,9 @@ def release_dataset(
 
     The key column is the items' identity (row order is not stable under retries and repartitioning): it must be
     stable across runs, unique, and made of ints, strings or bytes compared by type and value (``1`` and ``"1"`` are
-    two items; a null key raises). That is checked with one pass over the key column. Each row's noise is bound to
-    its pixels too, so rows of two datasets keyed alike under one key never share noise. Sets
+    two items; a null key raises). That is checked with one pass over the key column. Each row's noise is keyed by
+    its pixels: rows with equal pixels get the same release (one image, one release, whatever their keys), and rows
+    with other pixels never share noise, in this dataset or another released under the same key. Sets
     ``actor_task_retry_on_errors`` in Ray's DataContext."""
     ray = import_ray()
     check_layer(layer)

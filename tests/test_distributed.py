@@ -50,8 +50,7 @@ def write_images(root: Path, n: int, seed: int = 0) -> list[Path]:
 
 def expected(layer, key: RunKey, root: Path, path: Path) -> bytes:
     """The single-process release of one item under ``key``."""
-    identity = path.relative_to(root).as_posix()
-    return release_item(layer, key, identity, read_image(path), file_digest(path)).to_bytes()
+    return release_item(layer, key, read_image(path), file_digest(path)).to_bytes()
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -140,7 +139,7 @@ def test_the_parquet_column_of_noisygrid_records_round_trips(cluster, tmp_path):
         grid = NoisyGrid.from_bytes(row["grid"])
         image = torch.from_numpy(images[int(row["key"].split("-")[1])]).permute(2, 0, 1)
         assert grid.shape == (3, 20, 28) and grid.guarantee == layer.guarantee
-        assert row["grid"] == release_item(layer, key, row["key"], image).to_bytes()
+        assert row["grid"] == release_item(layer, key, image).to_bytes()
     with pytest.raises(ValueError, match="no column"):
         release_dataset(dataset, layer, key, key_column="path")
     twins = ray.data.from_items([{"key": "same", "image": image} for image in images[:2]])
@@ -194,19 +193,20 @@ def noise_of(grid: NoisyGrid, image: torch.Tensor, b: int = 8) -> torch.Tensor:
     return grid.restore().double()[..., ::b, ::b] - cells
 
 
-def test_two_different_images_under_one_identity_never_share_noise(tmp_path):
+def test_two_different_images_never_share_noise(tmp_path):
+    """Two photos both named ``cam/IMG_0001.png`` (two days, two folders) under one key: their streams are keyed by
+    their contents, so they never share noise; the same image again (a retry, a copy) gets the same release."""
     rng = np.random.default_rng(6)
     day1, day2 = (torch.from_numpy(rng.integers(60, 196, (3, 96, 96), dtype=np.uint8)) for _ in range(2))
     layer, key = DPPixelize(4.0, 8, noise="laplace", seed=0), RunKey.create()
-    first = noise_of(release_item(layer, key, "cam/IMG_0001.png", day1), day1)
-    second = noise_of(release_item(layer, key, "cam/IMG_0001.png", day2), day2)
+    first = noise_of(release_item(layer, key, day1), day1)
+    second = noise_of(release_item(layer, key, day2), day2)
     # Shared noise would make the two releases differ by the exact difference of the images on every cell (within
     # the rounding of one grey level). The difference of two independent noises (s.d. 6 per cell mean) lies within 1
     # on about 13% of the 432 cells: more than 70% happens with probability below 1e-100.
     assert (first - second).abs().le(1.0).float().mean() < 0.7
-    # The same image and identity give the same release: a retry reproduces it.
-    again = release_item(layer, key, "cam/IMG_0001.png", day1)
-    assert again.to_bytes() == release_item(layer, key, "cam/IMG_0001.png", day1).to_bytes()
+    # The same image gives the same release: a retry reproduces it.
+    assert release_item(layer, key, day1).to_bytes() == release_item(layer, key, day1).to_bytes()
 
 
 def test_a_run_key_file_is_refused_for_another_input_root_without_resume(cluster, tmp_path, capsys):
@@ -253,19 +253,73 @@ def test_a_resume_from_a_sub_folder_or_a_file_list_releases_nothing_twice(cluste
     assert len(done) == 1
 
 
-def test_a_renamed_or_copied_file_is_not_released_again(cluster, tmp_path):
+def test_a_copy_or_a_renamed_file_gets_the_same_release_under_its_own_name(cluster, tmp_path):
+    """One image, one release (issue 28, finding 9c): a byte-identical copy in the run, and a file renamed between a
+    run and its resume, are each written under their own names with the very release of the image they copy (no
+    second draw, no extra ε); the summary lists the copies it saw. (Before: the copy was listed but never written.)"""
     paths = write_images(tmp_path / "in", 4, seed=10)
     layer, key = DPPixelize(1.0, 8), RunKey.create()
     (tmp_path / "in" / "copy.png").write_bytes(paths[0].read_bytes())
     summary = release_files(tmp_path / "in", layer, tmp_path / "out", key, workers=2, batch_size=1)
-    assert summary.items == 4 and len(summary.duplicates) == 1 and len(outputs(tmp_path / "out")) == 4
-    assert "same bytes" in str(summary)
-    (copy, original), *_ = summary.duplicates.items()  # whichever worker claimed the bytes first released them
-    assert {copy, original} == {"copy.png", "part0/img0000.png"}
+    assert summary.items == 5 and summary.copies == {"part0/img0000.png": "copy.png"}
+    assert "same bytes" in str(summary) and "ε is spent once" in str(summary)
+    records = outputs(tmp_path / "out")
+    assert len(records) == 5 and records["copy.png" + RECORD] == records["part0/img0000.png" + RECORD]
+    assert (tmp_path / "out" / "copy.png.png").read_bytes() == (tmp_path / "out" / "part0/img0000.png.png").read_bytes()
     renamed = paths[1].rename(tmp_path / "in" / "renamed.png")  # a rename between a run and its resume
     resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
-    assert resumed.items == 0 and resumed.duplicates == {copy: original, "renamed.png": "part1/img0001.png"}
-    assert len(outputs(tmp_path / "out")) == 4 and renamed.exists()
+    assert resumed.items == 1 and resumed.skipped == 4 and renamed.exists()
+    records = outputs(tmp_path / "out")
+    assert records["renamed.png" + RECORD] == records["part1/img0001.png" + RECORD]
+
+
+class FailOn:
+    """A layer that fails (a non-retried error, as a worker killed mid-item leaves things) on the first image whose
+    bytes are those of ``path``, before anything is written."""
+
+    def __init__(self, layer, path: Path):
+        self.layer, self.image = layer, read_image(path)
+        self.guarantee, self.accountant, self.region = layer.guarantee, None, None
+
+    def release(self, x, *, generator=None):
+        if torch.equal(x.cpu(), self.image):
+            raise ValueError("the worker died here")
+        return self.layer.release(x, generator=generator)
+
+
+def test_an_item_whose_release_never_happened_is_released_under_its_new_name(cluster, tmp_path):
+    """Issue 28, finding 2a: the release of an item fails after its content was claimed, and the file is renamed
+    before the resume. The claim outlived the release: the resume called the renamed file a duplicate of an item with
+    no record and no media, and the photo was never released. Now nothing is claimed ahead of a release."""
+    paths = write_images(tmp_path / "in", 3, seed=13)
+    layer, key = DPPixelize(1.0, 8), RunKey.create()
+    first = release_files(tmp_path / "in", FailOn(layer, paths[0]), tmp_path / "out", key)
+    assert first.items == 2 and "died" in first.errors["part0/img0000.png"]
+    renamed = paths[0].rename(tmp_path / "in" / "renamed.png")
+    resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
+    assert resumed.items == 1 and not resumed.errors and not resumed.copies
+    assert outputs(tmp_path / "out")["renamed.png" + RECORD] == expected(layer, key, tmp_path / "in", renamed)
+    assert (tmp_path / "out" / "renamed.png.png").exists()
+
+
+def test_a_copy_of_a_file_rewritten_while_released_is_released(cluster, tmp_path):
+    """Issue 28, finding 2b: ``a/photo.png`` is rewritten while it is released (nothing is published for it), and
+    ``b/copy.png`` holds its old bytes. The copy was reported as a duplicate forever, while the owner's record held
+    other bytes. Now the copy is released from its own bytes, and the rewritten file from its new ones."""
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "in" / "b").mkdir()
+    (photo,) = write_images(tmp_path / "in" / "a", 1, seed=14)
+    photo = photo.rename(tmp_path / "in" / "a" / "photo.png")
+    copy = tmp_path / "in" / "b" / "copy.png"
+    copy.write_bytes(photo.read_bytes())
+    layer, key = DPPixelize(1.0, 8), RunKey.create()
+    first = release_files(tmp_path / "in", RewriteDuringRelease(layer, photo), tmp_path / "out", key)
+    assert "changed while" in first.errors["a/photo.png"]
+    resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
+    assert resumed.skipped == first.items and not resumed.errors
+    records = outputs(tmp_path / "out")
+    assert records["b/copy.png" + RECORD] == expected(layer, key, tmp_path / "in", copy)
+    assert records["a/photo.png" + RECORD] == expected(layer, key, tmp_path / "in", photo)  # its new bytes
 
 
 def test_dataset_keys_are_typed_and_never_null(cluster, tmp_path):
@@ -277,9 +331,12 @@ def test_dataset_keys_are_typed_and_never_null(cluster, tmp_path):
     numbered = ray.data.from_items([{"key": k, "image": image} for k, image in enumerate(images)])
     rows = release_dataset(numbered, layer, key).take_all()
     assert sorted(r["key"] for r in rows) == [0, 1] and all(type(r["key"]) is int for r in rows)  # typed keys
-    # Two datasets keyed 1 and "1" under one key: two items, whose noise is never shared (even on one image).
+    # Rows of equal pixels, whatever their keys, get the same release (one image, one release); other pixels never
+    # share noise with them.
+    rows = [{"key": "a", "image": images[0]}, {"key": "b", "image": images[0]}, {"key": "c", "image": images[1]}]
+    grids = {r["key"]: r["grid"] for r in release_dataset(ray.data.from_items(rows), layer, key).take_all()}
     x = torch.from_numpy(images[0]).permute(2, 0, 1)
-    assert release_item(layer, key, 1, x).to_bytes() != release_item(layer, key, "1", x).to_bytes()
+    assert grids["a"] == grids["b"] == release_item(layer, key, x).to_bytes() != grids["c"]
     with pytest.raises(TypeError, match="ints, strings or bytes"):
         release_dataset(ray.data.from_items([{"key": 0.5, "image": images[0]}]), layer, key)
 

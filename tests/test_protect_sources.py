@@ -437,7 +437,7 @@ def test_a_keyed_protect_layer_starts_a_new_stream_per_item_and_keeps_the_look_a
     key = RunKey.create()
     for item in ("a", "b"):
         script.seen.clear()  # a reset stream: the script starts over
-        keyed = keyed_layer(protect, key, item, item.encode())
+        keyed = keyed_layer(protect, key, item.encode())
         sanitize_stream(list(noise(6)), keyed, grids=tmp_path / f"{item}.dpxg", chunk=4, progress=False, device="cpu")
         protected = torch.cat([~r.split[0] for r in load_video(tmp_path / f"{item}.dpxg")]).any((1, 2))
         assert protected.tolist() == [False, True, True, True, True, True] and len(script.seen) == 6
