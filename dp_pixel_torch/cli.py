@@ -41,8 +41,10 @@ with a non-zero status and a one-line message.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +65,7 @@ from .detectors import (
     read_zone,
     region_source,
 )
+from .distributed import file_digest
 from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
@@ -323,6 +326,35 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         raise ValueError("--protect-persist keeps the regions of --protect sources; a zone is always protected")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same inode (a hard link)."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def check_outputs(inputs: Iterable[Path], outputs: Iterable[tuple[str, Path]]) -> None:
+    """Refuse, before anything is read or charged, an output that is one of the ``inputs`` (writing it would destroy
+    an original) or two ``(what, path)`` outputs that are one file (one release would overwrite the other, while
+    both were charged)."""
+    inputs, outputs = list(inputs), list(outputs)
+    for what, path in outputs:
+        for source in inputs:
+            if _same_file(path, source):
+                raise ValueError(
+                    f"{what} {str(path)!r} is the input {str(source)!r}: writing it would destroy the original; "
+                    "choose another output"
+                )
+    seen: dict[Path, str] = {}
+    clashes = []
+    for what, path in outputs:
+        target = path.resolve()
+        if target in seen:
+            clashes.append(f"{seen[target]} and {what} would both be written to {str(path)!r}")
+        seen.setdefault(target, what)
+    if clashes:
+        more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        raise ValueError(f"{'; '.join(clashes[:3])}{more}: one would overwrite the other; nothing was released")
+
+
 def write_image(image: torch.Tensor, path: Path) -> None:
     if path.suffix.lower() not in WRITABLE:
         raise ValueError(f"output image must end in one of {WRITABLE}, got {path.name!r}")
@@ -395,6 +427,9 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"input {str(source)!r} does not exist")
     kind = "folder" if source.is_dir() else "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
     check_options(args, kind)
+    if kind != "folder":
+        grids = [] if args.grids is None else [("--grids", args.grids)]
+        check_outputs([source], [("-o", args.output), *grids])
     if args.restore == "temporal" and kind != "video":
         what = "an image" if kind == "image" else "a folder of images"
         raise ValueError(
@@ -415,9 +450,21 @@ def run(args: argparse.Namespace) -> str:
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        targets = {path: args.output / (path.stem + ".png") for path in images}
+        check_outputs(images, ((repr(path.name), target) for path, target in targets.items()))
+        copies: dict[bytes, list[Path]] = {}  # one image, one release: byte-identical files share theirs
         for path in images:
-            write_image(released(layer, read_image(path).to(device), args.restore), args.output / (path.stem + ".png"))
+            copies.setdefault(file_digest(path), []).append(path)
+        for paths in copies.values():
+            image = released(layer, read_image(paths[0]).to(device), args.restore)
+            for path in paths:
+                write_image(image, targets[path])
         summary = f"{len(images)} images written to {args.output}"
+        if len(copies) < len(images):
+            summary += (
+                f" ({len(images) - len(copies)} byte-identical copies got the release of the image they copy, under "
+                f"their own names: {len(copies)} releases, ε spent once per distinct image)"
+            )
     elif kind == "video":
         report = sanitize_stream(
             source,

@@ -176,8 +176,6 @@ def sanitize_stream(
     try:
         sink = None if grids is None else open(grids, "wb")
         for block, regions in items:
-            if shape is not None and tuple(block.shape[-3:]) != shape:
-                raise ValueError(f"frame size changed from {shape} to {tuple(block.shape[-3:])} within the stream")
             shape = tuple(block.shape[-3:])
             block = block.to(device)
             # A "previous" partition is sequential in time: release the chunk frame by frame.
@@ -242,11 +240,16 @@ def _release(layer: _DPLayer, part: torch.Tensor, regions=None) -> list[NoisyGri
 
 
 def _chunks(frames: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
-    """Group frames into ``[T <= size, C, H, W]`` uint8 chunks, holding one chunk at a time."""
+    """Group frames into ``[T <= size, C, H, W]`` uint8 chunks, holding one chunk at a time; a frame whose size
+    differs from the first frame's raises ``ValueError`` (within a chunk or between two)."""
     pending: list[torch.Tensor] = []
+    shape = None
     for item in frames:
         if not isinstance(item, torch.Tensor) or item.dtype != torch.uint8 or item.ndim not in (3, 4):
             raise TypeError("frames must be uint8 tensors [C, H, W] or [T, C, H, W]")
+        shape = shape or tuple(item.shape[-3:])
+        if tuple(item.shape[-3:]) != shape:
+            raise ValueError(f"frame size changed from {shape} to {tuple(item.shape[-3:])} within the stream")
         pending.extend(item.unbind(0) if item.ndim == 4 else [item])
         while len(pending) >= size:
             yield torch.stack(pending[:size])

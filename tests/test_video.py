@@ -270,3 +270,66 @@ def test_cli_refuses_a_compiled_backend_where_nothing_compiles(tmp_path, capsys,
     assert main([*argv, "--backend", "compiled"]) == 2
     assert "--backend compiled needs torch.compile on cpu" in capsys.readouterr().err
     assert main(argv) == 0  # auto runs eagerly
+
+
+# --- outputs that alias inputs, copies in a folder, a frame size that changes inside a chunk (issue 28) ---------------
+
+
+def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path, capsys):
+    """Finding 3: ``-o`` equal to the input video replaced a 23-frame original with what was released before the end;
+    ``--grids`` equal to it truncated it to 0 bytes before the first read; ``-o`` equal to ``--grids`` left both
+    unreadable; ``a.png`` and ``a.jpg`` of one folder were both written to ``out/a.png`` (exit 0, the ledger charged
+    twice). Each is refused before anything is read or charged, and every original is left as it was."""
+    ledger = tmp_path / "budget.sqlite"
+    common = ["--epsilon", "1", "--b", "8", "--quiet", "--cap", "100", "--ledger", str(ledger)]
+    original = clip.read_bytes()
+    link = tmp_path / "link.avi"
+    link.hardlink_to(clip)
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.full((20, 30, 3), 120, np.uint8))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((20, 30, 3), 10, np.uint8))
+    cv2.imwrite(str(folder / "a.jpg"), np.full((20, 30, 3), 200, np.uint8))
+    cases = [
+        ([str(clip), "-o", str(clip)], "is the input"),
+        ([str(clip), "-o", str(tmp_path / "out.avi"), "--grids", str(clip)], "--grids"),
+        ([str(clip), "-o", str(link)], "is the input"),  # a hard link to the input is the input
+        ([str(clip), "-o", str(tmp_path / "x.avi"), "--grids", str(tmp_path / "x.avi")], "both be written"),
+        ([str(image), "-o", str(image)], "is the input"),
+        ([str(folder), "-o", str(tmp_path / "out")], "both be written"),
+        ([str(folder), "-o", str(folder)], "is the input"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, *common]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert clip.read_bytes() == original and frame_count(clip) == 23
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.avi").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a.png"]
+    assert PrivacyAccountant(100, ledger=ledger).spent == 0.0  # nothing was charged
+
+
+def test_cli_writes_a_copy_in_a_folder_with_the_release_of_the_image_it_copies(tmp_path, capsys):
+    """Finding 9c: a byte-identical copy in a folder was released again with fresh noise (2ε on one image while the
+    report said ε). One image, one release: the copy gets the same release under its own name, charged once."""
+    folder, ledger = tmp_path / "photos", tmp_path / "budget.sqlite"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "c.png"), rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    shutil.copy(folder / "a.png", folder / "b.png")
+    args = [str(folder), "-o", str(tmp_path / "out"), "--epsilon", "1", "--b", "4", "--cap", "10"]
+    assert main([*args, "--ledger", str(ledger)]) == 0
+    report = capsys.readouterr().out
+    assert "3 images written" in report and "1 byte-identical copies" in report and "2 releases" in report
+    released = {name: (tmp_path / "out" / name).read_bytes() for name in ("a.png", "b.png", "c.png")}
+    assert released["a.png"] == released["b.png"] != released["c.png"]
+    assert PrivacyAccountant(10, ledger=ledger).spent == pytest.approx(2.0)  # two images, one release each
+
+
+def test_a_frame_size_that_changes_inside_a_chunk_is_a_clear_error():
+    """Finding 8: between chunks it was the intended ValueError, inside one a RuntimeError from torch.stack."""
+    frames = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2 + [torch.zeros(3, 8, 16, dtype=torch.uint8)]
+    with pytest.raises(ValueError, match=r"frame size changed from \(3, 8, 8\) to \(3, 8, 16\)"):
+        sanitize_stream(frames, DPPixelize(1.0, 4), chunk=4, progress=False, device="cpu")
