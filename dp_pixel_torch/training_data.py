@@ -59,10 +59,11 @@ class ReleasedOnce(Dataset):
         transform: applied to every served sample *after* the release, e.g. random crops and flips. Augmenting before
             the release would make every epoch a new release.
 
-    Determinism: sample i's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
-    entropy when the wrapper is made, the index i (negative indices count from the end, so ``ds[-1]`` is
-    ``ds[len(ds) - 1]``) and a digest of the image. Any worker that (re)computes sample i gets the same release, so
-    nothing beyond that one release is revealed. The dataset must return the same image for the same index: one that
+    Determinism: a sample's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
+    entropy when the wrapper is made and a digest of the image. Any worker that (re)computes sample i gets the same
+    release, so nothing beyond that one release is revealed, and samples that hold the same image (a duplicate in
+    the dataset) get the same release: one image, one release (SPEC §4; not across secure layers, whose noise is
+    fresh OS entropy per call). Negative indices count from the end, so ``ds[-1]`` is ``ds[len(ds) - 1]``. The dataset must return the same image for the same index: one that
     returns another image (a random crop inside the dataset) gets independent noise for it, never the same noise on
     two images (whose difference would be the exact difference of the images), but that is a second release at
     another ε, and only a process that reads both raises. DataLoader workers are new processes every epoch unless
@@ -216,7 +217,7 @@ class ReleasedOnce(Dataset):
                         "this ReleasedOnce is a pickled copy and carries no secret (only DataLoader workers get it), "
                         f"so it cannot release sample {index}: release it in the original, or use cache_dir="
                     )
-                stream = self._secret.derive("sample", index, digest)
+                stream = self._secret.derive("sample", digest)
             grid = self.layer.release(x, storage="exact", generator=stream)
             if path is not None:
                 data = grid.to_bytes()

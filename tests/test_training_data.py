@@ -322,3 +322,25 @@ def test_a_dp_layer_in_the_datasets_transforms_is_refused_when_wrapped():
         with pytest.raises(ValueError, match=message):
             ReleasedOnce(dataset, layer)
     assert len(ReleasedOnce(WithTransform(v2.Compose([v2.ToImage(), v2.ToDtype(torch.uint8)])), layer)[0]) == 2
+
+
+class WithDuplicates(Dataset):
+    """Four samples; samples 0 and 2 hold one image (a photo listed twice), 1 and 3 two others."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(0 if i in (0, 2) else i)
+        return torch.randint(0, 256, (3, 24, 32), dtype=torch.uint8, generator=g), i
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["memory", "disk"])
+def test_a_duplicate_sample_gets_the_release_of_the_image_it_copies(cache, tmp_path):
+    """One image, one release (SPEC §4, dataset items): a photo listed twice got two independent releases (2ε on
+    one image while the guarantee said ε); it now gets one, served at both indices, in workers and across epochs.
+    Other images never share noise with it."""
+    cached = {"cache_dir": tmp_path / "cache", "dataset_id": "dups"} if cache else {}
+    first, second = epochs(ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2), **cached))
+    assert torch.equal(first[0], first[2]) and torch.equal(second[0], first[2])
+    assert not torch.equal(first[1], first[3]) and not torch.equal(first[0], first[1])
