@@ -276,8 +276,10 @@ def release_foreground(
     are raised by ``residual`` times the averaged noise variance: the share of the noise that the spatial denoise
     leaves (0.25 was picked on the first 300 frames of PETS2009 S2L1; the frames after them check it). Cells of
     protected regions are public: they are foreground, their noise is never read (they are left out of the means and
-    MOG2 sees its own background there). A generator: bad options raise at the first frame. Reads releases and
-    public parameters only (post-processing, no ε).
+    MOG2 sees its own background there; with other than 1 or 3 channels, whose background OpenCV does not give, it
+    sees their spatial estimate from the cells around them). Any channel count is read (MOG2 tests all channels of a
+    cell together). A generator: bad options raise at the first frame. Reads releases and public parameters only
+    (post-processing, no ε).
     """
     from .video import import_cv2
 
@@ -309,7 +311,8 @@ def release_foreground(
         model.setVarInit(defaults[1] + residual * level)
         model.setVarMax(defaults[2] + residual * level)
         image = np.ascontiguousarray(cells.permute(1, 2, 0).numpy(), dtype=np.float32)
-        if shown.any() and (background := model.getBackgroundImage()) is not None:
+        # OpenCV gives MOG2's background image for 1 or 3 channels only; other counts keep the spatial estimate there
+        if shown.any() and image.shape[-1] in (1, 3) and (background := model.getBackgroundImage()) is not None:
             image = np.where(shown.numpy()[..., None], background.reshape(image.shape).astype(np.float32), image)
         return torch.from_numpy(model.apply(image) > 0) | shown
 

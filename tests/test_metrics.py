@@ -7,13 +7,14 @@ import pytest
 import skimage.data
 import torch
 
-from dp_pixel_torch import DPPixelize
+from dp_pixel_torch import DPPixelize, RegionAdaptiveDPPixelize
 from dp_pixel_torch.metrics import (
     detect_people,
     foreground_masks,
     masked_scores,
     match_detections,
     mse,
+    noise_aware_occupancy,
     occupancy,
     occupancy_agreement,
     psnr,
@@ -76,3 +77,16 @@ def test_hog_detector_returns_xyxy_boxes():
     assert boxes.ndim == 2 and boxes.shape[1] == 4
     assert (boxes[:, 2:] > boxes[:, :2]).all()
     assert np.isfinite(boxes.numpy()).all()
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+@pytest.mark.parametrize("reader", ["background", "change"])
+def test_noise_aware_occupancy_of_protected_releases_of_2_or_4_channels(channels, reader):
+    """Issue 28, finding 8: ``noise_aware_occupancy`` raised cv2.error on protected releases of 2 or 4 channels
+    (grey with alpha, RGBA). Both readers read them: the protected block counts as occupied in every frame."""
+    video = torch.full((8, channels, 64, 64), 128, dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[40:50, 10:20] = True  # inside the protected 32-px block (1, 0)
+    grid = RegionAdaptiveDPPixelize(5.0, levels=(8, 32), protect=True, seed=0).release(video, mask=mask)
+    occupied = noise_aware_occupancy([grid], reader=reader)
+    assert occupied.shape == (8, 2, 2) and occupied[:, 1, 0].all()

@@ -187,3 +187,20 @@ def test_cli_and_stream_temporal(tmp_path):
     args = ["--epsilon", "1", "--b", "8", "--seed", "1", "--quiet", "--restore", "temporal"]
     assert main([str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), *args]) == 2
     assert main([str(tmp_path / "out.avi"), "-o", str(tmp_path / "again.avi"), *args]) == 0
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_release_foreground_reads_protected_releases_of_any_channel_count(channels):
+    """Issue 28, finding 8: on a protected release of 2 or 4 channels ``release_foreground`` raised cv2.error
+    (OpenCV gives MOG2's background image for 1 or 3 channels only). Every channel count is read: protected cells
+    are foreground, and a static grey scene at ε = 5 leaves few other cells foreground once MOG2 has settled."""
+    video = torch.full((12, channels, 64, 64), 128, dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[40:50, 10:20] = True  # inside the 32-px protected cell (32..64, 0..32)
+    layer = RegionAdaptiveDPPixelize(5.0, levels=(8, 32), protect=True, seed=channels)
+    grid = layer.release(video, mask=mask)
+    _, _, protected = grid.finest_cells()
+    masks = list(temporal.release_foreground([grid]))
+    assert len(masks) == 12 and all(m.shape == (8, 8) and m.dtype == torch.bool for m in masks)
+    assert all(m[protected[t]].all() for t, m in enumerate(masks))
+    assert torch.stack(masks[6:])[:, ~protected[0]].double().mean() < 0.05
