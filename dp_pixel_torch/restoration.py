@@ -55,14 +55,12 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     beyond the outermost centres: ``[..., C, H, W]`` in ``values``' dtype (uint8 rounded).
 
     Reads: cell values and the public layout. ``b×b`` blocks use the exact centres of full cells (a cut-short border
-    cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. uint8 interpolates in
-    uint8 on the CPU (fast, rounded; two passes that write the planar image), anything else in float32 (float64
-    stays float64).
+    cell sits at the centre of its full block); floor/ceil grids use the centres of even cells. The interpolation
+    runs on :func:`canvas_shape` and is cut to the image. uint8 interpolates in uint8 on the CPU (fast, rounded; two
+    passes that write the planar image), anything else in float32 (float64 stays float64).
     """
-    rows, cols = partition.shape
     height, width = partition.image_shape
-    b = partition.block_side
-    size = (rows * b, cols * b) if b is not None else (height, width)
+    size = canvas_shape(partition)
     flat = values.reshape(-1, *values.shape[-3:])
     if flat.shape[0] == 0:
         return values.new_empty((*values.shape[:-2], height, width))
@@ -74,6 +72,18 @@ def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
         if values.dtype == torch.uint8:
             out = out.round_().clamp_(0, 255)
     return out[..., :height, :width].to(values.dtype).contiguous().reshape(*values.shape[:-2], height, width)
+
+
+def canvas_shape(partition: GridPartition) -> tuple[int, int]:
+    """The ``(height, width)`` that :func:`upsample` interpolates before it cuts out the image: ``rows·b × cols·b``
+    for ``b×b`` blocks (a cut-short border cell sits at the centre of its full block), the image along an axis of
+    one cell (flat whatever the size) and for any other grid. Reads the public layout."""
+    b = partition.block_side
+    return _canvas_side(partition.row_sizes, b), _canvas_side(partition.col_sizes, b)
+
+
+def _canvas_side(sizes: tuple[int, ...], b: int | None) -> int:
+    return len(sizes) * b if b is not None and len(sizes) > 1 else sum(sizes)
 
 
 def _upsample_uint8(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -100,26 +110,76 @@ def consistent(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     """Coefficients whose :func:`upsample` has the cell means ``values [..., C, rows, cols]`` (floating, kept): the
     bilinear image whose mean over every cell is that cell's value, so that no cell's mean is blurred into its
     neighbours' (up to the clipping of the coefficients to the value range, at the strongest edges). Reads: cell
-    values and the public layout. Per axis, the cell means of the interpolated unit cells
-    form a tridiagonal matrix ``K`` (about ``[1/8, 3/4, 1/8]``, inverted once per layout): the image of coefficients
-    ``c`` has cell means ``K_rowsᵀ·c·K_cols``, so ``c = K_rows⁻ᵀ·values·K_cols⁻¹``."""
+    values and the public layout. Per axis, the cell means of the interpolated unit cells form a tridiagonal matrix
+    ``M`` (about ``[1/8, 3/4, 1/8]``; a unit cell's interpolation reaches its neighbours' centres and no further): the
+    image of coefficients ``c`` has cell means ``M_rows·c·M_colsᵀ``, so ``c`` solves ``M`` along the rows, then along
+    the columns (LU factors once per layout, then recurrences of log2 n vectorised steps: memory and time in
+    proportion to the cells, never an ``n×n`` matrix). An axis of a ``grid`` of cells under 2 pixels on average can
+    have interpolation centres so far off their cells that ``M`` is nearly singular (its LU factors grow); it is left
+    as it is: plain interpolation, whose cell means are close to the values but not kept exactly."""
     b = partition.block_side
-    rows = _inverse_cell_means(partition.row_sizes, b).to(values)
-    cols = _inverse_cell_means(partition.col_sizes, b).to(values)
-    return rows.T @ values @ cols
+    return _solve_cell_means(_solve_cell_means(values, partition.row_sizes, b, -2), partition.col_sizes, b, -1)
 
 
-@functools.lru_cache(maxsize=64)
-def _inverse_cell_means(sizes: tuple[int, ...], b: int | None) -> torch.Tensor:
-    """``K⁻¹`` along one axis of cells of ``sizes`` (interpolated as :func:`upsample` does), where ``K[i, j]`` is
-    the mean over cell ``j`` of the interpolated unit vector of cell ``i``."""
+def _solve_cell_means(values: torch.Tensor, sizes: tuple[int, ...], b: int | None, dim: int) -> torch.Tensor:
+    """``M⁻¹`` (see :func:`consistent`) of the axis of cells of ``sizes`` applied along ``dim`` of ``values`` (the
+    values themselves where the factors would grow)."""
+    factors = _cell_mean_factors(sizes, b)
+    if factors is None:
+        return values
+    lower, inverse, upper = factors
+    forward = _recurrence(values, lower, dim, reverse=False)  # L·z = values
+    return _recurrence(forward.mul_(inverse.to(forward).view(-1, *(1,) * (-1 - dim))), upper, dim, reverse=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_mean_factors(sizes: tuple[int, ...], b: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The LU factors of ``M`` along one axis of cells of ``sizes`` (interpolated as :func:`upsample` does), where
+    ``M[j, i]`` is the mean over cell ``j`` of the interpolated unit vector of cell ``i``, as the coefficients of
+    :func:`_recurrence`: float64 ``[n]`` ``(-l, 1/u, -c/u)`` for ``M = L·U`` (``l``: the subdiagonal of ``L``; ``u``:
+    the pivots; ``c``: the superdiagonal of ``M``), without pivoting. None where a factor would pass 1 in magnitude
+    (never for ``b×b`` blocks): the recurrences could then grow without bound. The three diagonals are the cell
+    means of three interpolated combs (every third unit vector: one of any three neighbours), in memory in
+    proportion to the axis."""
     n, length = len(sizes), sum(sizes)
-    eye = torch.eye(n, dtype=torch.float64)[None, None]
-    up = F.interpolate(eye, size=(n, n * b if b is not None else length), mode="bilinear", align_corners=False)
-    running = F.pad(up[0, 0, :, :length].cumsum(1), (1, 0))
-    width = torch.tensor(sizes)
-    ends = width.cumsum(0)
-    return torch.linalg.inv((running[:, ends] - running[:, ends - width]) / width.double())
+    combs = (torch.arange(n) % 3 == torch.arange(3)[:, None]).double()
+    up = F.interpolate(combs[None, :, None], size=(1, _canvas_side(sizes, b)), mode="bilinear", align_corners=False)
+    widths = torch.tensor(sizes)
+    cells = torch.repeat_interleave(torch.arange(n), widths)
+    means = torch.zeros(3, n, dtype=torch.float64).index_add_(1, cells, up[0, :, 0, :length]) / widths
+    j = torch.arange(n)
+    sub, diag, sup = (means[(j + k) % 3, j].tolist() for k in (-1, 0, 1))
+    lower, pivots = [0.0] * n, [diag[0]] * n
+    for i in range(n):
+        if i:
+            lower[i] = sub[i] / pivots[i - 1]
+            pivots[i] = diag[i] - lower[i] * sup[i - 1]
+        if abs(lower[i]) > 1 or abs(sup[i]) > abs(pivots[i]) or pivots[i] == 0:
+            return None
+    lower, pivots, sup = (torch.tensor(t, dtype=torch.float64) for t in (lower, pivots, sup))
+    return -lower, pivots.reciprocal(), -sup / pivots
+
+
+def _recurrence(y: torch.Tensor, a: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
+    """``x`` with ``x_j = y_j + a_j·x_{j-1}`` along ``dim`` of ``y`` (``x_{j+1}`` when ``reverse``), ``a``: float64
+    ``[n]`` on the CPU, its first (last) entry unused, ``|a| <= 1``. Recursive doubling: step ``s`` adds
+    ``A_j·x_{j∓s}`` to every ``x_j`` at once (``A``: products of ``s`` coefficients) and doubles the reach; it stops
+    once the products left are 0 in ``y``'s dtype (they never grow), so the result is that of the sequential
+    recurrence up to rounding."""
+    n = y.shape[dim]
+    a = a.flip(0) if reverse else a  # in the order of the recurrence
+    a = torch.cat([a.new_zeros(1), a[1:]])
+    x, shift = y.clone(), 1
+    while shift < n:
+        step = a[shift:].to(y.dtype)
+        if not step.any():
+            break
+        target, source = (0, shift) if reverse else (shift, 0)
+        step = (step.flip(0) if reverse else step).to(y.device).view(-1, *(1,) * (-1 - dim))
+        x.narrow(dim, target, n - shift).add_(x.narrow(dim, source, n - shift) * step)
+        a = torch.cat([a.new_zeros(shift), a[shift:] * a[:-shift]])
+        shift *= 2
+    return x
 
 
 def smooth_finest(grid: MultiLevelGrid, released: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:

@@ -16,8 +16,9 @@ storage that fits the dtype, sizes, finite payload values inside the range), the
 raises :class:`NoisyGridFormatError`. Memory: parsing allocates in proportion to the record's payload (adaptive records
 are kept as the values of their released cells); a record whose restore would allocate more than ``max_bytes``
 (default :data:`MAX_RESTORE_BYTES`, counting the restored images and the work arrays) is refused before anything is
-allocated, so a small hostile file cannot make a reader allocate gigabytes. The CRC guards against accidents, not
-forgery: a record's guarantee is a claim by whoever wrote it.
+allocated: ``fill`` at parse time, ``smooth``, ``denoise`` and a :class:`~dp_pixel_torch.temporal.TemporalRestorer`
+before their float work (:meth:`NoisyGrid.check_budget`), so a small hostile file cannot make a reader allocate
+gigabytes. The CRC guards against accidents, not forgery: a record's guarantee is a claim by whoever wrote it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ._validation import check_choice
 from .accounting import PrivacyGuarantee
 from .functional import level_span, protected_m
 from .partitions import GridPartition, MultiLevelGrid
-from .restoration import METHODS, restore_cells
+from .restoration import METHODS, canvas_shape, restore_cells
 
 MAGIC = b"DPXG"
 VERSION = 1
@@ -58,13 +59,18 @@ MAX_RANK = 8
 MAX_LEVELS = 24
 #: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
 MAX_RESTORE_BYTES = 256 << 20
-#: What ``restore("smooth" | "denoise")`` allocates beyond the output, checked against a parsed record's
-#: ``max_bytes``: bytes per image value (at most 4.3 measured: the float32 interpolation of a float16 image; under 1
-#: for uint8) plus bytes per level-0 cell value (at most 91 measured: a protected denoise at b = 1 in one group of
-#: images; about 15 when many groups share the work arrays). Peak CPU memory under the torch profiler, b = 1, 2, 8,
-#: uint8, float16 and float32 images (2026-12-06).
+#: What ``restore("smooth" | "denoise")`` and a :class:`~dp_pixel_torch.temporal.TemporalRestorer` frame allocate
+#: beyond the output, checked against a parsed record's ``max_bytes``: bytes per value of the interpolation canvas
+#: (:func:`~dp_pixel_torch.restoration.canvas_shape`, at most 4.3 measured: the float32 interpolation of a float16
+#: image; under 1 for uint8), plus bytes per level-0 cell value with 2 more cells on every side (the pyramid's 5×5
+#: sums pad them: 5 times the cells of a single column; at most 91 measured: a protected denoise at b = 1 in one
+#: group of images; about 15 when many groups share the work arrays), plus bytes per pixel of the canvas' height and
+#: width (the interpolation's index and weight tables: about 45 measured on a canvas 65,536 pixels wide). Peak CPU
+#: memory under the torch profiler, b = 1, 2, 8, uint8, float16 and float32 images (2026-12-06), and peak RSS of
+#: hostile shapes (a single row or column of cells, one cell wider than the image, 2026-12-08: ``tests/test_storage.py``).
 _SMOOTH_BYTES_PER_VALUE = 8
 _SMOOTH_BYTES_PER_CELL = 128
+_SMOOTH_BYTES_PER_SIDE = 64
 
 
 class NoisyGridFormatError(ValueError):
@@ -166,16 +172,29 @@ class NoisyGrid:
         if method == "fill":
             values = self._dense([self._decode(v) for v in self.values])
             return layout.fill(values[0]) if released is None else layout.fill(released, values)
-        cells = math.prod(self.shape[:-2]) * math.prod(self.finest_partition.shape)
-        need = math.prod(self.shape) * (_SMOOTH_BYTES_PER_VALUE + self.dtype.itemsize) + cells * _SMOOTH_BYTES_PER_CELL
-        if self._max_bytes is not None and need > self._max_bytes:
-            raise NoisyGridFormatError(
-                f"restore({method!r}) of this record needs about {need / 2**20:.0f} MiB of float work arrays, over "
-                f"the limit of {self._max_bytes / 2**20:.0f} MiB it was read with: pass max_bytes= to from_bytes/load "
-                "if it comes from a trusted source, or restore it with 'fill'"
-            )
+        self.check_budget(f"restore({method!r})")
         values = self._dense([self._decode(v, torch.float64) for v in self.values])
         return restore_cells(layout, released, values, self._variances(), method, self.dtype, self.value_range)
+
+    def check_budget(self, what: str) -> None:
+        """Refuse, before anything is allocated, float work on a parsed record (``what``: ``restore("smooth" |
+        "denoise")``, a :class:`~dp_pixel_torch.temporal.TemporalRestorer` frame) that would pass the ``max_bytes``
+        it was read with: :class:`NoisyGridFormatError`. Counted at the measured bytes a value: the interpolation
+        canvas (:func:`~dp_pixel_torch.restoration.canvas_shape`) and its sides, and the level-0 cells with the
+        pyramid's padding. A release made in memory is not checked."""
+        images = math.prod(self.shape[:-2])
+        (height, width), (rows, cols) = canvas_shape(self.finest_partition), self.finest_partition.shape
+        need = (
+            images * height * width * (_SMOOTH_BYTES_PER_VALUE + self.dtype.itemsize)
+            + images * (rows + 4) * (cols + 4) * _SMOOTH_BYTES_PER_CELL
+            + (height + width) * _SMOOTH_BYTES_PER_SIDE
+        )
+        if self._max_bytes is not None and need > self._max_bytes:
+            raise NoisyGridFormatError(
+                f"{what} of this record needs about {need / 2**20:.0f} MiB of float work arrays, over the limit of "
+                f"{self._max_bytes / 2**20:.0f} MiB it was read with: pass max_bytes= to from_bytes/load if it comes "
+                "from a trusted source, or restore it with 'fill'"
+            )
 
     def noise_variance(self) -> tuple[torch.Tensor, ...]:
         """The public noise law: the variance of every stored value around its exact cell mean (the zero-padded mean

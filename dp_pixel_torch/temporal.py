@@ -228,7 +228,10 @@ class TemporalRestorer:
 
     def __call__(self, grid) -> torch.Tensor:
         """The restored frames of one release (a :class:`~dp_pixel_torch.NoisyGrid` of ``[C, H, W]`` or ``[T, C,
-        H, W]`` frames, in stream order): ``grid.shape`` in ``grid.dtype``."""
+        H, W]`` frames, in stream order): ``grid.shape`` in ``grid.dtype``. A parsed record is refused
+        (:meth:`NoisyGrid.check_budget <dp_pixel_torch.storage.NoisyGrid.check_budget>`) before any work when its
+        frames' work arrays would pass the ``max_bytes`` it was read with."""
+        grid.check_budget(f"TemporalRestorer({self.method!r})")
         values, variances, _ = grid.finest_cells()
         partition = grid.finest_partition
         if self._blocks is None and self.cell is not None:

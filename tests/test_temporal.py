@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dp_pixel_torch import DPPixelize, NoisyGrid, RegionAdaptiveDPPixelize, temporal
+from dp_pixel_torch import DPPixelize, NoisyGrid, NoisyGridFormatError, RegionAdaptiveDPPixelize, temporal
 from dp_pixel_torch.cli import main
 from dp_pixel_torch.metrics import noise_aware_occupancy, occupancy_agreement
 from dp_pixel_torch.temporal import ChangeDetector, TemporalRestorer
@@ -187,6 +187,20 @@ def test_cli_and_stream_temporal(tmp_path):
     args = ["--epsilon", "1", "--b", "8", "--seed", "1", "--quiet", "--restore", "temporal"]
     assert main([str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), *args]) == 2
     assert main([str(tmp_path / "out.avi"), "-o", str(tmp_path / "again.avi"), *args]) == 0
+
+
+def test_the_temporal_restorer_keeps_the_budget_of_a_parsed_record():
+    """Issue 28, finding 5: ``TemporalRestorer`` applied no budget to a parsed record: one read with ``max_bytes`` too
+    small for its float work arrays (b = 1: every pixel a cell) is now refused before any work, as its
+    ``restore("denoise")`` is; read with the default budget it restores as the release in memory does."""
+    video = grey_video(2, 64)
+    grid = DPPixelize(1.0, 1, seed=0).release(video)
+    tight = NoisyGrid.from_bytes(grid.to_bytes(), max_bytes=1_000_000)  # its fill (24,576 values) fits
+    for method in ("fill", "denoise"):
+        with pytest.raises(NoisyGridFormatError, match="max_bytes="):
+            TemporalRestorer(method)(tight)
+        parsed = NoisyGrid.from_bytes(grid.to_bytes())
+        assert torch.equal(TemporalRestorer(method)(parsed), TemporalRestorer(method)(grid))
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
