@@ -49,6 +49,14 @@ _OPPONENT = torch.tensor(
 #: faults cost more than the arithmetic); it also bounds the work memory whatever the batch.
 _CHUNK_CELLS = 1 << 19
 
+#: The noise variances that the estimates read, in units of the squared value range: one below the lower bound (a
+#: release at so large an ε that its variance rounds to 0) is read as that bound, a standard deviation of 3e-5 of the
+#: range (far below the rounding of a uint8 or float16 value); one above the upper bound, infinite (at so small an ε
+#: that it overflows) or NaN is read as the upper bound: a cell of no information, which the estimates fill from its
+#: neighbours. Between them the float32 pyramid stays finite: it pools up to 2^32 cells of an image into one, whose
+#: variance (2^-62 at least) it squares and inverts.
+VARIANCE_BOUNDS = (2.0**-30, 2.0**40)
+
 
 def upsample(values: torch.Tensor, partition: GridPartition) -> torch.Tensor:
     """Bilinear interpolation of cell values ``[..., C, rows, cols]`` between the cell centres of ``partition``, flat
@@ -269,16 +277,24 @@ def _box_sums(cells: torch.Tensor) -> torch.Tensor:
     return (pairs[..., 2:] + pairs[..., :-2])[..., :-1].add_(rows[..., 4:])
 
 
+def readable_variance(variance: torch.Tensor) -> torch.Tensor:
+    """Noise variances in units of the squared value range as the estimates read them: clamped to
+    :data:`VARIANCE_BOUNDS`, NaN read as the upper bound (a cell of no information). Reads public variances."""
+    low, high = VARIANCE_BOUNDS
+    return variance.nan_to_num(nan=high).clamp(low, high)
+
+
 def denoise_cells(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` (floating) and their public noise ``variance``
-    (broadcastable, the same for every channel of a cell) -> ``[..., C, rows, cols]`` in ``values``' dtype.
+    """Wiener estimates of cell means: ``values [..., C, rows, cols]`` (floating, in units of the value range, or
+    grey levels) and their public noise ``variance`` (broadcastable, the same for every channel of a cell, in the
+    square of those units; read by :func:`readable_variance`) -> ``[..., C, rows, cols]`` in ``values``' dtype.
 
     Reads: released values and their public variances. Three channels are taken to RGB's opponent basis and back.
     Computed in float32 (twice as fast as float64, its rounding far below the noise).
     """
     rgb = values.shape[-3] == 3
     cells = _mix(_OPPONENT, values.float()) if rgb else values.float()
-    estimate = wiener_pyramid(cells, variance.float())  # the variance stays broadcast: pulled once per cell
+    estimate = wiener_pyramid(cells, readable_variance(variance).float())  # stays broadcast: pulled once per cell
     return (_mix(_OPPONENT.T, estimate) if rgb else estimate).to(values.dtype)
 
 
@@ -317,11 +333,14 @@ def restore_cells(
 ) -> torch.Tensor:
     """Restored images ``[..., C, H, W]`` in ``dtype`` by ``"smooth"`` or ``"denoise"`` (see the module).
 
-    Reads only the release: ``values``, float64 cell values in image units, dense per level ``[..., C, rows_l,
-    cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their public noise variances, broadcastable
-    to them (see :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`); the public ``layout`` and, for a
-    :class:`~dp_pixel_torch.MultiLevelGrid`, the ``released`` cells of every level; the output ``dtype`` and ``value_range``.
-    Cell estimates are made a few images at a time (about 0.5 M cell values), each image on its own.
+    Reads only the release: ``values``, float64 cell values in units of the value range (``(v - lo)/(hi - lo)``),
+    dense per level ``[..., C, rows_l, cols_l]`` (one level for a uniform ``GridPartition``); ``variances``, their
+    public noise variances in units of its square, broadcastable to them (see
+    :meth:`~dp_pixel_torch.storage.NoisyGrid.noise_variance`; read by :func:`readable_variance`, so an infinite one is
+    a cell of no information); the public ``layout`` and, for a :class:`~dp_pixel_torch.MultiLevelGrid`, the
+    ``released`` cells of every level; the output ``dtype`` and ``value_range``. Cell estimates are made a few images
+    at a time (about 0.5 M cell values), each image on its own, in units of the range (so that neither a huge range
+    nor a huge variance overflows), then brought back by :func:`in_range`.
     """
     if method not in ("smooth", "denoise"):
         raise ValueError(f"restore_cells restores by 'smooth' or 'denoise', got {method!r} (fill: layout.fill)")
@@ -329,7 +348,7 @@ def restore_cells(
     lead, channels = values[0].shape[:-3], values[0].shape[-3]
     work = torch.float64 if dtype == torch.float64 else torch.uint8 if dtype == torch.uint8 else torch.float32
     cells = torch.empty((*lead, channels, *partition.shape), dtype=work, device=values[0].device)
-    flat, (lo, hi) = cells.view(-1, *cells.shape[-3:]), value_range
+    flat = cells.view(-1, *cells.shape[-3:])
     values = [v.reshape(-1, *v.shape[-3:]) for v in values]
     variances = [v.expand(*lead, *v.shape[-3:]).reshape(-1, *v.shape[-3:]) for v in variances]
     if released is not None:
@@ -340,9 +359,16 @@ def restore_cells(
         part = slice(start, start + step)
         chunk = None if released is None else [r[part] for r in released]
         estimate = _restored_cells(layout, chunk, [v[part] for v in values], [v[part] for v in variances], method)
-        estimate = estimate.clamp(lo, hi)
-        flat[part] = estimate.round_() if work == torch.uint8 else estimate
+        flat[part] = in_range(estimate, value_range, work)
     return upsample(cells, partition).to(dtype)
+
+
+def in_range(unit: torch.Tensor, value_range: tuple[float, float], dtype: torch.dtype) -> torch.Tensor:
+    """Values in units of the value range back in its units: ``lo + unit·(hi - lo)`` computed in float64, clipped to
+    ``[lo, hi]``, rounded for integer ``dtype``, in ``dtype``. Reads: the values and the public range."""
+    lo, hi = value_range
+    out = unit.to(torch.float64).mul(hi - lo).add_(lo).clamp_(lo, hi)
+    return (out if dtype.is_floating_point else out.round_()).to(dtype)
 
 
 def _restored_cells(

@@ -57,6 +57,8 @@ _STORAGE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float
 MAX_SIDE = 1 << 16
 MAX_RANK = 8
 MAX_LEVELS = 24
+#: The largest pixel count or cell side a guarantee may claim (exact in float64): the noise law is computed in floats.
+MAX_COUNT = 1 << 53
 #: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
 MAX_RESTORE_BYTES = 256 << 20
 #: What ``restore("smooth" | "denoise")`` and a :class:`~dp_pixel_torch.temporal.TemporalRestorer` frame allocate
@@ -173,8 +175,9 @@ class NoisyGrid:
             values = self._dense([self._decode(v) for v in self.values])
             return layout.fill(values[0]) if released is None else layout.fill(released, values)
         self.check_budget(f"restore({method!r})")
-        values = self._dense([self._decode(v, torch.float64) for v in self.values])
-        return restore_cells(layout, released, values, self._variances(), method, self.dtype, self.value_range)
+        values = self._dense([self._unit(v) for v in self.values])
+        variances = self._variances(unit=True)
+        return restore_cells(layout, released, values, variances, method, self.dtype, self.value_range)
 
     def check_budget(self, what: str) -> None:
         """Refuse, before anything is allocated, float work on a parsed record (``what``: ``restore("smooth" |
@@ -207,7 +210,9 @@ class NoisyGrid:
         the values are rounded to the 255-step lattice (uint8 images, or uint8 storage; ``step = (hi-lo)/255``), which
         is exact when the noise spans many steps and an upper bound of the rounding's share when it spans about one.
         float16 storage rounds too (relative error below 2⁻¹¹), which is not counted. For discrete noise on float
-        images, the exact mean is that of the image rounded to the 1/255 lattice. Reads the layout and guarantee.
+        images, the exact mean is that of the image rounded to the 1/255 lattice. ``inf`` where the variance
+        overflows float64 (a release at an ε so small, about 1e-150 and below, that its values are noise alone); the
+        restorations read it as a value of no information. Reads the layout and guarantee.
         """
         variances = [v.expand(*self.shape[:-2], *v.shape[-2:]) for v in self._variances()]
         released = self._released()
@@ -248,12 +253,14 @@ class NoisyGrid:
         protected = layout.to_finest(top, layout.top)
         return layout.finest_values(released, values), layout.finest_values(released, spread), protected
 
-    def _variances(self) -> list[torch.Tensor]:
-        """:meth:`noise_variance` dense per level: float64 ``[..., 1, rows_l, cols_l]`` (the same for every channel)."""
+    def _variances(self, unit: bool = False) -> list[torch.Tensor]:
+        """:meth:`noise_variance` dense per level: float64 ``[..., 1, rows_l, cols_l]`` (the same for every channel);
+        ``unit``: in units of the squared value range."""
         g, layout = self.guarantee, self._layout()
         lo, hi = self.value_range
         span = level_span(self.dtype, g.noise, self.value_range)
-        rounding = ((hi - lo) / 255) ** 2 / 12 if self.storage == "uint8" else 0.0
+        rounding = 1 / (255**2 * 12) if self.storage == "uint8" else 0.0  # in units of the squared range
+        width = 1.0 if unit else hi - lo
         device, lead = self.values[0].device, self.shape[:-3]
         if isinstance(layout, GridPartition):
             partitions, sides = [layout], [g.b]
@@ -261,13 +268,13 @@ class NoisyGrid:
             partitions, sides = [layout.partition(level) for level in range(len(g.levels))], list(g.levels)
         variances = []
         for level, (partition, side) in enumerate(zip(partitions, sides)):
-            m = None
+            m = g.m
             if g.protect and level == len(partitions) - 1:
                 m = protected_m(layout, g, [s.to(device) for s in self.split])
-            law = g.sum_noise_variance(self.shape[-3], span, m)
-            law = law.reshape(*law.shape, 1, 1, 1) if isinstance(law, torch.Tensor) else torch.tensor(law)
+            # m as a float64 tensor: the law is computed in tensors, where an overflow is inf rather than an error
+            law = g.sum_noise_variance(self.shape[-3], span, torch.as_tensor(m, dtype=torch.float64, device=device))
             divisor = partition.counts(device).double() if g.border == "area" else float(side**2)
-            v = law.to(device, torch.float64) / divisor**2 * ((hi - lo) / span) ** 2 + rounding
+            v = (law.reshape(*law.shape, 1, 1, 1) / divisor / divisor / span / span + rounding) * width * width
             variances.append(v.expand(*lead, 1, *partition.shape))
         return variances
 
@@ -282,6 +289,13 @@ class NoisyGrid:
             full = mask.unsqueeze(-3).expand(*mask.shape[:-2], channels, *mask.shape[-2:])
             dense.append(torch.zeros(full.shape, dtype=v.dtype, device=v.device).masked_scatter_(full, v))
         return dense
+
+    def _unit(self, v: torch.Tensor) -> torch.Tensor:
+        """Stored values in units of the value range, ``(v - lo)/(hi - lo)``: float64 (uint8 codes are ``k/255``)."""
+        if v.dtype == torch.uint8:
+            return v.double().div_(255)
+        lo, hi = self.value_range
+        return (v.double() - lo) / (hi - lo)
 
     def _decode(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = dtype or self.dtype
@@ -421,6 +435,9 @@ def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
     guarantee = PrivacyGuarantee(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     if guarantee.levels is not None and len(guarantee.levels) > MAX_LEVELS:
         raise NoisyGridFormatError(f"{len(guarantee.levels)} levels: at most {MAX_LEVELS} are read")
+    counts = (guarantee.m, guarantee.b, guarantee.protect_m, *(guarantee.grid or ()), *(guarantee.levels or ()))
+    if any(n is not None and n > MAX_COUNT for n in counts):
+        raise NoisyGridFormatError("invalid guarantee: m, protect_m, b, grid and levels must be at most 2^53")
     empty = NoisyGrid(shape, dtype, value_range, guarantee, ())
     layout = empty._layout()
     need = _restore_bytes(shape, dtype, storage, layout)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .partitions import GridPartition
-from .restoration import METHODS, denoise_cells, restore_cells
+from .restoration import METHODS, denoise_cells, in_range, readable_variance, restore_cells
 
 #: Cumulants of Laplace noise of variance ``r``: ``κ4 = LAPLACE_EXCESS·r²`` and ``κ6 = LAPLACE_SIXTH·r³`` (continuous;
 #: the discrete Laplace of the cell sums tends to them at large scales).
@@ -228,7 +228,9 @@ class TemporalRestorer:
 
     def __call__(self, grid) -> torch.Tensor:
         """The restored frames of one release (a :class:`~dp_pixel_torch.NoisyGrid` of ``[C, H, W]`` or ``[T, C,
-        H, W]`` frames, in stream order): ``grid.shape`` in ``grid.dtype``. A parsed record is refused
+        H, W]`` frames, in stream order): ``grid.shape`` in ``grid.dtype``. The filter runs in units of the value
+        range on the variances as :func:`~dp_pixel_torch.restoration.readable_variance` reads them (an infinite one,
+        at an ε so small that it overflows, is a release of no information). A parsed record is refused
         (:meth:`NoisyGrid.check_budget <dp_pixel_torch.storage.NoisyGrid.check_budget>`) before any work when its
         frames' work arrays would pass the ``max_bytes`` it was read with."""
         grid.check_budget(f"TemporalRestorer({self.method!r})")
@@ -236,7 +238,10 @@ class TemporalRestorer:
         partition = grid.finest_partition
         if self._blocks is None and self.cell is not None:
             self._blocks = _block_index(partition, self.cell, values.device)
-        q = (self.drift * (grid.value_range[1] - grid.value_range[0])) ** 2
+        lo, hi = grid.value_range
+        values = (values - lo) / (hi - lo)
+        variances = readable_variance(variances / (hi - lo) / (hi - lo))
+        q = self.drift**2
         means, spreads = [], []
         for y, r in zip(values.reshape(-1, *values.shape[-3:]), variances.reshape(-1, *variances.shape[-3:])):
             if self._mean is None:
@@ -248,8 +253,7 @@ class TemporalRestorer:
         cells = torch.stack(means).reshape(values.shape)
         spread = torch.stack(spreads).reshape(variances.shape)
         if self.method == "fill":
-            cells = cells.clamp(*grid.value_range)
-            return partition.fill((cells.round() if grid.dtype == torch.uint8 else cells).to(grid.dtype))
+            return partition.fill(in_range(cells, grid.value_range, grid.dtype))
         return restore_cells(partition, None, [cells], [spread], self.method, grid.dtype, grid.value_range)
 
 

@@ -21,6 +21,7 @@ from dp_pixel_torch import (
 )
 from dp_pixel_torch.cli import main
 from dp_pixel_torch.metrics import masked_scores, psnr
+from dp_pixel_torch.temporal import TemporalRestorer
 from dp_pixel_torch.video import sanitize_stream
 
 RELEASES = 200  # images per noise-law check, each with its own noise
@@ -381,3 +382,57 @@ def test_the_tridiagonal_solve_gives_what_the_dense_inverses_gave():
         for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
             solved, dense = (f(values.to(dtype), partition) for f in (restoration.consistent, _dense_consistent))
             assert torch.allclose(solved, dense, rtol=tolerance, atol=tolerance), (partition.shape, dtype)
+
+
+def ramp(height: int = 200, width: int = 300) -> torch.Tensor:
+    """A smooth float image ``[3, H, W]`` in [0.2, 1.0]: its cell means are restored well by any method."""
+    rows, cols = torch.linspace(0.2, 0.8, height)[:, None], torch.linspace(0.0, 0.2, width)[None, :]
+    return (rows + cols).expand(3, height, width).contiguous()
+
+
+def test_grids_of_cells_under_two_pixels_and_exact_values_restore_finite_images():
+    """Issue 28, finding 8 (no output is NaN): a grid of cells under 2 pixels on average puts its interpolation
+    centres up to half a pixel off their cells, and the dense inverse of its nearly singular cell-mean matrix gave
+    coefficients of 1e23 to NaN (7 × 299 cells of a 200 × 300 image: NaN); such an axis is now left uncorrected. And
+    a release whose stated variance is 0 (ε = 1e6 or 1e300, float storage: it underflows) made the pyramid divide by it
+    (NaN everywhere); it is read as VARIANCE_BOUNDS[0]. The ramp, released with no noise to speak of, is restored
+    finite and within 0.05 of itself; coefficients of values in [0, 1] stay within 4 (a corrected axis is
+    diagonally dominant, ``‖M⁻¹‖ ≤ 2``)."""
+    x = ramp()
+    generator = torch.Generator().manual_seed(1)
+    for grid in ((150, 7), (7, 299), (150, 299), (40, 60)):
+        partition = GridPartition.grid(200, 300, *grid)
+        coefficients = restoration.consistent(torch.rand(3, *grid, generator=generator), partition)
+        assert torch.isfinite(coefficients).all() and coefficients.abs().max() <= 4, grid  # ‖M⁻¹‖ ≤ 2 per axis
+        release = DPPixelize(1e6, grid=grid, seed=0).release(x, storage="float32")
+        restored = release.restore("denoise")
+        assert torch.isfinite(restored).all() and (restored - x).abs().max() < 0.05, grid
+    exact = DPPixelize(1e300, 8, noise="laplace", seed=0).release(x, storage="float32")
+    assert (exact.noise_variance()[0] == 0).all()
+    assert (exact.restore("denoise") - x).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("epsilon", [1e-100, 1e-300])
+def test_a_release_whose_noise_variance_overflows_restores_to_defined_values(epsilon):
+    """Issue 28, finding 8: at ε = 1e-100 a cell value's noise variance is 1e197 to 1e202 (inf in the float32 estimate),
+    at 1e-300 it overflows float64; restore and the TemporalRestorer returned all-NaN floats and all-black uint8, or
+    raised ZeroDivisionError from a parsed record. Such a value is noise alone (clipped to the range), so the
+    estimates read its variance as VARIANCE_BOUNDS[1], a cell of no information, and give smooth local means of the
+    released values: finite, inside the range, with the mean of the fill (within 5% of the range; the released
+    values are about half at each end of the range)."""
+    x = astronaut()[:, :64, :72]
+    face = torch.tensor([[20.0, 10.0, 50.0, 40.0]])
+    grids = (
+        DPPixelize(epsilon, 8, seed=0).release(x),
+        DPPixelize(epsilon, 8, noise="laplace", seed=0).release(x.float() / 255, storage="float32"),
+        RegionAdaptiveDPPixelize(epsilon, levels=(8, 32), protect=True, seed=0).release(x, boxes=face),
+    )
+    for grid in grids:
+        parsed = NoisyGrid.from_bytes(grid.to_bytes())
+        assert all((v > 1e150).all() for v in parsed.noise_variance())
+        lo, hi = parsed.value_range
+        fill = parsed.restore().double()
+        for restored in (parsed.restore("smooth"), parsed.restore("denoise"), TemporalRestorer()(parsed)):
+            restored = restored.double()
+            assert torch.isfinite(restored).all() and restored.min() >= lo and restored.max() <= hi
+            assert abs(restored.mean() - fill.mean()) < 0.05 * (hi - lo), (grid.dtype, restored.mean(), fill.mean())

@@ -229,6 +229,13 @@ HOSTILE = {
             guarantee=dict(good_header("adaptive-mask")["guarantee"], levels=[2**k for k in range(70)]),
         )
     ),
+    # issue 28: counts beyond a float made smooth, denoise and noise_variance raise OverflowError
+    "cell-side-beyond-a-float": lambda: record(
+        dict(good_header(), guarantee=dict(good_header()["guarantee"], b=10**200, border="zero_pad")), bytes(6)
+    ),
+    "m-beyond-a-float": lambda: record(
+        dict(good_header(), guarantee=dict(good_header()["guarantee"], m=10**400)), bytes(2 * 3 * 5 * 7)
+    ),
 }
 
 
