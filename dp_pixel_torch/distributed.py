@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .noise import KEY_BYTES, KeyStream, image_digest
-from .storage import NoisyGrid, NoisyGridFormatError, load_video
+from .storage import NoisyGrid, NoisyGridFormatError, record_guarantees
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
 
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
@@ -350,15 +350,17 @@ class Releaser:
 
 
 def done_items(items: list[dict], output: Path, guarantee) -> list[str]:
-    """The identities whose record already exists under ``output``; each must parse and hold ``guarantee`` (a record
-    of another layer raises: releasing the item again under this one would be a second release)."""
+    """The identities whose record already exists under ``output``; each record's headers must parse and hold
+    ``guarantee`` (a record of another layer raises: releasing the item again under this one would be a second
+    release). Only headers are read (:func:`~dp_pixel_torch.storage.record_guarantees`): a run's own records of
+    any size, which it could write, never block its resume."""
     done = []
     for item in items:
         record = output / (item["key"] + RECORD)
         if not record.exists():
             continue
-        grids = list(load_video(record)) if item["kind"] == "video" else [NoisyGrid.load(record)]
-        if not grids or any(g.guarantee != guarantee for g in grids):
+        guarantees = list(record_guarantees(record))
+        if not guarantees or any(g != guarantee for g in guarantees):
             raise NoisyGridFormatError(
                 f"{str(record)!r} was written under another guarantee: refusing to release {item['key']!r} again"
             )

@@ -23,6 +23,7 @@ gigabytes. The CRC guards against accidents, not forgery: a record's guarantee i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -365,14 +366,53 @@ def load_video(path: str | Path, *, max_bytes: int = MAX_RESTORE_BYTES) -> Itera
         yield grid
 
 
-def _parse(data: memoryview, offset: int, max_bytes: int) -> tuple[NoisyGrid, int]:
-    if len(data) - offset < _PREFIX.size:
-        raise NoisyGridFormatError(f"truncated: {len(data) - offset} bytes, a record starts with {_PREFIX.size}")
+def record_guarantees(path: str | Path) -> Iterator[PrivacyGuarantee]:
+    """The guarantee of every record of a file written by :meth:`NoisyGrid.save` or :func:`save_video`, in order,
+    read from the headers: each header is validated and each record's CRC checked, but its payload is streamed
+    through the CRC in MiB blocks and never kept, and no restore budget applies (nothing is restored). So a run's
+    own large records (16 frames of 4K, long chunks) are checked in bounded memory."""
+    with open(path, "rb") as f:
+        while prefix := f.read(_PREFIX.size):
+            header_len, payload_len, crc = _prefix(prefix, 0, len(prefix))
+            header = f.read(header_len)
+            checksum, left = zlib.crc32(header), payload_len
+            while left and (block := f.read(min(left, 1 << 20))):
+                checksum, left = zlib.crc32(block, checksum), left - len(block)
+            if len(header) < header_len or left:
+                raise NoisyGridFormatError(f"truncated: {str(path)!r} ends inside a record")
+            if checksum != crc:
+                raise NoisyGridFormatError("corrupted: CRC-32 mismatch")
+            with _format_errors():
+                guarantee = _header_fields(json.loads(header, parse_constant=_non_finite))[4]
+            yield guarantee
+
+
+def _prefix(data: memoryview | bytes, offset: int, size: int) -> tuple[int, int, int]:
+    """The header length, payload length and CRC of the record at ``offset`` of ``data`` (``size`` bytes in all,
+    from its start), after checking its magic, version and that the record fits."""
+    if size - offset < _PREFIX.size:
+        raise NoisyGridFormatError(f"truncated: {size - offset} bytes, a record starts with {_PREFIX.size}")
     magic, version, header_len, payload_len, crc = _PREFIX.unpack_from(data, offset)
     if magic != MAGIC:
         raise NoisyGridFormatError(f"not a NoisyGrid record (magic {bytes(magic)!r}, expected {MAGIC!r})")
     if version != VERSION:
         raise NoisyGridFormatError(f"format version {version} is not supported (this library reads version {VERSION})")
+    return header_len, payload_len, crc
+
+
+@contextlib.contextmanager
+def _format_errors() -> Iterator[None]:
+    """Any error of decoding a record's content is a :class:`NoisyGridFormatError`."""
+    try:
+        yield
+    except NoisyGridFormatError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OverflowError, IndexError) as error:
+        raise NoisyGridFormatError(f"invalid record: {error}") from error
+
+
+def _parse(data: memoryview, offset: int, max_bytes: int) -> tuple[NoisyGrid, int]:
+    header_len, payload_len, crc = _prefix(data, offset, len(data))
     start = offset + _PREFIX.size
     end = start + header_len + payload_len
     if end > len(data):
@@ -380,13 +420,8 @@ def _parse(data: memoryview, offset: int, max_bytes: int) -> tuple[NoisyGrid, in
     header, payload = bytes(data[start : start + header_len]), bytes(data[start + header_len : end])
     if zlib.crc32(payload, zlib.crc32(header)) != crc:
         raise NoisyGridFormatError("corrupted: CRC-32 mismatch")
-    try:
-        meta = json.loads(header, parse_constant=_non_finite)
-        grid = _from_header(meta, payload, max_bytes)
-    except NoisyGridFormatError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OverflowError, IndexError) as error:
-        raise NoisyGridFormatError(f"invalid record: {error}") from error
+    with _format_errors():
+        grid = _from_header(_header_fields(json.loads(header, parse_constant=_non_finite)), payload, max_bytes)
     return grid, end
 
 
@@ -397,7 +432,8 @@ def _non_finite(name: str) -> float:
 _FIELDS = {"shape", "dtype", "storage", "value_range", "guarantee"}
 
 
-def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
+def _header_fields(meta: object) -> tuple[tuple[int, ...], torch.dtype, type, tuple[float, float], PrivacyGuarantee]:
+    """A record header's shape, dtype, storage type, value range and guarantee, each validated."""
     if not isinstance(meta, dict) or set(meta) != _FIELDS:
         raise NoisyGridFormatError(f"invalid header: a JSON object with the fields {sorted(_FIELDS)}")
     shape = meta["shape"]
@@ -438,6 +474,13 @@ def _from_header(meta: object, payload: bytes, max_bytes: int) -> NoisyGrid:
     counts = (guarantee.m, guarantee.b, guarantee.protect_m, *(guarantee.grid or ()), *(guarantee.levels or ()))
     if any(n is not None and n > MAX_COUNT for n in counts):
         raise NoisyGridFormatError("invalid guarantee: m, protect_m, b, grid and levels must be at most 2^53")
+    return shape, dtype, storage, value_range, guarantee
+
+
+def _from_header(fields: tuple, payload: bytes, max_bytes: int) -> NoisyGrid:
+    """The release of a record from its :func:`_header_fields` and payload, refused if its restore would allocate
+    more than ``max_bytes``."""
+    shape, dtype, storage, value_range, guarantee = fields
     empty = NoisyGrid(shape, dtype, value_range, guarantee, ())
     layout = empty._layout()
     need = _restore_bytes(shape, dtype, storage, layout)

@@ -18,12 +18,14 @@ from dp_pixel_torch.distributed import (  # noqa: E402
     RECORD,
     RunKey,
     connect,
+    done_items,
     file_digest,
     list_items,
     release_dataset,
     release_files,
     release_item,
 )
+from dp_pixel_torch.storage import NoisyGridFormatError  # noqa: E402
 from dp_pixel_torch.video import read_frames, read_image  # noqa: E402
 
 # The fault-injecting layer below travels to Ray's workers by value: this test module is not importable there.
@@ -396,3 +398,23 @@ def test_a_stream_sent_to_ray_tasks_draws_other_words_in_every_task(cluster):
     assert len({tuple(d) for d in drawn}) == 6
     assert stream.words(64).tolist() not in drawn
     assert ray.get(words.remote(stream, "task")) == KeyStream.from_seed(23).derive("task").words(64).tolist()
+
+
+def test_a_runs_own_4k_record_does_not_block_its_resume(tmp_path):
+    """Issue 28, finding 4: ``done_items`` parsed records with the default restore budget (256 MiB); a 16-frame
+    3840×2160 record needs ~534 MiB by the parser's estimate, so every later run on that output raised before
+    releasing anything. Only headers are read now: the record is recognised as done, and one of another guarantee
+    (or a damaged one) still raises."""
+    layer = DPPixelize(1.0, 8)
+    values = torch.zeros(16, 3, 270, 480, dtype=torch.uint8)
+    grid = NoisyGrid.from_release((16, 3, 2160, 3840), torch.uint8, (0.0, 255.0), layer.guarantee, [values])
+    (tmp_path / "cam").mkdir()
+    record = tmp_path / "cam" / ("street.mp4" + RECORD)
+    record.write_bytes(grid.to_bytes() * 2)  # two chunks of 16 frames
+    items = [{"key": "cam/street.mp4", "kind": "video"}]
+    assert done_items(items, tmp_path, layer.guarantee) == ["cam/street.mp4"]
+    with pytest.raises(NoisyGridFormatError, match="another guarantee"):
+        done_items(items, tmp_path, DPPixelize(2.0, 8).guarantee)
+    record.write_bytes(grid.to_bytes()[:-1])
+    with pytest.raises(NoisyGridFormatError, match="truncated"):
+        done_items(items, tmp_path, layer.guarantee)

@@ -22,6 +22,7 @@ from dp_pixel_torch import (
     load_video,
     save_video,
 )
+from dp_pixel_torch.storage import record_guarantees
 
 from conftest import generator
 
@@ -414,3 +415,23 @@ def test_every_restore_of_a_parsed_record_stays_inside_its_max_bytes():
     assert not over, over
     restored = [name for name, (done, _) in results.items() if done]
     assert len(restored) >= 16 and len(restored) < len(results), results  # most fit, and the budget refuses some
+
+
+def test_record_guarantees_reads_headers_of_any_size_and_checks_every_record(tmp_path):
+    """The headers-only reader (issue 28, finding 4) gives each record's guarantee without a restore budget, and
+    refuses what the full parser refuses: another magic, a flipped payload byte (CRC), a truncated record."""
+    first, second = DPPixelize(1.0, 8, seed=0), DPPixelize(2.0, 4, seed=0)
+    x = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = first.release(x).to_bytes() + second.release(x).to_bytes()
+    path = tmp_path / "two.dpxg"
+    path.write_bytes(data)
+    assert list(record_guarantees(path)) == [first.guarantee, second.guarantee]
+    assert [g.guarantee for g in load_video(path)] == list(record_guarantees(path))
+    for damaged, message in (
+        (b"XXXX" + data[4:], "not a NoisyGrid record"),
+        (data[:-1] + bytes([data[-1] ^ 1]), "CRC"),
+        (data[:-5], "truncated"),
+    ):
+        path.write_bytes(damaged)
+        with pytest.raises(NoisyGridFormatError, match=message):
+            list(record_guarantees(path))
