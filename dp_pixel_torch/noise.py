@@ -495,10 +495,12 @@ class NoiseSource(_Copied):
 
     def _generator_copied(self, copy: int | bytes) -> None:
         """In a copy in another process, a torch generator would replay: mark it to become the stream keyed by its
-        state (what DataLoader workers derive from), re-keyed as copy ``copy``, at the first draw here (not in the
-        fork hook: reading a CUDA generator's state there would initialise CUDA in a forked child)."""
+        state, re-keyed as copy ``copy``, at the first draw here (not in the fork hook: reading a CUDA generator's
+        state there would initialise CUDA in a forked child). A copy of a copy that has not drawn yet chains the two
+        marks: a task's fresh entropy is kept when the task forks or spawns a worker before its first draw."""
         if isinstance(self._stream, torch.Generator):
-            self._generator_copy = copy
+            pending = self._generator_copy
+            self._generator_copy = copy if pending is None else _encode("then", pending, copy)
 
     def generator_for(self) -> KeyStream | torch.Generator:
         """The randomness of this call's noise."""
@@ -513,8 +515,10 @@ class NoiseSource(_Copied):
             self._generator_copy = None
         info = get_worker_info()
         if info is not None and info.seed != self._worker_seed:
+            # From the key the parent draws with here (re-keyed if it is a copy: a layer sent to pool tasks that each
+            # run a DataLoader gets other worker streams in every task), not from its root.
             parent = self._stream if isinstance(self._stream, KeyStream) else _generator_key(self._stream)
-            self._stream = parent.derive("worker", info.seed, parent.position, self._sent)
+            self._stream = KeyStream(parent.key).derive("worker", info.seed, parent.position, self._sent)
             self._worker_seed = info.seed
         return self._stream
 

@@ -448,3 +448,47 @@ def test_derive_gives_reproducible_per_task_streams_in_pools():
         sent = list(pool.map(_words_in_task, [stream.derive("task", 0)] * 2))
     assert drawn == [KeyStream.from_seed(19).derive("task", i).words(64).tolist() for i in range(3)]
     assert stream.derive("task", 0).words(64).tolist() not in sent  # a derived stream sent as it is re-keys too
+
+
+class _Grey(Dataset):
+    def __init__(self, layer: DPPixelize):
+        self.layer = layer
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.layer(grey(1, SIDE, SIDE))
+
+
+def _release_in_a_task_through_a_dataloader(layer: DPPixelize) -> torch.Tensor:
+    return next(iter(DataLoader(_Grey(layer), batch_size=None, num_workers=1)))
+
+
+def _release_in_a_child_of_the_task(layer: DPPixelize) -> torch.Tensor:
+    def release() -> torch.Tensor:
+        torch.set_num_threads(1)  # as in a DataLoader worker: torch's thread pool does not survive a fork
+        return layer(grey(1, SIDE, SIDE))
+
+    return _in_forked_child(release)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: DPPixelize(EPS, 1, seed=5), lambda: DPPixelize(EPS, 1, generator=generator("cpu", 5))],
+    ids=["seed", "generator"],
+)
+@pytest.mark.parametrize(
+    "task", [_release_in_a_task_through_a_dataloader, _release_in_a_child_of_the_task], ids=["dataloader", "fork"]
+)
+def test_a_layer_sent_to_pool_tasks_that_start_processes_draws_other_noise_in_each(task, make, context):
+    """A layer sent to two pool tasks, each of which releases in a process of its own (a DataLoader worker, a forked
+    child) before drawing itself. The worker stream was derived from the layer's root key, not from the key it was
+    re-keyed to in the task, and a forked child replaced a generator's pending re-key by its fork number: both tasks
+    drew the same noise (forked pool workers even share DataLoader's base seed). Now each task's noise is its own."""
+    layer = make()
+    with _pool(context, 2, "ProcessPoolExecutor") as pool:
+        first, second = pool.map(task, [layer] * 2)
+    assert_uncorrelated(first, second)
+    assert_uncorrelated(first, task(layer))  # the maker's own release by the same route
