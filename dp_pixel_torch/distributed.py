@@ -5,20 +5,23 @@ every item exactly once (the ``[ray]`` extra).
 may be processed more than once, and an archive may hold one photo under several names. Two *independent* releases of
 one image would cost 2ε. Here an item's noise is never drawn fresh: it comes from a ChaCha20 stream keyed by a PRF
 (keyed BLAKE2b) of the run's secret :class:`RunKey` (256 bits from ``os.urandom``), a digest of the item's content
-(the file's bytes, or the row's pixels) and the layer's guarantee. Every attempt at an item, and every byte-identical
+(the file's bytes, or the row's pixels) and the layer's settings (:func:`layer_id`: its guarantee and everything else
+that decides which word noises which cell at which scale). Every attempt at an item, and every byte-identical
 copy of it under another name (in this run, or in a resume after a rename), therefore draws the same words and writes
 the same release under its own name (on one kind of device: CPU and GPU floats may differ in the last bit, SPEC §4):
 no second draw, no extra ε. Outputs are replaced atomically. Nothing is claimed ahead of a release, so nothing can
 outlive a release that never happened: a worker killed mid-item, or an item that changed while it was read, leaves no
-trace, and the next attempt releases it.
+trace, and the next attempt releases it. An image is decoded from the very bytes that were digested.
 
 **Never shared noise.** Because the content is the stream's label, two *different* images never share a stream,
 whatever names or keys they are given and however a key is reused: shared noise would make the difference of their
-releases the exact difference of the images. Distinct layers get unrelated streams.
+releases the exact difference of the images. Layers of other settings get unrelated streams: the same words on other
+cells, or at other scales, would let the difference of two releases of one image cancel their noise.
 
 **One run per key, one name per item.** A key serves one run: :meth:`RunKey.bind` records the input root (item
-identities, which name the outputs, are paths under it), the output folder and the guarantee, and a key bound to a run
-is refused for another root, output or guarantee. A resume may name the run's items by any folder or file list inside
+identities, which name the outputs, are paths under it), the output folder, the guarantee and the layer's settings
+(with the frames per video release), and a key bound to a run is refused for another root, output, guarantee or
+settings. A resume may name the run's items by any folder or file list inside
 its root: identities stay paths under the run's root, so an item whose record exists is checked and skipped.
 
 The secret travels to the actors as a pickled :class:`RunKey` in Ray's object store, never in outputs, logs or reprs
@@ -30,6 +33,7 @@ the run is done.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -43,13 +47,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .mechanisms import _DPLayer
 from .noise import KEY_BYTES, KeyStream, image_digest
 from .storage import NoisyGrid, NoisyGridFormatError, record_guarantees
-from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, import_cv2, read_image, sanitize_stream, to_bgr
+from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, import_cv2, sanitize_stream, to_bgr
 
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
 KEY_FORMAT = "dp_pixel_torch.run-key/2"  # 2: streams keyed by content alone (1: by path and content, with claims)
-_RUN = ("root", "output", "guarantee")
+_RUN = ("root", "output", "guarantee", "layer")
 ROW = ("key", "frames", "bytes_in", "bytes_out", "error", "content")  # the statistics of one item
 
 
@@ -115,15 +120,21 @@ class RunKey:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1)
 
-    def bind(self, source: str | Path | Sequence[str | Path], output: str | Path, guarantee) -> Path:
-        """Bind the key to a run, or check that ``source``, ``output`` and ``guarantee`` continue the run it is bound
-        to; return the run's input root, under which item identities are paths.
+    def bind(self, source: str | Path | Sequence[str | Path], output: str | Path, layer, chunk: int = 16) -> Path:
+        """Bind the key to a run, or check that ``source``, ``output``, ``layer`` and ``chunk`` continue the run it is
+        bound to; return the run's input root, under which item identities are paths.
 
-        A new key is bound to the root of ``source`` (the folder, a file's folder, or the common folder of a list).
-        A bound key takes any source inside its root, with the same output and guarantee; anything else raises: a
-        new run needs a new key."""
+        A new key is bound to the root of ``source`` (the folder, a file's folder, or the common folder of a list),
+        the output, the layer's guarantee and its settings (:func:`layer_id`, with the frames per video release
+        ``chunk``). A bound key takes any source inside its root, with the same output, guarantee and settings;
+        anything else raises: a new run needs a new key."""
         root = source_root(source)
-        run = {"root": str(root), "output": str(Path(output).resolve()), "guarantee": _guarantee_id(guarantee)}
+        run = {
+            "root": str(root),
+            "output": str(Path(output).resolve()),
+            "guarantee": _guarantee_id(layer.guarantee),
+            "layer": layer_id(layer, chunk),
+        }
         if Path(run["output"]).is_relative_to(root):
             raise ValueError(
                 f"output {str(output)!r} lies inside the input folder: a later run would take its releases as items"
@@ -137,7 +148,11 @@ class RunKey:
             return root
         bound = Path(self.run["root"])
         problems = [
-            f"another guarantee ({guarantee})" if run["guarantee"] != self.run["guarantee"] else "",
+            f"another guarantee ({layer.guarantee})" if run["guarantee"] != self.run["guarantee"] else "",
+            "other layer settings (value range, split rule, protect sources or zone, or --chunk): the same words "
+            "would noise other cells"
+            if run["guarantee"] == self.run["guarantee"] and run["layer"] != self.run["layer"]
+            else "",
             f"another output ({run['output']}, not {self.run['output']})"
             if run["output"] != self.run["output"]
             else "",
@@ -151,11 +166,11 @@ class RunKey:
             )
         return bound
 
-    def stream(self, content: bytes, guarantee) -> KeyStream:
+    def stream(self, content: bytes, settings: str) -> KeyStream:
         """The noise stream of one content under one layer: a PRF of the key, the digest of the content and the
-        guarantee. Different contents never share a stream; every copy of one content draws the same one (one image,
-        one release)."""
-        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", content, _guarantee_id(guarantee))
+        layer's :func:`layer_id` ``settings``. Different contents, or other settings, never share a stream; every
+        copy of one content under one layer draws the same one (one image, one release)."""
+        return KeyStream(self._secret).derive("dp_pixel_torch.distributed", content, settings)
 
     def tag(self, content: bytes) -> str:
         """The keyed tag of a content digest: tells the driver which items are copies of each other, and nothing of
@@ -184,6 +199,47 @@ def _guarantee_id(guarantee) -> str:
     return json.dumps(dataclasses.asdict(guarantee), sort_keys=True, default=str)
 
 
+def layer_id(layer, chunk: int | None = None) -> str:
+    """A canonical JSON of everything that decides which word of an item's stream noises which cell, at which scale:
+    the layer's kind, guarantee and value range, its adaptive split rule, and for :class:`ProtectDetected` its
+    sources (names, margins, the detectors' settings), zone (a digest) and persistence; and the frames per release
+    of a video (``chunk``). It labels every item's stream and binds a run: two layers that differ in any of these
+    would noise other cells (or the same cells at other scales) with the same words, and a copy released under each
+    would leak the difference of its two releases' noise. A custom detector is known by its qualified name only."""
+    return json.dumps({"layer": _settings(layer), "chunk": chunk}, sort_keys=True, default=str)
+
+
+#: What a layer or detector counts as it runs: not settings.
+_COUNTERS = frozenset(
+    {"frames", "found", "frames_with", "bridged", "found_by", "frames_with_by", "full_frames", "crop_frames"}
+)
+
+
+def _settings(obj: object) -> object:
+    """``obj`` as JSON-ready settings (see :func:`layer_id`)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return [_settings(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _settings(v) for k, v in obj.items()}
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        data = torch.as_tensor(obj).detach().cpu().contiguous()
+        return {"shape": list(data.shape), "dtype": str(data.dtype), "digest": image_digest(data).hex()}
+    if isinstance(obj, functools.partial):
+        return {"partial": _settings(obj.func), "args": _settings(obj.args), "keywords": _settings(obj.keywords)}
+    if callable(obj) and hasattr(obj, "__qualname__"):  # a function or a class
+        return f"{obj.__module__}.{obj.__qualname__}"
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if dataclasses.is_dataclass(obj):
+        return {kind: {f.name: _settings(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, _DPLayer):
+        fields = ("guarantee", "value_range", "region", "split_threshold", "split_fraction")
+        return {kind: {name: _settings(getattr(obj, name, None)) for name in fields}}
+    public = {k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_") and k not in _COUNTERS}
+    return {kind: {k: _settings(v) for k, v in sorted(public.items())}}
+
+
 class _Keyed:
     """A layer whose every release draws from one item's stream (the shape ``sanitize_stream`` expects)."""
 
@@ -197,29 +253,39 @@ class _Keyed:
         return self.layer.release(x, generator=self.stream, **regions)
 
 
-def keyed_layer(layer, key: RunKey, content: bytes) -> _Keyed:
-    """``layer`` drawing from the stream of content digest ``content``, its state reset (a "previous" partition
+def keyed_layer(layer, key: RunKey, content: bytes, settings: str | None = None) -> _Keyed:
+    """``layer`` drawing from the stream of content digest ``content`` under ``settings`` (default
+    ``layer_id(layer)``; a video's releases: ``layer_id(layer, chunk)``), its state reset (a "previous" partition
     starts afresh)."""
     if hasattr(layer, "reset"):
         layer.reset()
-    return _Keyed(layer, key.stream(content, layer.guarantee))
+    return _Keyed(layer, key.stream(content, layer_id(layer) if settings is None else settings))
 
 
-def release_item(layer, key: RunKey, x: torch.Tensor, content: bytes | None = None) -> NoisyGrid:
+def release_item(
+    layer, key: RunKey, x: torch.Tensor, content: bytes | None = None, settings: str | None = None
+) -> NoisyGrid:
     """The one release of image ``x`` (``[C, H, W]``) under ``key``: what every worker, retry, copy and
-    single-process check computes for it. ``content`` is the digest of the item's content: :func:`file_digest` of
-    its file, or by default :func:`~dp_pixel_torch.noise.image_digest` of ``x``."""
-    return keyed_layer(layer, key, image_digest(x) if content is None else content).release(x)
+    single-process check computes for it. ``content`` is the digest of the item's content: :func:`content_digest`
+    of its file's bytes, or by default :func:`~dp_pixel_torch.noise.image_digest` of ``x``; ``settings`` as in
+    :func:`keyed_layer`."""
+    return keyed_layer(layer, key, image_digest(x) if content is None else content, settings).release(x)
 
 
-def _version(path: Path) -> tuple[int, int, int, int]:
-    """What changes when a file is replaced or written to: device, inode, size and modification time."""
+def _version(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or written to: device, inode, size, modification time and status-change
+    time (a write that puts the modification time back, as ``rsync --inplace`` or ``tar -x`` do, still moves it)."""
     info = path.stat()
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def content_digest(data: bytes) -> bytes:
+    """BLAKE2b of a file's bytes: the content label of a file item (:func:`file_digest` of its file)."""
+    return hashlib.blake2b(data, digest_size=32, person=b"file-digest").digest()
 
 
 def file_digest(path: str | Path) -> bytes:
-    """BLAKE2b of a file's bytes (read in MiB blocks): the content label of a file item."""
+    """:func:`content_digest` of a file, read in MiB blocks."""
     digest = hashlib.blake2b(digest_size=32, person=b"file-digest")
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -296,17 +362,20 @@ class Releaser:
     def __init__(self, layer, key: RunKey, output: str, chunk: int = 16) -> None:
         self.layer, self.key, self.output, self.chunk = layer, key, Path(output), chunk
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.settings = {"image": layer_id(layer), "video": layer_id(layer, chunk)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows: dict[str, list] = {name: [] for name in ROW}
         for key, path, kind in zip(batch["key"], batch["path"], batch["kind"]):
-            key, path = str(key), Path(str(path))
+            key, path, kind = str(key), Path(str(path)), str(kind)
             frames, written, error, tag = 0, 0, "", ""
             try:
                 version = _version(path)
-                content = file_digest(path)
+                # An image is decoded from the very bytes digested: its stream is bound to what is released.
+                data = path.read_bytes() if kind == "image" else None
+                content = file_digest(path) if data is None else content_digest(data)
                 tag = self.key.tag(content)
-                frames, written = self._release(key, path, str(kind), content, version)
+                frames, written = self._release(key, path, kind, content, version, data)
             except (OSError, ValueError, TypeError) as problem:  # an unreadable file: reported, the others go on
                 error = f"{type(problem).__name__}: {problem}"
             size = path.stat().st_size if path.exists() else 0
@@ -314,13 +383,15 @@ class Releaser:
                 rows[name].append(value)
         return rows
 
-    def _release(self, key: str, path: Path, kind: str, content: bytes, version: tuple) -> tuple[int, int]:
+    def _release(
+        self, key: str, path: Path, kind: str, content: bytes, version: tuple, data: bytes | None
+    ) -> tuple[int, int]:
         record = self.output / (key + RECORD)
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp = record.with_name(f".{record.name}.partial")
         if kind == "image":
-            image = read_image(path).to(self.device)
-            grid = release_item(self.layer, self.key, image, content)
+            image = decode_image(data, str(path)).to(self.device)
+            grid = release_item(self.layer, self.key, image, content, self.settings["image"])
             media = self.output / (key + ".png")
             media_tmp = media.with_name(f".{media.name}.partial.png")
             if not import_cv2().imwrite(str(media_tmp), to_bgr(grid.restore().cpu())):
@@ -332,7 +403,7 @@ class Releaser:
             media_tmp = media.with_name(f".{media.name}.partial.avi")
             report = sanitize_stream(
                 path,
-                keyed_layer(self.layer, self.key, content),
+                keyed_layer(self.layer, self.key, content, self.settings["video"]),
                 media_tmp,
                 grids=tmp,
                 chunk=self.chunk,
@@ -460,7 +531,7 @@ def release_files(
     check_layer(layer)
     source = source if isinstance(source, (str, Path)) else list(source)
     output = Path(output)
-    items = list_items(source, key.bind(source, output, layer.guarantee))
+    items = list_items(source, key.bind(source, output, layer, chunk))
     done = set(done_items(items, output, layer.guarantee))
     todo = [i for i in items if i["key"] not in done]
     start = time.perf_counter()
@@ -522,6 +593,7 @@ class _DatasetReleaser:
     def __init__(self, layer, key: RunKey, image_column: str, key_column: str) -> None:
         self.layer, self.key, self.image_column, self.key_column = layer, key, image_column, key_column
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.settings = layer_id(layer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         keys, grids = [], []
@@ -532,7 +604,7 @@ class _DatasetReleaser:
                 x = x[None]
             elif x.ndim == 3 and x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4):
                 x = x.permute(2, 0, 1)  # HWC, as ray.data.read_images gives
-            grid = release_item(self.layer, self.key, x.contiguous().to(self.device))
+            grid = release_item(self.layer, self.key, x.contiguous().to(self.device), settings=self.settings)
             keys.append(identity)
             grids.append(grid.to_bytes())
         return {"key": keys, "grid": grids}

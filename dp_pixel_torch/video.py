@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ._validation import check_choice, check_device, check_epsilon, check_positive_int
@@ -48,10 +49,20 @@ def to_bgr(image: torch.Tensor):
 
 def read_image(path: str | Path) -> torch.Tensor:
     """An image file as uint8 RGB ``[3, H, W]`` (decoded by OpenCV); ``ValueError`` when it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> torch.Tensor:
+    """The bytes of an image file as uint8 RGB ``[3, H, W]`` (decoded by OpenCV, EXIF orientation applied, as
+    ``cv2.imread`` does); ``ValueError`` naming ``name`` when they cannot be decoded."""
     cv2 = import_cv2()
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
-        raise ValueError(f"cannot read image {str(path)!r}: missing, or not an image OpenCV can decode")
+        raise ValueError(f"cannot read image {name!r}: missing, or not an image OpenCV can decode")
     return from_bgr(bgr)
 
 

@@ -16,6 +16,7 @@ from dp_pixel_torch import DPPixelize, NoisyGrid, RegionAdaptiveDPPixelize, load
 from dp_pixel_torch.cli import main  # noqa: E402
 from dp_pixel_torch.distributed import (  # noqa: E402
     RECORD,
+    Releaser,
     RunKey,
     connect,
     done_items,
@@ -27,6 +28,8 @@ from dp_pixel_torch.distributed import (  # noqa: E402
 )
 from dp_pixel_torch.storage import NoisyGridFormatError  # noqa: E402
 from dp_pixel_torch.video import read_frames, read_image  # noqa: E402
+
+from conftest import assert_uncorrelated  # noqa: E402
 
 # The fault-injecting layer below travels to Ray's workers by value: this test module is not importable there.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -76,32 +79,38 @@ def test_every_item_is_released_once_and_equals_the_single_process_release(clust
     assert "ε = 1 per image" in str(summary) and "T·ε" in str(summary)
 
 
-class FailOnce:
-    """A layer whose worker dies (``os._exit``) the first time any worker sees the marker file: Ray restarts the
-    actor and re-runs its batch."""
+class FaultOnce:
+    """A layer with one fault, injected the first time any worker sees the marker file (only one wins it):
+    ``"die"`` (the worker exits: Ray restarts the actor and re-runs its batch), ``"raise"`` (an error before anything
+    is written: the item is reported and skipped) or ``"rewrite"`` (the file at ``path`` is overwritten with another
+    image while it is released). Without the marker it is the layer, with the same settings: one run key serves the
+    run with the fault and its resume."""
 
-    def __init__(self, layer, marker: Path):
-        self.layer, self.marker = layer, str(marker)
+    def __init__(self, layer, marker: Path, fault: str = "die", path: Path | None = None):
+        self.layer, self.marker, self.fault, self.path = layer, str(marker), fault, str(path)
         self.guarantee, self.accountant, self.region = layer.guarantee, None, None
 
     def release(self, x, *, generator=None):
         try:
-            os.remove(self.marker)  # only one worker wins the marker
+            os.remove(self.marker)
         except FileNotFoundError:
             return self.layer.release(x, generator=generator)
-        os._exit(1)
+        if self.fault == "die":
+            os._exit(1)
+        if self.fault == "raise":
+            raise ValueError("the worker died here")
+        cv2.imwrite(self.path, np.full((24, 40, 3), 7, dtype=np.uint8))
+        return self.layer.release(x, generator=generator)
 
 
 def test_a_worker_that_dies_mid_run_is_retried_and_every_item_keeps_its_one_release(cluster, tmp_path):
     write_images(tmp_path / "in", 60, seed=1)
-    key = RunKey.create()
-    clean = release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "out", key, workers=2, batch_size=8)
+    key, marker = RunKey.create(), tmp_path / "die-once"
+    layer = FaultOnce(DPPixelize(1.0, 8), marker)
+    clean = release_files(tmp_path / "in", layer, tmp_path / "out", key, workers=2, batch_size=8)
     (tmp_path / "out").rename(tmp_path / "clean")  # the same run again from scratch, with a fault
-    marker = tmp_path / "die-once"
     marker.touch()
-    faulty = release_files(
-        tmp_path / "in", FailOnce(DPPixelize(1.0, 8), marker), tmp_path / "out", key, workers=2, batch_size=8
-    )
+    faulty = release_files(tmp_path / "in", layer, tmp_path / "out", key, workers=2, batch_size=8)
     assert not marker.exists()  # the fault happened
     assert clean.items == faulty.items == 60
     assert outputs(tmp_path / "out") == outputs(tmp_path / "clean")
@@ -275,27 +284,15 @@ def test_a_copy_or_a_renamed_file_gets_the_same_release_under_its_own_name(clust
     assert records["renamed.png" + RECORD] == records["part1/img0001.png" + RECORD]
 
 
-class FailOn:
-    """A layer that fails (a non-retried error, as a worker killed mid-item leaves things) on the first image whose
-    bytes are those of ``path``, before anything is written."""
-
-    def __init__(self, layer, path: Path):
-        self.layer, self.image = layer, read_image(path)
-        self.guarantee, self.accountant, self.region = layer.guarantee, None, None
-
-    def release(self, x, *, generator=None):
-        if torch.equal(x.cpu(), self.image):
-            raise ValueError("the worker died here")
-        return self.layer.release(x, generator=generator)
-
-
 def test_an_item_whose_release_never_happened_is_released_under_its_new_name(cluster, tmp_path):
     """Issue 28, finding 2a: the release of an item fails after its content was claimed, and the file is renamed
     before the resume. The claim outlived the release: the resume called the renamed file a duplicate of an item with
     no record and no media, and the photo was never released. Now nothing is claimed ahead of a release."""
     paths = write_images(tmp_path / "in", 3, seed=13)
-    layer, key = DPPixelize(1.0, 8), RunKey.create()
-    first = release_files(tmp_path / "in", FailOn(layer, paths[0]), tmp_path / "out", key)
+    marker = tmp_path / "fail-once"
+    marker.touch()
+    layer, key = FaultOnce(DPPixelize(1.0, 8), marker, "raise"), RunKey.create()
+    first = release_files(tmp_path / "in", layer, tmp_path / "out", key)  # fails on the first item, part0/img0000
     assert first.items == 2 and "died" in first.errors["part0/img0000.png"]
     renamed = paths[0].rename(tmp_path / "in" / "renamed.png")
     resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
@@ -314,8 +311,10 @@ def test_a_copy_of_a_file_rewritten_while_released_is_released(cluster, tmp_path
     photo = photo.rename(tmp_path / "in" / "a" / "photo.png")
     copy = tmp_path / "in" / "b" / "copy.png"
     copy.write_bytes(photo.read_bytes())
-    layer, key = DPPixelize(1.0, 8), RunKey.create()
-    first = release_files(tmp_path / "in", RewriteDuringRelease(layer, photo), tmp_path / "out", key)
+    marker = tmp_path / "rewrite-once"
+    marker.touch()
+    layer, key = FaultOnce(DPPixelize(1.0, 8), marker, "rewrite", photo), RunKey.create()
+    first = release_files(tmp_path / "in", layer, tmp_path / "out", key)  # rewrites a/photo.png, released first
     assert "changed while" in first.errors["a/photo.png"]
     resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)
     assert resumed.skipped == first.items and not resumed.errors
@@ -343,22 +342,12 @@ def test_dataset_keys_are_typed_and_never_null(cluster, tmp_path):
         release_dataset(ray.data.from_items([{"key": 0.5, "image": images[0]}]), layer, key)
 
 
-class RewriteDuringRelease:
-    """A layer that overwrites its input file with another image while releasing it (an archive being written to)."""
-
-    def __init__(self, layer, path: Path):
-        self.layer, self.path = layer, str(path)
-        self.guarantee, self.accountant, self.region = layer.guarantee, None, None
-
-    def release(self, x, *, generator=None):
-        cv2.imwrite(self.path, np.full((24, 40, 3), 7, dtype=np.uint8))
-        return self.layer.release(x, generator=generator)
-
-
 def test_a_file_that_changes_while_it_is_released_publishes_nothing(cluster, tmp_path):
     (path,) = write_images(tmp_path / "in", 1, seed=12)
-    key, layer = RunKey.create(), DPPixelize(1.0, 8)
-    summary = release_files(tmp_path / "in", RewriteDuringRelease(layer, path), tmp_path / "out", key)
+    marker = tmp_path / "rewrite-once"
+    marker.touch()
+    key, layer = RunKey.create(), FaultOnce(DPPixelize(1.0, 8), marker, "rewrite", path)
+    summary = release_files(tmp_path / "in", layer, tmp_path / "out", key)
     assert summary.items == 0 and "changed while" in summary.errors["part0/img0000.png"]
     assert not outputs(tmp_path / "out") and not list((tmp_path / "out").rglob("*.png"))
     resumed = release_files(tmp_path / "in", layer, tmp_path / "out", key)  # the new bytes: their own stream
@@ -418,3 +407,93 @@ def test_a_runs_own_4k_record_does_not_block_its_resume(tmp_path):
     record.write_bytes(grid.to_bytes()[:-1])
     with pytest.raises(NoisyGridFormatError, match="truncated"):
         done_items(items, tmp_path, layer.guarantee)
+
+
+# Issue 28, review of findings 2 and 9c: what decides which word noises which cell is in the stream's label and binds
+# the run (the frames per video release, the protect zone and sources, ...), and an image is released from the very
+# bytes it was digested from.
+
+
+def test_a_video_copy_released_with_another_chunk_draws_other_words(tmp_path):
+    """How a video's words map to frames depends on ``chunk``: a renamed copy released on a resume with ``--chunk
+    8`` drew the words of frames 16+k for its frames 8+k, so two released frames differed by the exact difference of
+    their cell means. ``chunk`` now labels the stream and binds the run."""
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(15)
+    writer = cv2.VideoWriter(str(tmp_path / "in" / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (16, 16))
+    for _ in range(32):
+        writer.write(rng.integers(60, 200, (16, 16, 3), dtype=np.uint8))
+    writer.release()
+    (tmp_path / "in" / "copy.avi").write_bytes((tmp_path / "in" / "v.avi").read_bytes())
+    key, layer = RunKey.create(), DPPixelize(5.0, 4, noise="laplace", seed=0)
+    key.bind(tmp_path / "in", tmp_path / "out", layer, chunk=16)
+    with pytest.raises(ValueError, match="other layer settings"):
+        key.bind(tmp_path / "in", tmp_path / "out", layer, chunk=8)
+    for name, chunk in (("v.avi", 16), ("copy.avi", 8)):
+        batch = {"key": np.array([name]), "path": np.array([str(tmp_path / "in" / name)]), "kind": np.array(["video"])}
+        assert not Releaser(layer, key, str(tmp_path / "out"), chunk=chunk)(batch)["error"][0]
+    means = torch.nn.functional.avg_pool2d(torch.stack(list(read_frames(tmp_path / "in" / "v.avi"))).double(), 4)
+
+    def noise(name: str) -> torch.Tensor:
+        return torch.cat([g.restore().double()[..., ::4, ::4] for g in load_video(tmp_path / "out" / (name + RECORD))])
+
+    first, second = noise("v.avi") - means, noise("copy.avi") - means
+    assert_uncorrelated(first[16:24] + 128, second[8:16] + 128)  # were the same noise (r = 0.9995)
+    assert_uncorrelated(first + 128, second + 128)
+
+
+def test_layers_that_differ_outside_their_guarantee_never_share_words():
+    """A protect zone is not in the guarantee: under one key, a copy released with zone Z1 and again with Z2 got the
+    same words on cells protected at scale s and 2s (2·r1 − r2 recovered their means). The layer's settings label
+    the stream; equal settings still give the one release."""
+    from dp_pixel_torch.detectors import ProtectDetected
+    from dp_pixel_torch.distributed import layer_id
+
+    def protected(rows: int) -> ProtectDetected:
+        zone = torch.zeros(32, 32, dtype=torch.bool)
+        zone[:rows] = True
+        inner = RegionAdaptiveDPPixelize(
+            40.0, levels=(1, 8), region="mask", protect=True, region_from="public", noise="laplace", seed=0
+        )
+        return ProtectDetected(inner, sources=[], zone=zone)
+
+    x = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    key = RunKey.create()
+    one, other = protected(8), protected(16)
+    assert one.guarantee == other.guarantee and layer_id(one) != layer_id(other)
+    assert layer_id(one) == layer_id(protected(8))
+    assert release_item(one, key, x).to_bytes() == release_item(protected(8), key, x).to_bytes()
+    unprotected = slice(16, 32)  # released at b = 1 by both: independent words now, the same words before
+    a = release_item(one, key, x).restore()[..., unprotected, :]
+    b = release_item(other, key, x).restore()[..., unprotected, :]
+    assert_uncorrelated(a, b)
+
+
+def test_an_image_is_released_from_the_bytes_it_was_digested_from(tmp_path, monkeypatch):
+    """A file rewritten in place with its modification time put back (``rsync --inplace``) between its digest and
+    its decoding was released from its new pixels with the stream of its old bytes, which an untouched copy of the
+    old bytes also drew: the difference of the two releases was the difference of two images. Images are decoded
+    from the digested bytes now, and the status-change time is part of a file's version."""
+    from dp_pixel_torch import distributed
+
+    paths = write_images(tmp_path / "in", 2, seed=16)
+    twin = tmp_path / "in" / "twin.png"
+    twin.write_bytes(paths[0].read_bytes())
+    other = paths[1].read_bytes()
+    digest = distributed.content_digest
+
+    def rewrite_after_digest(data: bytes) -> bytes:
+        result = digest(data)
+        if data == twin.read_bytes() and not getattr(rewrite_after_digest, "done", False):
+            rewrite_after_digest.done = True
+            info = twin.stat()
+            twin.write_bytes(other)  # the race: a writer between the digest and the decoding
+            os.utime(twin, ns=(info.st_atime_ns, info.st_mtime_ns))
+        return result
+
+    monkeypatch.setattr(distributed, "content_digest", rewrite_after_digest)
+    key, layer = RunKey.create(), DPPixelize(1.0, 8)
+    key.bind(tmp_path / "in", tmp_path / "out", layer)
+    batch = {"key": np.array(["twin.png"]), "path": np.array([str(twin)]), "kind": np.array(["image"])}
+    rows = Releaser(layer, key, str(tmp_path / "out"))(batch)
+    assert "changed while" in rows["error"][0] and not (tmp_path / "out" / ("twin.png" + RECORD)).exists()
