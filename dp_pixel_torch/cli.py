@@ -41,7 +41,6 @@ with a non-zero status and a one-line message.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 from collections.abc import Iterable
@@ -65,7 +64,7 @@ from .detectors import (
     read_zone,
     region_source,
 )
-from .distributed import file_digest
+from .distributed import content_digest, file_digest
 from .kernels import BACKENDS, compiler_available
 from .mechanisms import DPPixelize, RegionAdaptiveDPPixelize
 from .storage import NoisyGridFormatError
@@ -74,6 +73,7 @@ from .video import (
     IMAGE_SUFFIXES,
     STREAM_METHODS,
     VIDEO_SUFFIXES,
+    decode_image,
     import_cv2,
     probe,
     read_image,
@@ -326,30 +326,37 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         raise ValueError("--protect-persist keeps the regions of --protect sources; a zone is always protected")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: the same resolved path, or (both existing) the same inode (a hard link)."""
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+def _names(path: Path) -> list[tuple]:
+    """What identifies the file at ``path``: its resolved path, and (if it exists) its device and inode, which a
+    symlink or a hard link shares."""
+    names: list[tuple] = [("path", path.resolve())]
+    try:
+        info = path.stat()
+    except OSError:
+        return names
+    return [*names, ("inode", info.st_dev, info.st_ino)]
 
 
 def check_outputs(inputs: Iterable[Path], outputs: Iterable[tuple[str, Path]]) -> None:
     """Refuse, before anything is read or charged, an output that is one of the ``inputs`` (writing it would destroy
-    an original) or two ``(what, path)`` outputs that are one file (one release would overwrite the other, while
-    both were charged)."""
-    inputs, outputs = list(inputs), list(outputs)
-    for what, path in outputs:
-        for source in inputs:
-            if _same_file(path, source):
-                raise ValueError(
-                    f"{what} {str(path)!r} is the input {str(source)!r}: writing it would destroy the original; "
-                    "choose another output"
-                )
-    seen: dict[Path, str] = {}
+    an original) or two ``(what, path)`` outputs that are one file by path, symlink or hard link (one would overwrite
+    the other, while both were charged). Linear in the number of files."""
+    owner: dict[tuple, str] = {}
+    for source in inputs:
+        for name in _names(source):
+            owner.setdefault(name, f"the input {str(source)!r}")
     clashes = []
     for what, path in outputs:
-        target = path.resolve()
-        if target in seen:
-            clashes.append(f"{seen[target]} and {what} would both be written to {str(path)!r}")
-        seen.setdefault(target, what)
+        names = _names(path)
+        taken = next((owner[name] for name in names if name in owner), None)
+        if taken is not None and taken.startswith("the input"):
+            raise ValueError(
+                f"{what} {str(path)!r} is {taken}: writing it would destroy the original; choose another output"
+            )
+        if taken is not None:
+            clashes.append(f"{taken} and {what} would both be written to {str(path)!r}")
+        for name in names:
+            owner.setdefault(name, what)
     if clashes:
         more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
         raise ValueError(f"{'; '.join(clashes[:3])}{more}: one would overwrite the other; nothing was released")
@@ -385,13 +392,13 @@ def run_on_ray(args: argparse.Namespace) -> str:
                 "--resume to continue that run, or give a new --key-file for a new run"
             )
         key, where = RunKey.load(args.key_file), f"resumed the run in {args.key_file}"
-        key.bind(args.input, args.output, layer.guarantee)  # refuses another root, output or guarantee
+        key.bind(args.input, args.output, layer, args.chunk or CHUNK)  # refuses another root, output or layer
     else:
         if args.resume:
             raise ValueError("--resume continues the run of an existing --key-file; give one")
         list_items(args.input)  # a source with nothing to release is refused before a key is saved for it
         key = RunKey.create()
-        key.bind(args.input, args.output, layer.guarantee)
+        key.bind(args.input, args.output, layer, args.chunk or CHUNK)
         if args.key_file is not None:
             args.key_file.parent.mkdir(parents=True, exist_ok=True)
             key.save(args.key_file)
@@ -427,14 +434,22 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"input {str(source)!r} does not exist")
     kind = "folder" if source.is_dir() else "video" if source.suffix.lower() in VIDEO_SUFFIXES else "image"
     check_options(args, kind)
-    if kind != "folder":
-        grids = [] if args.grids is None else [("--grids", args.grids)]
-        check_outputs([source], [("-o", args.output), *grids])
     if args.restore == "temporal" and kind != "video":
         what = "an image" if kind == "image" else "a folder of images"
         raise ValueError(
             f"--restore temporal filters the frames of a video over time, not {what}: use --restore denoise"
         )
+    if kind == "folder":
+        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        targets = {path: args.output / (path.stem + ".png") for path in images}
+        inputs, outputs = images, [(repr(path.name), target) for path, target in targets.items()]
+    else:
+        inputs, outputs = [source], [("-o", args.output)] + ([] if args.grids is None else [("--grids", args.grids)])
+    if args.ledger is not None:
+        outputs += [("--ledger", args.ledger), ("the ledger's lock file", Path(f"{args.ledger}.lock"))]
+    check_outputs(inputs, outputs)
     if args.ledger is None and args.cap is None:
         accountant = None
     else:
@@ -447,16 +462,14 @@ def run(args: argparse.Namespace) -> str:
             "none works here; use --backend auto, which runs eagerly where compiling does not work or pay"
         )
     if kind == "folder":
-        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        targets = {path: args.output / (path.stem + ".png") for path in images}
-        check_outputs(images, ((repr(path.name), target) for path, target in targets.items()))
         copies: dict[bytes, list[Path]] = {}  # one image, one release: byte-identical files share theirs
         for path in images:
             copies.setdefault(file_digest(path), []).append(path)
-        for paths in copies.values():
-            image = released(layer, read_image(paths[0]).to(device), args.restore)
+        for digest, paths in copies.items():
+            data = paths[0].read_bytes()  # released from the very bytes its copies were matched by
+            if content_digest(data) != digest:
+                raise ValueError(f"{str(paths[0])!r} changed while the folder was being released; run again")
+            image = released(layer, decode_image(data, str(paths[0])).to(device), args.restore)
             for path in paths:
                 write_image(image, targets[path])
         summary = f"{len(images)} images written to {args.output}"

@@ -291,7 +291,19 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
     folder.mkdir()
     cv2.imwrite(str(folder / "a.png"), np.full((20, 30, 3), 10, np.uint8))
     cv2.imwrite(str(folder / "a.jpg"), np.full((20, 30, 3), 200, np.uint8))
+    linked = tmp_path / "linked"  # outputs that already exist as one inode (say, deduplicated by `hardlink`)
+    linked.mkdir()
+    (linked / "a.png").write_bytes(b"old")
+    (linked / "b.png").hardlink_to(linked / "a.png")
+    (linked / "b.dpxg").hardlink_to(linked / "a.png")
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    cv2.imwrite(str(pair / "a.png"), np.full((20, 30, 3), 10, np.uint8))
+    cv2.imwrite(str(pair / "b.png"), np.full((20, 30, 3), 200, np.uint8))
     cases = [
+        ([str(pair), "-o", str(linked)], "both be written"),  # a's and b's releases into one inode
+        ([str(clip), "-o", str(linked / "a.png"), "--grids", str(linked / "b.dpxg")], "both be written"),
+        ([str(image), "-o", str(ledger)], "both be written"),  # the release and the ledger in one file
         ([str(clip), "-o", str(clip)], "is the input"),
         ([str(clip), "-o", str(tmp_path / "out.avi"), "--grids", str(clip)], "--grids"),
         ([str(clip), "-o", str(link)], "is the input"),  # a hard link to the input is the input
@@ -305,6 +317,7 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert clip.read_bytes() == original and frame_count(clip) == 23
+    assert (linked / "a.png").read_bytes() == b"old"
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.avi").exists()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a.png"]
     assert PrivacyAccountant(100, ledger=ledger).spent == 0.0  # nothing was charged
@@ -333,3 +346,16 @@ def test_a_frame_size_that_changes_inside_a_chunk_is_a_clear_error():
     frames = [torch.zeros(3, 8, 8, dtype=torch.uint8)] * 2 + [torch.zeros(3, 8, 16, dtype=torch.uint8)]
     with pytest.raises(ValueError, match=r"frame size changed from \(3, 8, 8\) to \(3, 8, 16\)"):
         sanitize_stream(frames, DPPixelize(1.0, 4), chunk=4, progress=False, device="cpu")
+
+
+def test_output_checks_read_each_file_once(tmp_path, monkeypatch):
+    """The alias check compared every output with every input: 80,200 path resolutions for 200 images, about 8·10⁸
+    for a folder of 20,000. It now looks each file up once."""
+    from dp_pixel_torch import cli
+
+    calls = []
+    names = cli._names
+    monkeypatch.setattr(cli, "_names", lambda path: calls.append(path) or names(path))
+    inputs = [tmp_path / f"in{i}.png" for i in range(200)]
+    cli.check_outputs(inputs, [(f"out{i}", tmp_path / "out" / f"{i}.png") for i in range(200)])
+    assert len(calls) == 400
