@@ -60,10 +60,14 @@ class ReleasedOnce(Dataset):
             the release would make every epoch a new release.
 
     Determinism: a sample's noise comes from a ChaCha20 stream keyed by BLAKE2b of a 256-bit secret drawn from OS
-    entropy when the wrapper is made and a digest of the image. Any worker that (re)computes sample i gets the same
-    release, so nothing beyond that one release is revealed, and samples that hold the same image (a duplicate in
-    the dataset) get the same release: one image, one release (SPEC §4; not across secure layers, whose noise is
-    fresh OS entropy per call). Negative indices count from the end, so ``ds[-1]`` is ``ds[len(ds) - 1]``. The dataset must return the same image for the same index: one that
+    entropy when the wrapper is made and a digest of the image (negative indices count from the end, so ``ds[-1]`` is
+    ``ds[len(ds) - 1]``). Any worker that (re)computes sample i gets the same release, so nothing beyond that one
+    release is revealed, and samples that hold the same image (a duplicate in the dataset) get the same release: one
+    image, one release (SPEC §4). A process that has released an image serves that release to its duplicates without
+    releasing (or charging) again, also for secure layers. The secret is one wrapper's: wrappers that share a
+    ``cache_dir`` (DDP ranks, restarts) serve each index's first stored release, but a duplicate at another index
+    that another wrapper (or, for a secure layer, another worker) releases is a second release of that image.
+    The dataset must return the same image for the same index: one that
     returns another image (a random crop inside the dataset) gets independent noise for it, never the same noise on
     two images (whose difference would be the exact difference of the images), but that is a second release at
     another ε, and only a process that reads both raises. DataLoader workers are new processes every epoch unless
@@ -114,12 +118,14 @@ class ReleasedOnce(Dataset):
             self._bind_cache()
         self._secret: KeyStream | None = KeyStream.from_os_entropy()
         self._memory: dict[int, tuple[bytes | None, NoisyGrid]] = {}  # index -> (keyed image tag, release)
+        self._same: dict[bytes, NoisyGrid] = {}  # keyed content tag -> its release, for duplicates
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         if multiprocessing.context.get_spawning_popen() is None:  # not a worker being started: a checkpoint, a copy
             state["_secret"] = None  # whoever holds the pickle must not recompute (and subtract) the noise
             state["_memory"] = {index: (None, grid) for index, (_, grid) in self._memory.items()}
+            state["_same"] = {}
         return state
 
     @property
@@ -210,15 +216,21 @@ class ReleasedOnce(Dataset):
         if path is not None and path.exists():
             grid = self._checked(NoisyGrid.load(path), index, x)
         else:
-            stream = None
-            if not self.layer.guarantee.secure:
-                if self._secret is None:
-                    raise RuntimeError(
-                        "this ReleasedOnce is a pickled copy and carries no secret (only DataLoader workers get it), "
-                        f"so it cannot release sample {index}: release it in the original, or use cache_dir="
-                    )
-                stream = self._secret.derive("sample", digest)
-            grid = self.layer.release(x, storage="exact", generator=stream)
+            # A duplicate of an image this process released: its release again, uncharged (one image, one release).
+            same = None if self._secret is None else self._secret.derive("content", digest).key
+            grid = self._same.get(same)
+            if grid is None:
+                stream = None
+                if not self.layer.guarantee.secure:
+                    if self._secret is None:
+                        raise RuntimeError(
+                            "this ReleasedOnce is a pickled copy and carries no secret (only DataLoader workers get "
+                            f"it), so it cannot release sample {index}: release it in the original, or use cache_dir="
+                        )
+                    stream = self._secret.derive("sample", digest)
+                grid = self.layer.release(x, storage="exact", generator=stream)
+            if same is not None:
+                self._same.setdefault(same, grid)
             if path is not None:
                 data = grid.to_bytes()
                 stored = store_first(path, data)

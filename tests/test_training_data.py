@@ -344,3 +344,14 @@ def test_a_duplicate_sample_gets_the_release_of_the_image_it_copies(cache, tmp_p
     first, second = epochs(ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2), **cached))
     assert torch.equal(first[0], first[2]) and torch.equal(second[0], first[2])
     assert not torch.equal(first[1], first[3]) and not torch.equal(first[0], first[1])
+
+
+def test_a_duplicate_is_served_without_a_second_charge_also_under_a_secure_layer(tmp_path):
+    """A process that released an image serves that release to its duplicates: the accountant is charged once per
+    distinct image (it was charged per index), and a secure layer's duplicate is no second release."""
+    budget = PrivacyAccountant()
+    data = ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2, accountant=budget))
+    released = [data[i][0] for i in range(4)]
+    assert torch.equal(released[0], released[2]) and budget.spent == pytest.approx(3.0)
+    secure = ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2, secure=True), cache_dir=tmp_path, dataset_id="dups")
+    assert torch.equal(secure[0][0], secure[2][0]) and not torch.equal(secure[0][0], secure[1][0])
