@@ -201,9 +201,9 @@ def _guarantee_id(guarantee) -> str:
 
 def layer_id(layer, chunk: int | None = None) -> str:
     """A canonical JSON of everything that decides which word of an item's stream noises which cell, at which scale:
-    the layer's kind, guarantee and value range, its adaptive split rule, and for :class:`ProtectDetected` its
-    sources (names, margins, the detectors' settings), zone (a digest) and persistence; and the frames per release
-    of a video (``chunk``). It labels every item's stream and binds a run: two layers that differ in any of these
+    the layer's kind, guarantee and value range, its adaptive split rule, and for a
+    :class:`~dp_pixel_torch.detectors.ProtectDetected` its sources (names, margins, the detectors' settings), zone
+    (a digest) and persistence; and the frames per release of a video (``chunk``). It labels every item's stream and binds a run: two layers that differ in any of these
     would noise other cells (or the same cells at other scales) with the same words, and a copy released under each
     would leak the difference of its two releases' noise. A custom detector is known by its qualified name only."""
     return json.dumps({"layer": _settings(layer), "chunk": chunk}, sort_keys=True, default=str)
