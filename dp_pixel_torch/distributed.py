@@ -33,13 +33,17 @@ the run is done.
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import enum
 import functools
 import hashlib
 import json
 import math
+import numbers
 import os
 import socket
 import time
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +51,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .detectors import FaceScan, MotionDetector, ProtectDetected
 from .mechanisms import _DPLayer
 from .noise import KEY_BYTES, KeyStream, image_digest
-from .storage import NoisyGrid, NoisyGridFormatError, record_guarantees
+from .storage import NoisyGrid, NoisyGridFormatError, record_guarantees, store_first
 from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_image, import_cv2, sanitize_stream, to_bgr
 
 RECORD = ".dpxg"  # the NoisyGrid record of an item, written last: its presence marks the item done
+OWNER = ".dp-pixel-run"  # under the output: the keyed id of the run key whose releases the folder holds
 KEY_FORMAT = "dp_pixel_torch.run-key/2"  # 2: streams keyed by content alone (1: by path and content, with claims)
 _RUN = ("root", "output", "guarantee", "layer")
 ROW = ("key", "frames", "bytes_in", "bytes_out", "error", "content")  # the statistics of one item
@@ -178,6 +184,12 @@ class RunKey:
         return hashlib.blake2b(content, key=self._secret, digest_size=16, person=b"runkey-copy").hexdigest()
 
     @property
+    def output_id(self) -> str:
+        """The id written to an output folder this key releases into (:data:`OWNER`): keyed, so it tells nothing of
+        the key, and 128 bits, so that two keys never share it."""
+        return hashlib.blake2b(self._secret, digest_size=16, person=b"runkey-output").hexdigest()
+
+    @property
     def fingerprint(self) -> str:
         return hashlib.blake2b(self._secret, digest_size=4, person=b"runkey-id").hexdigest()
 
@@ -209,26 +221,46 @@ def layer_id(layer, chunk: int | None = None) -> str:
     return json.dumps({"layer": _settings(layer), "chunk": chunk}, sort_keys=True, default=str)
 
 
-#: What a layer or detector counts as it runs: not settings.
+#: What the library's layers and detectors count as they run: not settings.
 _COUNTERS = frozenset(
     {"frames", "found", "frames_with", "bridged", "found_by", "frames_with_by", "full_frames", "crop_frames"}
 )
+#: The library's own detectors and protect layer: their settings are their public attributes (their run state, a
+#: background model or the boxes held, is private).
+_SHIPPED = (ProtectDetected, FaceScan, MotionDetector)
 
 
 def _settings(obj: object) -> object:
-    """``obj`` as JSON-ready settings (see :func:`layer_id`)."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    """``obj`` as JSON-ready settings (see :func:`layer_id`). It fails closed: a value is described by everything
+    that may change what it does (numbers by value, whatever their type; a closure or lambda by its code and the
+    values it holds; a module's weights; any other object by all its attributes, private ones included), and an
+    object it cannot describe raises ``TypeError`` rather than look like another."""
+    if obj is None or isinstance(obj, (bool, str)):
         return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (numbers.Real, np.floating)):
+        return float(obj)
+    if isinstance(obj, (numbers.Number, decimal.Decimal)):
+        return f"{type(obj).__qualname__}:{obj}"
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, (os.PathLike, enum.Enum)):
+        return f"{type(obj).__qualname__}:{obj}"
     if isinstance(obj, (tuple, list)):
         return [_settings(v) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): _settings(v) for k, v in obj.items()}
+        return {json.dumps(_settings(k)): _settings(v) for k, v in obj.items()}
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         data = torch.as_tensor(obj).detach().cpu().contiguous()
         return {"shape": list(data.shape), "dtype": str(data.dtype), "digest": image_digest(data).hex()}
     if isinstance(obj, functools.partial):
         return {"partial": _settings(obj.func), "args": _settings(obj.args), "keywords": _settings(obj.keywords)}
-    if callable(obj) and hasattr(obj, "__qualname__"):  # a function or a class
+    if isinstance(obj, types.MethodType):
+        return {"method": _settings(obj.__func__), "of": _settings(obj.__self__)}
+    if isinstance(obj, types.FunctionType):
+        return _function(obj)
+    if isinstance(obj, (type, types.BuiltinFunctionType)):
         return f"{obj.__module__}.{obj.__qualname__}"
     kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
     if dataclasses.is_dataclass(obj):
@@ -236,8 +268,39 @@ def _settings(obj: object) -> object:
     if isinstance(obj, _DPLayer):
         fields = ("guarantee", "value_range", "region", "split_threshold", "split_fraction")
         return {kind: {name: _settings(getattr(obj, name, None)) for name in fields}}
-    public = {k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_") and k not in _COUNTERS}
-    return {kind: {k: _settings(v) for k, v in sorted(public.items())}}
+    attributes = getattr(obj, "__dict__", None)
+    if attributes is None:
+        raise TypeError(
+            f"cannot tell the settings of a {kind} (it has no attributes to read): a Ray run binds every setting of "
+            "its layer and detectors; use a function, a functools.partial or an object whose attributes hold them"
+        )
+    if isinstance(obj, torch.nn.Module):
+        public = {k: v for k, v in attributes.items() if not k.startswith("_") and k != "training"}
+        return {kind: {"weights": _settings(obj.state_dict()), **_settings(public)}}
+    shipped = isinstance(obj, _SHIPPED)
+    chosen = {k: v for k, v in attributes.items() if k not in _COUNTERS and not (shipped and k.startswith("_"))}
+    return {kind: _settings(dict(sorted(chosen.items())))}
+
+
+def _function(function: types.FunctionType) -> object:
+    """A module-level function by its qualified name; a closure, lambda or local function also by its code, defaults
+    and the values it closes over (two such functions of one name may do different things)."""
+    name = f"{function.__module__}.{function.__qualname__}"
+    if "<" not in function.__qualname__ and not function.__closure__:
+        return name
+    cells = [cell.cell_contents for cell in function.__closure__ or ()]
+    return {
+        "function": name,
+        "code": _code(function.__code__),
+        "defaults": _settings([function.__defaults__, function.__kwdefaults__]),
+        "closure": _settings(cells),
+    }
+
+
+def _code(code: types.CodeType) -> str:
+    """A digest of what a code object does (its bytecode, constants and names; not its file or lines)."""
+    consts = [_code(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return hashlib.blake2b(repr((code.co_code, consts, code.co_names)).encode(), digest_size=16).hexdigest()
 
 
 class _Keyed:
@@ -343,9 +406,26 @@ def list_items(source: str | Path | Sequence[str | Path], root: Path | None = No
     return [_item(path, identity) for identity, path in sorted(items.items())]
 
 
+#: How the files OpenCV decodes as still images begin: JPEG, PNG, GIF, BMP, TIFF (both byte orders), WebP.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
 def _kind(path: Path) -> str | None:
+    """``"image"`` or ``"video"`` by the suffix, but a still image under a video suffix is an image: OpenCV would
+    open it as a one-frame video, whose stream is labelled as a video's, and its copies named as images would get
+    another release of it."""
     suffix = path.suffix.lower()
-    return "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else None
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix not in VIDEO_SUFFIXES:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return "video"  # unreadable: reported as the item's error
+    still = head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return "image" if still else "video"
 
 
 def _item(path: Path, key: str) -> dict:
@@ -418,6 +498,30 @@ class Releaser:
         os.replace(media_tmp, media)
         os.replace(tmp, record)  # last: the record marks the item done
         return frames, media.stat().st_size + record.stat().st_size
+
+
+def claim_output(output: str | Path, key: RunKey, *, claim: bool = True) -> None:
+    """Bind ``output`` to ``key`` (with ``claim=False``: only check that it could be): a folder that holds the
+    releases of another run key, or records of no known key, is refused. Its records would be skipped as done while
+    a copy of one of their images was released under this key: two releases of one image."""
+    output = Path(output)
+    owner, mine = output / OWNER, key.output_id.encode()
+    if owner.exists():
+        if owner.read_bytes() != mine:
+            raise ValueError(
+                f"output {str(output)!r} holds the releases of another run key: a new run needs a new output folder "
+                "(or --resume with that run's key file)"
+            )
+        return
+    if output.is_dir() and any(output.rglob("*" + RECORD)):
+        raise ValueError(
+            f"output {str(output)!r} holds releases of a run whose key it does not name (no {OWNER}): use a new "
+            "output folder"
+        )
+    if claim:
+        output.mkdir(parents=True, exist_ok=True)
+        if store_first(owner, mine) != mine:  # another run claimed it meanwhile
+            claim_output(output, key, claim=False)
 
 
 def done_items(items: list[dict], output: Path, guarantee) -> list[str]:
@@ -532,6 +636,7 @@ def release_files(
     source = source if isinstance(source, (str, Path)) else list(source)
     output = Path(output)
     items = list_items(source, key.bind(source, output, layer, chunk))
+    claim_output(output, key)
     done = set(done_items(items, output, layer.guarantee))
     todo = [i for i in items if i["key"] not in done]
     start = time.perf_counter()
@@ -554,13 +659,14 @@ def release_files(
                 rows[name].append(row[name])
     seconds = time.perf_counter() - start
     errors = {k: e for k, e in zip(rows["key"], rows["error"]) if e}
-    first: dict[str, str] = {}  # content tag -> the first item (by name) that holds it
+    kinds = {item["key"]: item["kind"] for item in todo}
+    first: dict[tuple[str, str], str] = {}  # (content tag, kind) -> the first item (by name) that holds it
     copies = {}
     for item, tag in sorted((k, t) for k, t, e in zip(rows["key"], rows["content"], rows["error"]) if not e):
-        if tag in first:
-            copies[item] = first[tag]
+        if (tag, kinds[item]) in first:
+            copies[item] = first[tag, kinds[item]]
         else:
-            first[tag] = item
+            first[tag, kinds[item]] = item
     return RunSummary(
         items=len(rows["key"]) - len(errors),
         skipped=len(done),

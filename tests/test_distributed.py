@@ -497,3 +497,84 @@ def test_an_image_is_released_from_the_bytes_it_was_digested_from(tmp_path, monk
     batch = {"key": np.array(["twin.png"]), "path": np.array([str(twin)]), "kind": np.array(["image"])}
     rows = Releaser(layer, key, str(tmp_path / "out"))(batch)
     assert "changed while" in rows["error"][0] and not (tmp_path / "out" / ("twin.png" + RECORD)).exists()
+
+
+def test_layer_ids_fail_closed():
+    """A second review: settings that ``layer_id`` could not see gave layers that release differently one id (and a
+    copy released under each the same words): numbers of numpy, Fraction or Decimal types, lambdas and closures,
+    bound methods, a module's weights. Each is now told apart; an object it cannot read is refused."""
+    import decimal
+    import fractions
+    import functools
+    import operator
+
+    from dp_pixel_torch.detectors import FaceScan, ProtectDetected
+    from dp_pixel_torch.distributed import layer_id
+
+    def protect(detect) -> ProtectDetected:
+        inner = RegionAdaptiveDPPixelize(5.0, levels=(4, 16), region="mask", protect=True, region_from="detector")
+        return ProtectDetected(inner, detect, 0.0)
+
+    def box(top: float):
+        return lambda frame: torch.tensor([[0.0, top, 32.0, top + 8.0]])
+
+    class Threshold:
+        def __init__(self, t: float):
+            self.t = t
+
+        def detect(self, frame):
+            return torch.tensor([[0.0, 0.0, 32.0, self.t]])
+
+    def net(bias: float) -> torch.nn.Module:
+        module = torch.nn.Linear(1, 4)
+        torch.nn.init.constant_(module.bias, bias)
+        return module
+
+    previous = functools.partial(RegionAdaptiveDPPixelize, 5.0, levels=(4, 16), region="previous")
+    pairs = [
+        (DPPixelize(5.0, 4, value_range=np.array([0, 1], np.float32)), DPPixelize(5.0, 4, value_range=(-1.0, 1.0))),
+        (previous(split_fraction=fractions.Fraction(1, 10)), previous(split_fraction=fractions.Fraction(9, 10))),
+        (previous(split_threshold=decimal.Decimal("0.01")), previous(split_threshold=decimal.Decimal("0.5"))),
+        (protect(box(0)), protect(box(24))),
+        (protect(Threshold(8).detect), protect(Threshold(32).detect)),
+        (protect(FaceScan(("haar",), every=5).__call__), protect(FaceScan(("haar",), every=50).__call__)),
+        (protect(net(8.0)), protect(net(30.0))),
+    ]
+    for one, other in pairs:
+        assert layer_id(one) != layer_id(other)
+    assert layer_id(DPPixelize(5.0, 4, value_range=(np.float32(0), np.float32(1)))) == layer_id(
+        DPPixelize(5.0, 4, value_range=(0.0, 1.0))
+    )  # a number is its value, whatever its type
+    assert layer_id(protect(box(0))) == layer_id(protect(box(0)))
+    with pytest.raises(TypeError, match="cannot tell the settings"):
+        layer_id(protect(operator.methodcaller("new_zeros", (0, 4))))  # a C object: no attributes to read
+
+
+def test_an_output_of_another_run_key_is_refused(tmp_path):
+    """A second review: a fresh key into an output folder holding another key's releases skipped those as done and
+    released a new copy of one of their images under the new key: two releases of one image. The folder now names
+    the key its releases were made under (a keyed id); another key, or records of no known key, is refused before
+    anything is released."""
+    from dp_pixel_torch.distributed import OWNER, claim_output
+
+    (path,) = write_images(tmp_path / "in", 1, seed=17)
+    first, second = RunKey.create(), RunKey.create()
+    claim_output(tmp_path / "out", first)
+    claim_output(tmp_path / "out", first)  # a resume with its key
+    with pytest.raises(ValueError, match="another run key"):
+        release_files(tmp_path / "in", DPPixelize(1.0, 8), tmp_path / "out", second)
+    (tmp_path / "out" / OWNER).unlink()
+    (tmp_path / "out" / ("a" + RECORD)).write_bytes(b"")
+    with pytest.raises(ValueError, match="does not name"):
+        claim_output(tmp_path / "out", second)
+    assert first.output_id != second.output_id and first.fingerprint not in first.output_id
+
+
+def test_a_still_image_under_a_video_suffix_is_an_image_item(tmp_path):
+    """A second review: OpenCV opens a JPEG named ``.avi`` as a one-frame video, whose stream was labelled as a
+    video's, so a copy of a photo named as a video got another release of it. Items are images by their content."""
+    (photo,) = write_images(tmp_path / "in", 1, seed=18)
+    for suffix in (".avi", ".mp4", ".mkv"):
+        (tmp_path / "in" / f"photo{suffix}").write_bytes(photo.read_bytes())
+    kinds = {item["key"]: item["kind"] for item in list_items(tmp_path / "in")}
+    assert set(kinds.values()) == {"image"} and len(kinds) == 4
