@@ -373,7 +373,7 @@ def write_image(image: torch.Tensor, path: Path) -> None:
 
 def run_on_ray(args: argparse.Namespace) -> str:
     """``--ray``: every image and video of the input, each released exactly once under the run key."""
-    from .distributed import RunKey, connect, list_items, release_files
+    from .distributed import RunKey, claim_output, connect, list_items, release_files
 
     if args.restore != "fill":
         raise ValueError("--restore applies to images, folders and videos released here, not under --ray")
@@ -399,6 +399,7 @@ def run_on_ray(args: argparse.Namespace) -> str:
         list_items(args.input)  # a source with nothing to release is refused before a key is saved for it
         key = RunKey.create()
         key.bind(args.input, args.output, layer, args.chunk or CHUNK)
+        claim_output(args.output, key, claim=False)  # an output of another run is refused before a key is saved
         if args.key_file is not None:
             args.key_file.parent.mkdir(parents=True, exist_ok=True)
             key.save(args.key_file)
@@ -447,8 +448,11 @@ def run(args: argparse.Namespace) -> str:
         inputs, outputs = images, [(repr(path.name), target) for path, target in targets.items()]
     else:
         inputs, outputs = [source], [("-o", args.output)] + ([] if args.grids is None else [("--grids", args.grids)])
-    if args.ledger is not None:
-        outputs += [("--ledger", args.ledger), ("the ledger's lock file", Path(f"{args.ledger}.lock"))]
+    if args.ledger is not None:  # the ledger, its lock file and SQLite's journals beside it
+        outputs += [("--ledger", args.ledger)]
+        outputs += [
+            (f"the ledger's {end} file", Path(f"{args.ledger}{end}")) for end in (".lock", "-wal", "-shm", "-journal")
+        ]
     check_outputs(inputs, outputs)
     if args.ledger is None and args.cap is None:
         accountant = None
@@ -465,18 +469,26 @@ def run(args: argparse.Namespace) -> str:
         copies: dict[bytes, list[Path]] = {}  # one image, one release: byte-identical files share theirs
         for path in images:
             copies.setdefault(file_digest(path), []).append(path)
+        changed, releases = [], 0
         for digest, paths in copies.items():
             data = paths[0].read_bytes()  # released from the very bytes its copies were matched by
             if content_digest(data) != digest:
-                raise ValueError(f"{str(paths[0])!r} changed while the folder was being released; run again")
+                changed += paths
+                continue
             image = released(layer, decode_image(data, str(paths[0])).to(device), args.restore)
+            releases += 1
             for path in paths:
                 write_image(image, targets[path])
-        summary = f"{len(images)} images written to {args.output}"
-        if len(copies) < len(images):
+        written = len(images) - len(changed)
+        summary = f"{written} images written to {args.output}"
+        if releases < written:
             summary += (
-                f" ({len(images) - len(copies)} byte-identical copies got the release of the image they copy, under "
-                f"their own names: {len(copies)} releases, ε spent once per distinct image)"
+                f" ({written - releases} byte-identical copies got the release of the image they copy, under their "
+                f"own names: {releases} releases, ε spent once per distinct image)"
+            )
+        if changed:
+            summary += f"; {len(changed)} changed while the folder was read, skipped: " + ", ".join(
+                repr(p.name) for p in changed
             )
     elif kind == "video":
         report = sanitize_stream(
@@ -497,7 +509,10 @@ def run(args: argparse.Namespace) -> str:
     if isinstance(layer, ProtectDetected):
         summary += protect_summary(layer, args.face_detectors or FACE_STACK if "faces" in (args.protect or ()) else ())
     spent = "" if accountant is None else f"\nAccountant: {accountant}"
-    return f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
+    text = f"{summary}\nPrivacy report: {layer.guarantee.report(3)}{spent}"  # images and frames are read as RGB
+    if kind == "folder" and changed:
+        raise ValueError(text)
+    return text
 
 
 def protect_summary(layer: ProtectDetected, faces: tuple[str, ...] = ()) -> str:

@@ -304,6 +304,7 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
         ([str(pair), "-o", str(linked)], "both be written"),  # a's and b's releases into one inode
         ([str(clip), "-o", str(linked / "a.png"), "--grids", str(linked / "b.dpxg")], "both be written"),
         ([str(image), "-o", str(ledger)], "both be written"),  # the release and the ledger in one file
+        ([str(clip), "-o", str(tmp_path / "y.avi"), "--grids", f"{ledger}-wal"], "both be written"),  # its journal
         ([str(clip), "-o", str(clip)], "is the input"),
         ([str(clip), "-o", str(tmp_path / "out.avi"), "--grids", str(clip)], "--grids"),
         ([str(clip), "-o", str(link)], "is the input"),  # a hard link to the input is the input
@@ -359,3 +360,21 @@ def test_output_checks_read_each_file_once(tmp_path, monkeypatch):
     inputs = [tmp_path / f"in{i}.png" for i in range(200)]
     cli.check_outputs(inputs, [(f"out{i}", tmp_path / "out" / f"{i}.png") for i in range(200)])
     assert len(calls) == 400
+
+
+def test_cli_skips_a_folder_image_that_changed_after_it_was_matched_and_says_so(tmp_path, capsys, monkeypatch):
+    """An image whose bytes no longer match the digest its copies were matched by is not released under their names
+    (that would label one image's release with another's name): it is skipped, the others are written, and the run
+    exits 2 naming it."""
+    from dp_pixel_torch import cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, level in (("a.png", 10), ("b.png", 200)):
+        cv2.imwrite(str(folder / name), np.full((20, 30, 3), level, np.uint8))
+    digest = cli.file_digest
+    monkeypatch.setattr(cli, "file_digest", lambda path: b"before" if path.name == "b.png" else digest(path))
+    assert main([str(folder), "-o", str(tmp_path / "out"), "--epsilon", "1", "--b", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "1 images written" in err and "changed while the folder was read" in err and "'b.png'" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
