@@ -118,14 +118,15 @@ class ReleasedOnce(Dataset):
             self._bind_cache()
         self._secret: KeyStream | None = KeyStream.from_os_entropy()
         self._memory: dict[int, tuple[bytes | None, NoisyGrid]] = {}  # index -> (keyed image tag, release)
-        self._same: dict[bytes, NoisyGrid] = {}  # keyed content tag -> its release, for duplicates
+        self._same: dict[bytes, NoisyGrid] = {}  # content tag (keyed by _tags) -> its release, for duplicates
+        self._tags: KeyStream | None = None  # this object's key of those tags: only DataLoader workers get it
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         if multiprocessing.context.get_spawning_popen() is None:  # not a worker being started: a checkpoint, a copy
             state["_secret"] = None  # whoever holds the pickle must not recompute (and subtract) the noise
             state["_memory"] = {index: (None, grid) for index, (_, grid) in self._memory.items()}
-            state["_same"] = {}
+            state["_same"], state["_tags"] = {}, None
         return state
 
     @property
@@ -217,7 +218,8 @@ class ReleasedOnce(Dataset):
             grid = self._checked(NoisyGrid.load(path), index, x)
         else:
             # A duplicate of an image this process released: its release again, uncharged (one image, one release).
-            same = None if self._secret is None else self._secret.derive("content", digest).key
+            self._tags = self._tags or KeyStream.from_os_entropy()  # also in a copy without the secret
+            same = self._tags.derive("content", digest).key
             grid = self._same.get(same)
             if grid is None:
                 stream = None
@@ -229,8 +231,7 @@ class ReleasedOnce(Dataset):
                         )
                     stream = self._secret.derive("sample", digest)
                 grid = self.layer.release(x, storage="exact", generator=stream)
-            if same is not None:
-                self._same.setdefault(same, grid)
+            self._same.setdefault(same, grid)
             if path is not None:
                 data = grid.to_bytes()
                 stored = store_first(path, data)

@@ -355,3 +355,11 @@ def test_a_duplicate_is_served_without_a_second_charge_also_under_a_secure_layer
     assert torch.equal(released[0], released[2]) and budget.spent == pytest.approx(3.0)
     secure = ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2, secure=True), cache_dir=tmp_path, dataset_id="dups")
     assert torch.equal(secure[0][0], secure[2][0]) and not torch.equal(secure[0][0], secure[1][0])
+
+
+def test_a_pickled_copy_serves_a_duplicate_one_release_too(tmp_path):
+    """A copy of the wrapper (a restored checkpoint) carries no secret; under a secure layer it still releases, and
+    it served a duplicate a second release because its duplicate lookup needed the secret."""
+    data = ReleasedOnce(WithDuplicates(), DPPixelize(1.0, 2, secure=True), cache_dir=tmp_path, dataset_id="dups")
+    copy = pickle.loads(pickle.dumps(data))
+    assert torch.equal(copy[0][0], copy[2][0])
