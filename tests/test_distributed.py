@@ -182,9 +182,12 @@ def test_the_cli_runs_on_ray_and_reports_bad_input(cluster, tmp_path, capsys):
     assert len(outputs(tmp_path / "out")) == 6
     assert main([str(tmp_path / "missing"), *args]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main([str(tmp_path / "in"), *args[:-2], "--ray", "not-an-address", "--quiet"]) == 2
+    elsewhere = ["-o", str(tmp_path / "elsewhere"), *args[2:-2]]  # "out" holds the releases of the first run's key
+    assert main([str(tmp_path / "in"), *args, "--key-file", str(tmp_path / "k2")]) == 2
+    assert "another run key" in capsys.readouterr().err and not (tmp_path / "k2").exists()
+    assert main([str(tmp_path / "in"), *elsewhere, "--ray", "not-an-address", "--quiet"]) == 2
     assert "host:port" in capsys.readouterr().err
-    assert main([str(tmp_path / "in"), *args[:-2], "--ray", "127.0.0.1:9", "--quiet"]) == 2
+    assert main([str(tmp_path / "in"), *elsewhere, "--ray", "127.0.0.1:9", "--quiet"]) == 2
     assert "no Ray cluster answers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not exist"):
         list_items(tmp_path / "nowhere")
