@@ -185,7 +185,7 @@ class RunKey:
 
     @property
     def output_id(self) -> str:
-        """The id written to an output folder this key releases into (:data:`OWNER`): keyed, so it tells nothing of
+        """The id written to an output folder this key releases into (``.dp-pixel-run``): keyed, so it tells nothing of
         the key, and 128 bits, so that two keys never share it."""
         return hashlib.blake2b(self._secret, digest_size=16, person=b"runkey-output").hexdigest()
 
