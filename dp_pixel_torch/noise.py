@@ -178,9 +178,9 @@ class _Copied:
 _PROCESS = os.urandom(16)
 
 
-def _foreign(state: dict) -> bool:
-    """Whether a pickled ``state`` was made by another process (a state that names no maker counts as foreign)."""
-    return state.get("maker") != _PROCESS
+def _foreign(maker: bytes | None) -> bool:
+    """Whether a pickle whose state names ``maker`` was made by another process (naming none counts as foreign)."""
+    return maker != _PROCESS
 
 
 #: Every live :class:`_Copied` object of this process.
@@ -371,7 +371,7 @@ class KeyStream(_Copied):
         self._key = state.get("drawn", self._key)
         self._calls = state["calls"]
         self._sent = state.get("sent", 0)
-        if not _foreign(state):  # a pickle of this process (pickle, deepcopy): replays the stream
+        if not _foreign(state.get("maker")):  # a pickle of this process (pickle, deepcopy): replays the stream
             self._copy = state.get("copy", state.get("pending"))
         elif "copy" in state:  # counted by its maker for this process, at its start: re-keys from its number
             self._copy = state["copy"]
@@ -487,7 +487,7 @@ class NoiseSource(_Copied):
             state["_stream"] = _thaw(state["_stream"])
         self.__dict__.update(state)
         self._track()
-        if _foreign({"maker": maker}):  # as a KeyStream copy: from its number, or fresh entropy per unpickle
+        if _foreign(maker):  # as a KeyStream copy: from its number, or fresh entropy per unpickle
             self._generator_copied(os.urandom(KEY_BYTES) if counted is None else counted)
 
     def _forked(self) -> None:

@@ -58,6 +58,8 @@ _STORAGE_DTYPES = {"uint8": np.uint8, "float16": np.float16, "float32": np.float
 MAX_SIDE = 1 << 16
 MAX_RANK = 8
 MAX_LEVELS = 24
+#: The largest JSON header a record may declare (real ones take under 1 kB): a reader never takes in more for it.
+MAX_HEADER = 1 << 16
 #: The largest pixel count or cell side a guarantee may claim (exact in float64): the noise law is computed in floats.
 MAX_COUNT = 1 << 53
 #: Default limit on what restoring one record may allocate: 16 frames of 1080p RGB uint8 fit, with their work arrays.
@@ -397,6 +399,8 @@ def _prefix(data: memoryview | bytes, offset: int, size: int) -> tuple[int, int,
         raise NoisyGridFormatError(f"not a NoisyGrid record (magic {bytes(magic)!r}, expected {MAGIC!r})")
     if version != VERSION:
         raise NoisyGridFormatError(f"format version {version} is not supported (this library reads version {VERSION})")
+    if header_len > MAX_HEADER:
+        raise NoisyGridFormatError(f"a header of {header_len} bytes: a record's header takes at most {MAX_HEADER}")
     return header_len, payload_len, crc
 
 

@@ -427,7 +427,11 @@ def test_record_guarantees_reads_headers_of_any_size_and_checks_every_record(tmp
     path.write_bytes(data)
     assert list(record_guarantees(path)) == [first.guarantee, second.guarantee]
     assert [g.guarantee for g in load_video(path)] == list(record_guarantees(path))
+    huge = data[:6] + struct.pack("<I", 2**32 - 1) + data[10:]  # a header length of 4 GiB, read by nobody
+    with pytest.raises(NoisyGridFormatError, match="at most"):
+        NoisyGrid.from_bytes(huge)
     for damaged, message in (
+        (huge, "a header of 4294967295 bytes"),
         (b"XXXX" + data[4:], "not a NoisyGrid record"),
         (data[:-1] + bytes([data[-1] ^ 1]), "CRC"),
         (data[:-5], "truncated"),
