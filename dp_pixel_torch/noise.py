@@ -33,7 +33,8 @@ re-keys itself in a copy before its first draw there, so no copy ever draws the 
   number (and a DataLoader worker's seed), so a seeded program stays reproducible from run to run;
 * any other pickle unpickled in another process re-keys from 256 bits of fresh OS entropy drawn at that unpickle: two
   tasks given the same stream, in two workers or one after the other in the same worker, draw unrelated words, which
-  no run can reproduce. :meth:`KeyStream.derive` with a label per task is the way to reproducible per-task streams.
+  no run can reproduce. :meth:`KeyStream.derive` with a label per task, called inside the task, is the way to
+  reproducible per-task streams.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ class KeyStream(_Copied):
     * Pickled at any other time and unpickled in another process (a task argument of ``multiprocessing.Pool``,
       ``ProcessPoolExecutor`` or Ray, under fork or spawn): the new key is keyed BLAKE2b of 256 bits of OS entropy
       drawn at that unpickle. Every task that receives the stream, in any worker, draws unrelated words; no run
-      reproduces them. For reproducible per-task streams, send ``stream.derive(task_label)`` instead.
+      reproduces them. For reproducible per-task streams, call ``stream.derive(task_label)`` inside the task (a
+      derived stream sent as it is re-keys like any other).
 
     A copy made in the same process (``pickle``, ``copy.deepcopy``) replays the stream, and :meth:`derive` gives the
     same children in every process (what :class:`~dp_pixel_torch.training_data.ReleasedOnce` and the Ray run keys
