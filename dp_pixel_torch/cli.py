@@ -367,7 +367,8 @@ def write_image(image: torch.Tensor, path: Path) -> None:
         raise ValueError(f"output image must end in one of {WRITABLE}, got {path.name!r}")
     cv2 = import_cv2()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), to_bgr(image), [cv2.IMWRITE_JPEG_QUALITY, 95]):
+    quality = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), to_bgr(image), quality):
         raise ValueError(f"cannot write image {str(path)!r}")
 
 
@@ -444,6 +445,11 @@ def run(args: argparse.Namespace) -> str:
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"folder {str(source)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        if args.output.exists() and args.output.samefile(source):
+            raise ValueError(
+                f"-o {str(args.output)!r} is the input folder: the releases would lie beside the originals, and a "
+                "later run would take them as inputs; choose another folder"
+            )
         targets = {path: args.output / (path.stem + ".png") for path in images}
         inputs, outputs = images, [(repr(path.name), target) for path, target in targets.items()]
     else:

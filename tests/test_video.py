@@ -296,6 +296,9 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
     (linked / "a.png").write_bytes(b"old")
     (linked / "b.png").hardlink_to(linked / "a.png")
     (linked / "b.dpxg").hardlink_to(linked / "a.png")
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    cv2.imwrite(str(jpegs / "a.jpg"), np.full((20, 30, 3), 10, np.uint8))
     pair = tmp_path / "pair"
     pair.mkdir()
     cv2.imwrite(str(pair / "a.png"), np.full((20, 30, 3), 10, np.uint8))
@@ -312,6 +315,7 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
         ([str(image), "-o", str(image)], "is the input"),
         ([str(folder), "-o", str(tmp_path / "out")], "both be written"),
         ([str(folder), "-o", str(folder)], "is the input"),
+        ([str(jpegs), "-o", str(jpegs)], "is the input folder"),  # releases beside the originals
     ]
     for argv, message in cases:
         assert main([*argv, *common]) == 2, argv
@@ -321,6 +325,7 @@ def test_cli_refuses_an_output_that_is_an_input_or_another_output(clip, tmp_path
     assert (linked / "a.png").read_bytes() == b"old"
     assert not (tmp_path / "out").exists() and not (tmp_path / "x.avi").exists()
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a.png"]
+    assert [p.name for p in jpegs.iterdir()] == ["a.jpg"]
     assert PrivacyAccountant(100, ledger=ledger).spent == 0.0  # nothing was charged
 
 
