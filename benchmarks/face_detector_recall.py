@@ -11,7 +11,8 @@ square only, no border) at spaced places, at most :data:`PER_FRAME` a frame, int
 upright square of the face's size around its centre; a face is found when a box (for a stack: its merged box) has
 IoU >= 0.3 with it. False detections are counted on clean PETS frames (no face pasted: any box is false, though a
 few may be real tiny faces), per frame. ``dlib-cnn`` (about 1.6 s a frame) is measured only with ``--cnn``. Times are milliseconds per 768×576 frame on this machine's CPUs (a stack: the
-sum of its members). Run: ``python benchmarks/face_detector_recall.py [vtest.avi]``; ``--cli`` also times
+sum of its members). Run: ``python benchmarks/face_detector_recall.py [vtest.avi]`` (``--members a,b``: only those members and the stacks
+made of them); ``--cli`` also times
 ``dp-pixel --protect faces`` on the first 100 frames for each stack.
 
 ``--scan [N]`` measures instead the video path of ``dp-pixel --protect faces`` (:class:`FaceScan`, the default stack
@@ -61,12 +62,12 @@ STACKS = (
     ("haar",),
     ("centerface",),
     ("haar", "haar-rotated"),
-    ("haar", "centerface"),
-    ("haar", "haar-rotated", "centerface"),
-    ("haar", "centerface", "centerface-2x"),
+    ("centerface", "yunet"),
+    ("centerface", "yunet-2x"),
+    ("centerface", "yunet-2x", "haar"),
+    ("centerface", "yunet-2x", "haar-rotated"),
+    ("centerface", "centerface-2x", "yunet-2x"),
     ("haar", "haar-rotated", "centerface", "centerface-2x"),
-    ("haar", "centerface", "dlib-hog"),
-    ("haar", "haar-rotated", "centerface", "dlib-hog"),
     ("haar", "haar-rotated", "centerface", "centerface-2x", "dlib-hog"),
     ("haar", "haar-rotated", "centerface", "centerface-2x", "dlib-hog", "dlib-cnn"),
 )
@@ -203,8 +204,10 @@ def main() -> None:
         count = int(rest[0]) if rest and rest[0].isdigit() else None
         others = [a for a in sys.argv[1:] if a != "--scan" and not a.isdigit()]
         return scan_main(Path(others[0]) if others else VIDEO, count)
-    args = [a for a in sys.argv[1:] if a not in ("--cli", "--cnn")]
+    chosen = sys.argv[sys.argv.index("--members") + 1].split(",") if "--members" in sys.argv else None
+    args = [a for a in sys.argv[1:] if a not in ("--cli", "--cnn", "--members", *([",".join(chosen)] if chosen else []))]
     members = FACE_DETECTORS if "--cnn" in sys.argv else tuple(d for d in FACE_DETECTORS if d != "dlib-cnn")
+    members = tuple(d for d in members if chosen is None or d in chosen)
     stacks = [s for s in STACKS if set(s) <= set(members)]
     video = Path(args[0]) if args else VIDEO
     frames = pets_frames(video, 30)

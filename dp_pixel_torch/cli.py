@@ -121,7 +121,7 @@ def parser() -> argparse.ArgumentParser:
         type=lambda text: tuple(name.strip() for name in text.split(",")),
         metavar="NAMES",
         help=f"--protect faces: the detectors united, a comma list of {', '.join(FACE_DETECTORS)} "
-        f"(default {','.join(FACE_STACK)}; haar alone is the fastest)",
+        f"(default {','.join(FACE_STACK)}; yunet alone is the fastest)",
     )
     p.add_argument(
         "--face-every",

