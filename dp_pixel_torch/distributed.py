@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .detectors import FaceScan, MotionDetector, ProtectDetected
+from .detectors import FaceScan, MotionDetector, PeopleScan, ProtectDetected
 from .mechanisms import _DPLayer
 from .noise import KEY_BYTES, KeyStream, image_digest
 from .storage import NoisyGrid, NoisyGridFormatError, record_guarantees, store_first
@@ -223,11 +223,21 @@ def layer_id(layer, chunk: int | None = None) -> str:
 
 #: What the library's layers and detectors count as they run: not settings.
 _COUNTERS = frozenset(
-    {"frames", "found", "frames_with", "bridged", "found_by", "frames_with_by", "full_frames", "crop_frames"}
+    {
+        "frames",
+        "found",
+        "frames_with",
+        "bridged",
+        "found_by",
+        "frames_with_by",
+        "full_frames",
+        "crop_frames",
+        "searches",
+    }
 )
 #: The library's own detectors and protect layer: their settings are their public attributes (their run state, a
 #: background model or the boxes held, is private).
-_SHIPPED = (ProtectDetected, FaceScan, MotionDetector)
+_SHIPPED = (ProtectDetected, FaceScan, MotionDetector, PeopleScan)
 
 
 def _settings(obj: object) -> object:

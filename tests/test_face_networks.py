@@ -150,3 +150,25 @@ def test_protect_detected_on_cuda_frames_protects_the_cpu_regions():
     assert on_gpu.device.type == "cuda" and torch.equal(
         on_gpu.cpu(), ProtectDetected(layer, sources=["faces"]).masks(x)
     )
+
+
+def test_yunet_workers_give_yunets_boxes_and_are_replaced_after_their_calls(monkeypatch):
+    yuface = pytest.importorskip("yuface")
+    photo = skimage_data.astronaut()
+    found = yuface.c_detect(np.ascontiguousarray(photo[..., ::-1]))[:, 1:5].astype(np.float32)
+    expected = np.concatenate([found[:, :2], found[:, :2] + found[:, 2:]], 1)
+    workers = face_networks.YuNetWorkers(2)
+    try:
+        first = workers([photo, photo[:200], photo])
+        assert len(first) == 3 and np.array_equal(first[0], expected) and np.array_equal(first[2], expected)
+        monkeypatch.setattr(face_networks, "YUNET_RECYCLE", 2)
+        pids = [p.pid for p, _ in workers._workers]
+        workers([photo, photo])  # each worker has searched 2 images since it started: replaced before the next
+        workers([photo, photo])
+        assert not {p.pid for p, _ in workers._workers} & set(pids)
+        workers._workers[0][0].kill()
+        workers._workers[0][0].wait()
+        assert np.array_equal(workers([photo])[0], expected)  # a dead worker is replaced, not read from
+    finally:
+        workers.close()
+    assert face_networks.yunet_boxes([]) == []

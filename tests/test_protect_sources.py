@@ -441,3 +441,37 @@ def test_a_keyed_protect_layer_starts_a_new_stream_per_item_and_keeps_the_look_a
         sanitize_stream(list(noise(6)), keyed, grids=tmp_path / f"{item}.dpxg", chunk=4, progress=False, device="cpu")
         protected = torch.cat([~r.split[0] for r in load_video(tmp_path / f"{item}.dpxg")]).any((1, 2))
         assert protected.tolist() == [False, True, True, True, True, True] and len(script.seen) == 6
+
+
+def test_people_scan_searches_every_n_frames_and_holds_the_boxes_between(monkeypatch):
+    from dp_pixel_torch import detectors
+
+    found = iter([torch.tensor([[1.0, 2, 30, 60]]), torch.tensor([[5.0, 5, 40, 80]]), torch.zeros(0, 4)])
+    monkeypatch.setattr(detectors, "detect_people", lambda frame: next(found))
+    scan = detectors.PeopleScan(every=4)
+    boxes = [scan(frame) for frame in noise(9)]
+    assert scan.searches == 3
+    assert all(torch.equal(b, torch.tensor([[1.0, 2, 30, 60]])) for b in boxes[:4])
+    assert all(torch.equal(b, torch.tensor([[5.0, 5, 40, 80]])) for b in boxes[4:8]) and boxes[8].shape == (0, 4)
+    scan.reset()
+    with pytest.raises(StopIteration):
+        scan(noise(1)[0])  # a new stream searches its first frame
+
+
+def test_people_between_searches_need_the_motion_source(tmp_path, capsys):
+    scan = RegionSource("people", __import__("dp_pixel_torch").detectors.PeopleScan(every=10), 0.1)
+    with pytest.raises(ValueError, match="needs the motion source"):
+        ProtectDetected(layer(), sources=[scan])
+    ProtectDetected(layer(), sources=[scan, region_source("motion")])
+    assert region_source("people", people_every=1).detect is not scan.detect
+    clip, _ = moving_square_clip(frames=12)
+    write_clip(tmp_path / "clip.avi", clip)
+    argv = [str(tmp_path / "clip.avi"), "-o", str(tmp_path / "out.avi"), "--epsilon", "1", "--b", "8", "--quiet"]
+    assert main([*argv, "--protect", "people", "--people-every", "5"]) == 2
+    assert "--people-every > 1 needs --protect motion too" in capsys.readouterr().err
+    assert main([*argv, "--protect", "motion", "--people-every", "5"]) == 2
+    assert "--people-every sets how often a video is searched for --protect people" in capsys.readouterr().err
+    assert main([*argv, "--protect", "people,motion"]) == 0
+    assert "people: searched (HOG) every 10 frames (2 searches), boxes held in between" in capsys.readouterr().out
+    assert main([*argv, "--protect", "people,motion", "--people-every", "1"]) == 0
+    assert "people: searched (HOG)" not in capsys.readouterr().out
