@@ -2,7 +2,7 @@
 
 The first N frames (default 300) of PETS2009 ``vtest.avi`` (768×576) are copied to an MJPG clip, then each command
 runs in this process on it (``--epsilon 1 --b 8 --quiet``, output an MJPG ``.avi``): the whole command is timed,
-reading, detecting, releasing and writing included. Then the cost of each source and face member per frame (median
+reading, detecting, releasing and writing included. Then the cost of each source and face member per frame (mean
 over 10 frames of the clip, milliseconds). With a CUDA device, the commands run again with ``--device cuda``.
 
 Run: ``python benchmarks/protect_speed.py [video] [frames]``.
@@ -20,18 +20,20 @@ import numpy as np
 import torch
 
 from dp_pixel_torch.cli import main as dp_pixel
-from dp_pixel_torch.detectors import FACE_STACK, FaceScan, MotionDetector, detect_people, face_boxes
+from dp_pixel_torch.detectors import FACE_STACK, FaceScan, MotionDetector, PeopleScan, detect_people, face_boxes
 from dp_pixel_torch.video import read_frames
 
 VIDEO = Path(__file__).resolve().parents[1] / "data" / "pets2009" / "vtest.avi"
 COMMANDS = (
     ("plain release", []),
     ("--protect faces", ["--protect", "faces"]),
-    ("--protect faces --face-every 1", ["--protect", "faces", "--face-every", "1"]),
+    ("  --face-detectors centerface,yunet-2x", ["--protect", "faces", "--face-detectors", "centerface,yunet-2x"]),
+    ("  --face-every 25 (FaceScan)", ["--protect", "faces", "--face-every", "25"]),
     ("--protect people,motion", ["--protect", "people,motion"]),
+    ("  --people-every 1", ["--protect", "people,motion", "--people-every", "1"]),
     ("--protect motion", ["--protect", "motion"]),
 )
-MEMBERS = ("haar", "haar-rotated", "centerface", "centerface-2x", "yunet", "yunet-2x")
+MEMBERS = ("haar", "haar-rotated", "centerface", "centerface-2x", "yunet", "yunet-2x", "yunet-3x")
 
 
 def clip(video: Path, frames: int, folder: Path) -> Path:
@@ -55,13 +57,13 @@ def fps(path: Path, frames: int, extra: list[str], folder: Path) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def median_ms(call, frames: list[torch.Tensor]) -> float:
+def mean_ms(call, frames: list[torch.Tensor]) -> float:
     times = []
     for frame in frames:
         start = time.perf_counter()
         call(frame)
         times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return 1000 * float(np.mean(times))
 
 
 def main() -> None:
@@ -73,24 +75,25 @@ def main() -> None:
         path = clip(video, count, folder)
         print(f"dp-pixel on the first {count} frames of {video.name} (768×576), whole command, frames/s")
         print(f"face stack: {'+'.join(FACE_STACK)}; {torch.get_num_threads()} torch threads\n")
-        print(f"{'command':34}" + "".join(f"{d:>10}" for d in devices))
+        print(f"{'command':40}" + "".join(f"{d:>10}" for d in devices))
         plain = {}
         for label, extra in COMMANDS:
             row = [fps(path, count, [*extra, "--device", d], folder) for d in devices]
             plain = plain or dict(zip(devices, row))
             ratios = "  ".join(f"{r / plain[d]:.2f}× plain" for r, d in zip(row, devices))
-            print(f"{label:34}" + "".join(f"{r:>10.1f}" for r in row) + f"   {ratios}", flush=True)
+            print(f"{label:40}" + "".join(f"{r:>10.1f}" for r in row) + f"   {ratios}", flush=True)
         frames = [f for _, f in zip(range(10), read_frames(path))]
-    print("\nper frame, median ms (CPU):")
+    print("\nper frame, mean ms over 10 frames (CPU):")
     motion = MotionDetector()
     rows = {
-        "motion (MOG2)": median_ms(motion, frames),
-        "people (HOG)": median_ms(detect_people, frames),
-        "faces, FaceScan (video)": median_ms(FaceScan(), frames),
+        "motion (MOG2)": mean_ms(motion, frames),
+        "people (HOG)": mean_ms(detect_people, frames),
+        "people, PeopleScan (every 10)": mean_ms(PeopleScan(), frames),
+        "faces, FaceScan (video)": mean_ms(FaceScan(), frames),
     }
-    rows.update({f"face member {m}": median_ms(lambda f, m=m: face_boxes(f, (m,)), frames) for m in MEMBERS})
+    rows.update({f"face member {m}": mean_ms(lambda f, m=m: face_boxes(f, (m,)), frames) for m in MEMBERS})
     for label, ms in rows.items():
-        print(f"{label:34}{ms:>10.1f}")
+        print(f"{label:40}{ms:>10.1f}")
 
 
 if __name__ == "__main__":
