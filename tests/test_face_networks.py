@@ -91,6 +91,11 @@ def test_a_small_face_centred_in_a_searched_cell_lies_whole_in_its_strip(seed):
     assert area <= len(cells) * (PROPOSAL_CELL + 2 * PROPOSAL_MARGIN) ** 2
 
 
+def test_a_proposal_centred_past_the_edge_searches_the_edge_cell():
+    strips = proposal_strips(np.array([[90.0, 10, 110, 30], [-20, 70, 4, 90]], np.float32), 100, 100)
+    assert strips == [(32, 0, 100, 96), (0, 32, 96, 100)]
+
+
 def test_strips_search_only_around_the_proposals():
     """The astronaut photo: YuNet's enlarged search covers a part of it, not the whole."""
     photo = skimage_data.astronaut()
@@ -172,3 +177,15 @@ def test_yunet_workers_give_yunets_boxes_and_are_replaced_after_their_calls(monk
     finally:
         workers.close()
     assert face_networks.yunet_boxes([]) == []
+    with pytest.raises(ValueError, match="uint8 RGB arrays"):
+        face_networks.yunet_boxes([photo.astype(np.float32)])
+
+
+def test_keyed_releases_detect_on_the_cpu_with_the_same_stream_label():
+    from dp_pixel_torch import distributed
+
+    layer = RegionAdaptiveDPPixelize(1.0, levels=(8, 32), protect=True, region_from="detector", seed=0)
+    protect = ProtectDetected(layer, sources=["faces"])
+    before = distributed.layer_id(protect)
+    distributed.keyed_layer(protect, distributed.RunKey.create(), b"0" * 32)
+    assert protect._detect_device == "cpu" and distributed.layer_id(protect) == before

@@ -443,25 +443,33 @@ def test_a_keyed_protect_layer_starts_a_new_stream_per_item_and_keeps_the_look_a
         assert protected.tolist() == [False, True, True, True, True, True] and len(script.seen) == 6
 
 
-def test_people_scan_searches_every_n_frames_and_holds_the_boxes_between(monkeypatch):
+def test_people_scan_searches_every_frame_while_mog2_learns_then_every_n_and_holds_the_boxes(monkeypatch):
     from dp_pixel_torch import detectors
 
-    found = iter([torch.tensor([[1.0, 2, 30, 60]]), torch.tensor([[5.0, 5, 40, 80]]), torch.zeros(0, 4)])
-    monkeypatch.setattr(detectors, "detect_people", lambda frame: next(found))
-    scan = detectors.PeopleScan(every=4)
-    boxes = [scan(frame) for frame in noise(9)]
-    assert scan.searches == 3
-    assert all(torch.equal(b, torch.tensor([[1.0, 2, 30, 60]])) for b in boxes[:4])
-    assert all(torch.equal(b, torch.tensor([[5.0, 5, 40, 80]])) for b in boxes[4:8]) and boxes[8].shape == (0, 4)
+    searched = []
+
+    def people(frame):
+        searched.append(len(searched))
+        return torch.tensor([[float(len(searched)), 0, 30, 60]])
+
+    monkeypatch.setattr(detectors, "detect_people", people)
+    scan = detectors.PeopleScan(every=2)
+    boxes = [scan(frame) for frame in noise(16)]
+    # warm-up: the first PEOPLE_WARM_UP·every = 10 frames each searched, then frames 10, 12 and 14
+    assert detectors.PEOPLE_WARM_UP == 5 and scan.searches == 13
+    assert [int(b[0, 0]) for b in boxes] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 12, 12, 13, 13]
     scan.reset()
-    with pytest.raises(StopIteration):
-        scan(noise(1)[0])  # a new stream searches its first frame
+    scan(noise(1)[0])
+    assert scan.searches == 14  # a new stream searches its first frame
 
 
 def test_people_between_searches_need_the_motion_source(tmp_path, capsys):
     scan = RegionSource("people", __import__("dp_pixel_torch").detectors.PeopleScan(every=10), 0.1)
-    with pytest.raises(ValueError, match="needs the motion source"):
+    with pytest.raises(ValueError, match="history is at least 10·N frames.*N = 10, motion history none"):
         ProtectDetected(layer(), sources=[scan])
+    with pytest.raises(ValueError, match="N = 10, motion history 99"):  # MOG2 would absorb a still person too soon
+        ProtectDetected(layer(), sources=[scan, RegionSource("motion", MotionDetector(history=99))])
+    ProtectDetected(layer(), sources=[scan, RegionSource("motion", MotionDetector(history=100))])
     ProtectDetected(layer(), sources=[scan, region_source("motion")])
     assert region_source("people", people_every=1).detect is not scan.detect
     clip, _ = moving_square_clip(frames=12)
@@ -471,7 +479,30 @@ def test_people_between_searches_need_the_motion_source(tmp_path, capsys):
     assert "--people-every > 1 needs --protect motion too" in capsys.readouterr().err
     assert main([*argv, "--protect", "motion", "--people-every", "5"]) == 2
     assert "--people-every sets how often a video is searched for --protect people" in capsys.readouterr().err
-    assert main([*argv, "--protect", "people,motion"]) == 0
-    assert "people: searched (HOG) every 10 frames (2 searches), boxes held in between" in capsys.readouterr().out
+    assert main([*argv, "--protect", "people,motion", "--people-every", "51"]) == 2
+    assert "motion history 500" in capsys.readouterr().err
+    assert main([*argv, "--protect", "people,motion", "--people-every", "2"]) == 0  # 12 frames: warm-up 10, then 10
+    assert "people: searched (HOG) every 2 frames (11 searches), boxes held in between" in capsys.readouterr().out
     assert main([*argv, "--protect", "people,motion", "--people-every", "1"]) == 0
     assert "people: searched (HOG)" not in capsys.readouterr().out
+
+
+def test_a_stream_that_fails_or_stops_early_leaves_no_frame_for_the_next_one():
+    calls = []
+
+    def fails_third(frame):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("detector failed")
+        return torch.zeros(0, 4)
+
+    protect = ProtectDetected(layer(), sources=[RegionSource("d", fails_third)], persist=0.5, fps=10)
+    with pytest.raises(RuntimeError, match="detector failed"):
+        list(protect.stream_regions(iter([noise(2, 1), noise(2, 2)]), 1))
+    fresh = noise(3, 3)
+    out = torch.cat([frames for frames, _ in protect.stream_regions(iter([fresh]), 2)])
+    assert torch.equal(out, fresh)  # the failed stream's frames are gone
+    stream = protect.stream_regions(iter([noise(8, 4)]), 1)
+    next(stream)
+    stream.close()  # stopped early
+    assert torch.equal(torch.cat([f for f, _ in protect.stream_regions(iter([fresh]), 2)]), fresh)
