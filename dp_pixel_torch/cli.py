@@ -23,8 +23,9 @@ CONDITIONAL on them, and a face the detector misses gets only the ``--m`` protec
 camera) adds the moving foreground; a comma list (``faces,people,motion``) unites the sources. Every frame of a
 video is searched whole for faces unless ``--face-every N`` > 1: then whole every N frames and in between only in
 crops around what moves and the faces found, enlarged ``--face-scale`` times (``detectors.FaceScan``: sound for a
-FIXED camera only). With ``motion``, people (HOG) are searched every ``--people-every`` frames (default 10) and held
-in between, where motion covers whoever moves (``detectors.PeopleScan``, a FIXED camera). In a video each region
+FIXED camera only). With ``motion``, people (HOG) are searched every ``--people-every`` frames (default 10; more often
+while MOG2 is young) and held in between, where motion covers whoever moves (``detectors.PeopleScan``, a FIXED
+camera). In a video each region
 stays protected ``--protect-persist`` seconds before and after the frame it was found in, and a tracker carries it
 through the frames between detections. ``--protect-zone`` adds a fixed mask image drawn once for the camera (non-zero
 = protect): the detectors never see its cells, so its part of the guarantee is unconditional; alone, it is the only

@@ -763,8 +763,9 @@ class FaceScan:
 #: on a video): 10 frames are 0.4–1 s at 10–25 fps, far below the hundreds of frames MOG2 takes to absorb a person
 #: who stopped (its ``history`` is 500 frames).
 PEOPLE_EVERY = 10
-#: :class:`PeopleScan` searches every frame for the first ``PEOPLE_WARM_UP × every`` frames of a stream, while MOG2
-#: still learns fast (it absorbs a person who stops within about a quarter of the frames it has seen).
+#: :class:`PeopleScan` searches again at most ``s / PEOPLE_WARM_UP`` frames after a search at frame s (and at most
+#: ``every``): MOG2 still learns fast early on, and absorbs a person who stops within about a quarter of
+#: the frames it has seen.
 PEOPLE_WARM_UP = 5
 #: A :class:`PeopleScan` searching every ``every`` frames needs a motion source whose MOG2 ``history`` is at least
 #: ``PEOPLE_HISTORY × every`` frames (in a steady state MOG2 marks a person who stopped for about a ninth of it).
@@ -773,8 +774,9 @@ PEOPLE_HISTORY = 10
 
 class PeopleScan:
     """People in the frames of a FIXED camera whose moving foreground is protected too (the ``"motion"`` source of
-    the same release): :func:`detect_people` on every one of the first ``PEOPLE_WARM_UP·every`` frames, then on every
-    ``every``-th, its boxes held, that is returned with each frame until the next search. A stateful callable, uint8
+    the same release): :func:`detect_people` again at most ``s / PEOPLE_WARM_UP`` frames after a search at frame s
+    (every frame of the first 10, then further apart) and at most ``every``, its boxes held, that is returned with each frame
+    until the next search. A stateful callable, uint8
     RGB frame ``[3, H, W]`` -> float32 XYXY boxes ``[K, 4]``.
 
     Why no person HOG would find is left out between searches (CONDITIONAL, as every detection: on a fixed camera,
@@ -784,8 +786,9 @@ class PeopleScan:
     marking them after they stop until it has learnt them as background. MOG2 learns at the rate 1/min(frames seen,
     history): measured with the defaults (history 500, threshold 16), a block that stops is marked for about 2 frames
     when MOG2 has seen 5, 5 after 20, 13 after 50 and about 56 in a steady state, about a quarter of the frames seen
-    and a ninth of the history. So the scan searches every frame for the first :data:`PEOPLE_WARM_UP` × ``every``
-    frames, and :class:`ProtectDetected` requires a motion source whose ``history`` is at least
+    and a ninth of the history. So the gap after a search at frame s is at most s / :data:`PEOPLE_WARM_UP` (a fifth
+    of the frames seen, less than the quarter for which MOG2 keeps marking a person who stops after s), and :class:`ProtectDetected` requires
+    a motion source whose ``history`` is at least
     :data:`PEOPLE_HISTORY` × ``every``: between searches, the motion source covers whoever moved. Without the motion
     source, ``every`` must be 1 (:func:`region_source` and ``dp-pixel`` refuse more). Held boxes of people who walked
     away cost only area, for at most ``every`` frames. :meth:`reset` starts a new stream."""
@@ -797,12 +800,13 @@ class PeopleScan:
 
     def reset(self) -> None:
         """Start a new stream: the next frame is searched."""
-        self._t, self._held = 0, torch.zeros(0, 4)
+        self._t, self._last, self._held = 0, None, torch.zeros(0, 4)
 
     def __call__(self, frame: torch.Tensor) -> torch.Tensor:
         _check_frame(frame)
-        if self._t < PEOPLE_WARM_UP * self.every or self._t % self.every == 0:
-            self._held = detect_people(frame)
+        # the gap after a search grows with the frames MOG2 had seen at it: a fifth of them, at most ``every``
+        if self._last is None or self._t - self._last >= min(self.every, max(1, self._last // PEOPLE_WARM_UP)):
+            self._held, self._last = detect_people(frame), self._t
             self.searches += 1
         self._t += 1
         return self._held.clone()

@@ -455,7 +455,8 @@ def test_people_scan_searches_every_frame_while_mog2_learns_then_every_n_and_hol
     monkeypatch.setattr(detectors, "detect_people", people)
     scan = detectors.PeopleScan(every=2)
     boxes = [scan(frame) for frame in noise(16)]
-    # warm-up: the first PEOPLE_WARM_UP·every = 10 frames each searched, then frames 10, 12 and 14
+    # after a search at frame s the next comes at most s // PEOPLE_WARM_UP frames later (at least 1, at most every):
+    # frames 0 to 10, then 12 and 14
     assert detectors.PEOPLE_WARM_UP == 5 and scan.searches == 13
     assert [int(b[0, 0]) for b in boxes] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11, 12, 12, 13, 13]
     scan.reset()
