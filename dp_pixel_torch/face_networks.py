@@ -327,7 +327,13 @@ class YuNetWorkers:
                         raise RuntimeError(
                             f"a YuNet worker failed (exit status {process.wait()}): is yuface installed?"
                         )
-                    size = 20 * struct.unpack("<I", head[8:])[0]
+                    count = struct.unpack("<I", head[8:])[0]
+                    if count > bgr.shape[0] * bgr.shape[1]:  # a reply that would make this process allocate gigabytes
+                        process.kill()
+                        raise RuntimeError(
+                            f"a YuNet worker claimed {count} faces in a {bgr.shape[1]}×{bgr.shape[0]} image"
+                        )
+                    size = 20 * count
                     body = process.stdout.read(size)
                     if len(body) != size:
                         process.kill()
